@@ -1,0 +1,121 @@
+"""Checkpoints: atomic save, safe load (no pickled code runs), and import of
+checkpoints written by the original ``dlrm_s_pytorch.py --save-model``."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+import torch
+
+FORMAT = "dlrm-mlperf-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def save(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, step: int, epoch: int,
+         batch_in_epoch: int, config: dict, table_sizes: list[int]) -> None:
+    """Everything a resumed run needs: weights, optimiser state (row-wise
+    accumulators included), the schedule step, the data position and the RNG.
+    Written to a temporary name and renamed, so a crash never leaves half a file."""
+    state = {
+        "format": FORMAT, "version": VERSION,
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+        "rng": torch.get_rng_state(), "config": config, "table_sizes": list(table_sizes),
+    }
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _numpy_scalar_globals() -> list:
+    """What unpickling numpy scalars (as the seed's checkpoints hold) needs:
+    the scalar constructor and dtype classes, allowed under both numpy 1 and 2
+    module names. Nothing else is allowed, so no arbitrary code can run."""
+    core = np._core if hasattr(np, "_core") else np.core
+    scalar = core.multiarray.scalar
+    allowed = [(scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"),
+               np.dtype]
+    for name in dir(np.dtypes):
+        cls = getattr(np.dtypes, name)
+        if isinstance(cls, type) and name.endswith("DType"):
+            allowed.append(cls)
+    return allowed
+
+
+def load_file(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        with torch.serialization.safe_globals(_numpy_scalar_globals()):
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for malformed or unsafe files
+        raise CheckpointError(f"{path}: cannot load as a weights-only checkpoint: {e}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a dictionary, got {type(data).__name__}")
+    return data
+
+
+def is_original(data: dict) -> bool:
+    return data.get("format") != FORMAT and "state_dict" in data
+
+
+_ORIGINAL_KEY = re.compile(r"^(emb_l|bot_l|top_l)\.(\d+)\.(weight|bias)$")
+
+
+def convert_original(state_dict: dict, model: torch.nn.Module, path: str = "checkpoint") -> dict:
+    """Map the seed's keys (``emb_l.N.weight``, ``bot_l.K.*``, ``top_l.K.*``)
+    onto this model's: the tables are stacked into the fused embedding, and
+    the MLP layer indices are the same by construction."""
+    sizes = model.embeddings.table_sizes
+    tables: dict[int, torch.Tensor] = {}
+    out = {}
+    for key, value in state_dict.items():
+        match = _ORIGINAL_KEY.match(key)
+        if not match:
+            raise CheckpointError(f"{path}: unexpected key {key!r} in the original checkpoint's state_dict")
+        kind, index, what = match.group(1), int(match.group(2)), match.group(3)
+        if kind == "emb_l":
+            tables[index] = value
+        else:
+            out[f"{'bottom_mlp' if kind == 'bot_l' else 'top_mlp'}.{index}.{what}"] = value
+    if sorted(tables) != list(range(len(sizes))):
+        raise CheckpointError(f"{path}: holds embedding tables {sorted(tables)}, the model has {len(sizes)}")
+    for t, n in enumerate(sizes):
+        expected = (n, model.embeddings.dim)
+        if tuple(tables[t].shape) != expected:
+            raise CheckpointError(f"{path}: emb_l.{t}.weight has shape {tuple(tables[t].shape)}, "
+                                  f"the model expects {expected} (table_sizes / max_ind_range / embedding_dim?)")
+    out["embeddings.weight"] = torch.cat([tables[t] for t in range(len(sizes))])
+    return out
+
+
+def load_weights(path: str, model: torch.nn.Module) -> dict:
+    """Load model weights from one of our checkpoints or an original one;
+    returns the whole checkpoint dictionary."""
+    data = load_file(path)
+    if is_original(data):
+        state = convert_original(data["state_dict"], model, path)
+    elif data.get("format") == FORMAT:
+        state = data["model"]
+    else:
+        raise CheckpointError(f"{path}: neither a {FORMAT} nor an original dlrm_s_pytorch.py checkpoint "
+                              f"(keys: {', '.join(map(str, data))})")
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        raise CheckpointError(f"{path}: does not match the model: missing {missing}, unexpected {extra}")
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise CheckpointError(f"{path}: {key} has shape {tuple(value.shape)}, "
+                                  f"the model expects {tuple(expected[key].shape)}")
+    model.load_state_dict(state)
+    return data

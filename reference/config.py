@@ -1,0 +1,269 @@
+"""One typed, validated training configuration built from YAML plus CLI overrides.
+
+Every option the trainer understands is a field of :class:`Config`. A YAML file
+names a subset of them; ``key=value`` overrides on the command line replace
+values after the file is read; :meth:`Config.validate` runs once, before any
+work starts, and every error names the key and where its value came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+INTERACTIONS = ("dot", "cat", "sum")
+OPTIMIZERS = ("sgd", "rowwise_adagrad", "adagrad")
+DIVISIONS = ("closed", "open")
+STATUSES = ("onprem", "cloud", "preview", "research")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown, of the wrong type or impossible."""
+
+
+def _doc(text: str, **kwargs: Any) -> Any:
+    return field(metadata={"doc": text}, **kwargs)
+
+
+@dataclass
+class Config:
+    # --- model ---
+    embedding_dim: int = _doc("Width of every embedding row (and of the bottom MLP output).", default=128)
+    bottom_mlp: list = _doc("Bottom MLP widths, input first, e.g. 13-512-256-128.",
+                            default_factory=lambda: [13, 512, 256, 128])
+    top_mlp: list = _doc("Top MLP widths after the interaction, e.g. 1024-1024-512-256-1 "
+                         "(its input width follows from the interaction).",
+                         default_factory=lambda: [1024, 1024, 512, 256, 1])
+    interaction: str = _doc("Feature interaction: dot, cat or sum.", default="dot")
+    self_interaction: bool = _doc("dot only: include each vector's dot product with itself.", default=False)
+    table_sizes: Optional[list] = _doc("Rows per embedding table; null reads them from the counts file.",
+                                       default=None)
+    max_ind_range: int = _doc("Cap on rows per table (the ids were hashed mod this); 0 = no cap.", default=0)
+
+    # --- optimiser and schedule ---
+    optimizer: str = _doc("sgd, rowwise_adagrad or adagrad.", default="sgd")
+    learning_rate: float = _doc("Base learning rate.", default=1.0)
+    warmup_steps: int = _doc("Linear warmup steps (0 = none).", default=0)
+    decay_start_step: int = _doc("Step at which polynomial decay starts.", default=0)
+    decay_steps: int = _doc("Length of the polynomial decay in steps (0 = no decay).", default=0)
+    decay_power: int = _doc("Power of the polynomial decay (MLPerf closed division: 2).", default=2)
+    adagrad_eps: float = _doc("Epsilon of (row-wise) Adagrad.", default=1e-10)
+    adagrad_lr_decay: float = _doc("(Row-wise) Adagrad lr decay: lr / (1 + (s-1) * decay).", default=0.0)
+
+    # --- data ---
+    data_dir: Optional[str] = _doc("Folder with the binary files and the counts file.", default=None)
+    train_file: str = _doc("Training split, relative to data_dir.", default="terabyte_processed_train.bin")
+    eval_file: str = _doc("Evaluation split, relative to data_dir.", default="terabyte_processed_test.bin")
+    counts_file: str = _doc("Table sizes (.npz with key 'counts'), relative to data_dir.",
+                            default="day_fea_count.npz")
+    batch_size: int = _doc("Global training batch size.", default=2048)
+    eval_batch_size: int = _doc("Evaluation batch size.", default=16384)
+    shuffle_batches: bool = _doc("Shuffle the order of training batches every epoch (seeded).", default=True)
+
+    # --- run length, evaluation, stopping ---
+    epochs: int = _doc("Maximum number of epochs.", default=1)
+    eval_every: int = _doc("Evaluate every N iterations (0 = see eval_every_epochs).", default=0)
+    eval_every_epochs: float = _doc("Evaluate every this fraction of an epoch (0 = only at epoch end).",
+                                    default=0.0)
+    auc_threshold: Optional[float] = _doc("Stop at the first evaluation with AUC >= this.", default=None)
+    accuracy_threshold: Optional[float] = _doc("Stop at the first evaluation with accuracy >= this.",
+                                               default=None)
+    seed: int = _doc("Seed of initialisation and batch order.", default=0)
+    num_threads: int = _doc("Torch intra-op threads (0 = torch's default).", default=0)
+    log_every: int = _doc("Progress line every N iterations.", default=50)
+    progress: bool = _doc("Show a tqdm progress bar on stderr.", default=True)
+
+    # --- outputs ---
+    results_dir: str = _doc("Folder for MLPerf logs and run summaries.", default="results")
+    run_name: Optional[str] = _doc("Name of the result files (default: config name, seed and time).",
+                                   default=None)
+    checkpoint_path: Optional[str] = _doc("Where to save the checkpoint (null = no checkpoints).", default=None)
+    checkpoint_every: int = _doc("Save every N iterations (0 = only at the end of the run).", default=0)
+    resume: Optional[str] = _doc("Checkpoint to resume training from.", default=None)
+    load_checkpoint: Optional[str] = _doc("Checkpoint (ours or the original dlrm_s_pytorch.py's) to "
+                                          "initialise the model from.", default=None)
+    inference_only: bool = _doc("Only evaluate (the loaded) model on the eval split.", default=False)
+
+    # --- MLPerf submission metadata ---
+    submission_benchmark: str = _doc("MLPerf benchmark name.", default="dlrm")
+    submission_org: str = _doc("Submitting organisation.", default="reference")
+    submission_platform: str = _doc("System name.", default="cpu")
+    submission_division: str = _doc("closed or open.", default="closed")
+    submission_status: str = _doc("onprem, cloud, preview or research.", default="onprem")
+
+    # Where values came from, for error messages; not a configuration key.
+    source: dict = field(default_factory=dict, repr=False, compare=False, metadata={"internal": True})
+    name: str = field(default="default", compare=False, metadata={"internal": True})
+
+    # ------------------------------------------------------------------
+    @classmethod
+    def keys(cls) -> list[dataclasses.Field]:
+        return [f for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
+
+    @classmethod
+    def from_sources(cls, path: Optional[str] = None, overrides: Optional[list[str]] = None) -> "Config":
+        """Build from a YAML file and ``key=value`` strings, then validate."""
+        cfg = cls()
+        if path is not None:
+            cfg.name = os.path.splitext(os.path.basename(path))[0]
+            cfg.update(_read_yaml(path), origin=path)
+        for item in overrides or []:
+            if "=" not in item:
+                raise ConfigError(f"command line: expected key=value, got {item!r}")
+            key, text = item.split("=", 1)
+            cfg.update({key.strip(): yaml.safe_load(text) if text.strip() else None},
+                       origin="command line")
+        cfg.validate()
+        return cfg
+
+    def update(self, values: dict, origin: str) -> None:
+        hints = get_type_hints(type(self))
+        known = {f.name for f in self.keys()}
+        for key, value in values.items():
+            if key not in known:
+                close = [k for k in sorted(known) if k.split("_")[0] == str(key).split("_")[0]]
+                hint = f" (did you mean {', '.join(close)}?)" if close else ""
+                raise ConfigError(f"{origin}: unknown key {key!r}{hint}; "
+                                  f"`python -m reference.train --help` lists every key")
+            setattr(self, key, _coerce(key, value, hints[key], origin))
+            self.source[key] = origin
+
+    def where(self, key: str) -> str:
+        return self.source.get(key, "default")
+
+    def _fail(self, key: str, message: str) -> None:
+        raise ConfigError(f"{self.where(key)}: {key}: {message}")
+
+    def validate(self) -> "Config":
+        positive = ["embedding_dim", "batch_size", "eval_batch_size", "epochs", "log_every"]
+        non_negative = ["warmup_steps", "decay_start_step", "decay_steps", "max_ind_range", "eval_every",
+                        "num_threads", "checkpoint_every", "seed"]
+        for key in positive:
+            if getattr(self, key) <= 0:
+                self._fail(key, f"must be > 0, got {getattr(self, key)}")
+        for key in non_negative:
+            if getattr(self, key) < 0:
+                self._fail(key, f"must be >= 0, got {getattr(self, key)}")
+        for key, allowed in (("interaction", INTERACTIONS), ("optimizer", OPTIMIZERS),
+                             ("submission_division", DIVISIONS), ("submission_status", STATUSES)):
+            if getattr(self, key) not in allowed:
+                self._fail(key, f"must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            self._fail("learning_rate", f"must be a finite number > 0, got {self.learning_rate}")
+        if not self.adagrad_eps > 0:
+            self._fail("adagrad_eps", f"must be > 0, got {self.adagrad_eps}")
+        if self.adagrad_lr_decay < 0:
+            self._fail("adagrad_lr_decay", f"must be >= 0, got {self.adagrad_lr_decay}")
+        if self.decay_power <= 0:
+            self._fail("decay_power", f"must be > 0, got {self.decay_power}")
+        if self.decay_steps > 0 and self.decay_start_step < self.warmup_steps:
+            self._fail("decay_start_step", f"must not come before the end of warmup "
+                                           f"(warmup_steps={self.warmup_steps}), got {self.decay_start_step}")
+        for key in ("bottom_mlp", "top_mlp"):
+            widths = getattr(self, key)
+            if len(widths) < 2 or any(w <= 0 for w in widths):
+                self._fail(key, f"needs at least two widths, all > 0, got {_dashes(widths)}")
+        if self.top_mlp[-1] != 1:
+            self._fail("top_mlp", f"must end in 1 (one click logit), got {_dashes(self.top_mlp)}")
+        if self.interaction in ("dot", "sum") and self.bottom_mlp[-1] != self.embedding_dim:
+            self._fail("bottom_mlp", f"must end in embedding_dim={self.embedding_dim} for interaction "
+                                     f"{self.interaction!r}, got {_dashes(self.bottom_mlp)}")
+        if self.table_sizes is not None:
+            if not self.table_sizes or any(n <= 0 for n in self.table_sizes):
+                self._fail("table_sizes", "must be a non-empty list of positive row counts")
+        if self.eval_every_epochs < 0 or self.eval_every_epochs > 1:
+            self._fail("eval_every_epochs", f"must be in [0, 1], got {self.eval_every_epochs}")
+        if self.eval_every and self.eval_every_epochs:
+            self._fail("eval_every", "set either eval_every or eval_every_epochs, not both")
+        if self.auc_threshold is not None and not 0 < self.auc_threshold <= 1:
+            self._fail("auc_threshold", f"must be in (0, 1], got {self.auc_threshold}")
+        if self.accuracy_threshold is not None and not 0 < self.accuracy_threshold <= 1:
+            self._fail("accuracy_threshold", f"must be in (0, 1], got {self.accuracy_threshold}")
+        if self.submission_division == "closed" and self.optimizer != "sgd":
+            self._fail("optimizer", f"the closed division requires sgd, got {self.optimizer!r} "
+                                    f"(set submission_division=open)")
+        if self.submission_division == "closed" and self.decay_power != 2:
+            self._fail("decay_power", f"the closed division requires 2, got {self.decay_power}")
+        if self.inference_only and self.load_checkpoint is None and self.resume is None:
+            self._fail("inference_only", "needs load_checkpoint (or resume) to name the model to evaluate")
+        return self
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in self.keys()}
+
+
+def _dashes(widths: list) -> str:
+    return "-".join(str(w) for w in widths)
+
+
+def _read_yaml(path: str) -> dict:
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of key: value, got {type(data).__name__}")
+    return data
+
+
+def _coerce(key: str, value: Any, hint: Any, origin: str) -> Any:
+    """Check ``value`` against the field's type; ints are accepted for floats,
+    'a-b-c' strings for integer lists (the seed's MLP notation)."""
+    optional = get_origin(hint) is Union and type(None) in get_args(hint)
+    base = next(a for a in get_args(hint) if a is not type(None)) if optional else hint
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{origin}: {key}: must not be null")
+    where = f"{origin}: {key}"
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if base is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if base is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    if base is list:
+        if isinstance(value, str):
+            parts = value.replace(",", "-").split("-")
+            try:
+                return [int(p) for p in parts]
+            except ValueError:
+                raise ConfigError(f"{where}: expected integers like 13-512-256, got {value!r}") from None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return [value]
+        if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return list(value)
+        raise ConfigError(f"{where}: expected a list of integers, got {value!r}")
+    raise TypeError(f"unsupported config type {hint} for {key}")  # programming error
+
+
+def help_text() -> str:
+    lines = ["Configuration keys (set in the YAML file or as key=value on the command line):"]
+    for f in Config.keys():
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if isinstance(default, list):
+            default = _dashes(default)
+        lines.append(f"  {f.name:<22} {f.metadata['doc']} [default: {default}]")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Criteo data: the MLPerf binary format and synthetic data in that format."""

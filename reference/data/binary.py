@@ -1,0 +1,140 @@
+"""Reader of the MLPerf DLRM binary format.
+
+Each sample is 40 little-endian int32: label, 13 dense integer features, 26
+categorical ids. A batch is one contiguous slice of a memory-mapped file (the
+file is never loaded whole); dense features become float32 log(x + 1).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+
+NUM_DENSE = 13
+NUM_SPARSE = 26
+COLUMNS = 1 + NUM_DENSE + NUM_SPARSE
+RECORD_BYTES = 4 * COLUMNS
+
+
+class DataError(ValueError):
+    """A data file is missing, malformed, or disagrees with the model."""
+
+
+@dataclass
+class Batch:
+    dense: torch.Tensor   # (B, 13) float32, log(x + 1)
+    ids: torch.Tensor     # (B, 26) int64
+    labels: torch.Tensor  # (B,) float32, 0 or 1
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+
+def load_counts(path: str) -> list[int]:
+    """Table sizes from a ``*_fea_count.npz`` file (key ``counts``)."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: counts file not found")
+    with np.load(path) as data:
+        if "counts" not in data:
+            raise DataError(f"{path}: no array named 'counts' (has: {', '.join(data.files)})")
+        counts = data["counts"]
+    if counts.ndim != 1 or counts.size == 0 or (counts <= 0).any():
+        raise DataError(f"{path}: 'counts' must be a 1-D array of positive table sizes, got {counts!r}")
+    return [int(c) for c in counts]
+
+
+def write_counts(path: str, counts: list[int]) -> None:
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, counts=np.asarray(counts, dtype=np.int32))
+    os.replace(tmp, path)
+
+
+class BinaryDataset:
+    """Batches of one MLPerf binary file.
+
+    ``table_sizes`` (optional) is checked against every batch read: an id
+    outside its table would otherwise silently read another table's row.
+    """
+
+    def __init__(self, path: str, batch_size: int, table_sizes: Optional[list[int]] = None):
+        if not os.path.isfile(path):
+            raise DataError(f"{path}: binary data file not found")
+        size = os.path.getsize(path)
+        if size % RECORD_BYTES:
+            raise DataError(f"{path}: size {size} bytes is not a multiple of {RECORD_BYTES} "
+                            f"(40 int32 per sample); the file is truncated or not in the MLPerf binary format")
+        if size == 0:
+            raise DataError(f"{path}: file holds no samples")
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be > 0, got {batch_size}")
+        self.path = path
+        self.batch_size = batch_size
+        self.num_samples = size // RECORD_BYTES
+        self.num_batches = -(-self.num_samples // batch_size)
+        self._data = np.memmap(path, dtype="<i4", mode="r", shape=(self.num_samples, COLUMNS))
+        self._limits = None
+        if table_sizes is not None:
+            if len(table_sizes) != NUM_SPARSE:
+                raise DataError(f"{path}: the model has {len(table_sizes)} tables but the file holds "
+                                f"{NUM_SPARSE} categorical columns")
+            self._limits = np.asarray(table_sizes, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def batch_order(self, epoch: int, shuffle: bool, seed: int) -> np.ndarray:
+        """The order of batches in ``epoch``: a pure function of (seed, epoch),
+        so a resumed run sees the same order without saving RNG state."""
+        if not shuffle:
+            return np.arange(self.num_batches)
+        return np.random.default_rng([seed, epoch]).permutation(self.num_batches)
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        return np.asarray(self._data[start:stop])
+
+    def batch(self, index: int) -> Batch:
+        if not 0 <= index < self.num_batches:
+            raise IndexError(f"batch {index} out of range 0..{self.num_batches - 1}")
+        start = index * self.batch_size
+        raw = self.rows(start, min(start + self.batch_size, self.num_samples))
+        ids = raw[:, 1 + NUM_DENSE:].astype(np.int64)
+        if self._limits is not None:
+            self._check_ids(ids, start)
+        dense = raw[:, 1:1 + NUM_DENSE]
+        if (dense < 0).any():
+            row = start + int(np.argwhere(dense < 0)[0, 0])
+            raise DataError(f"{self.path}: sample {row} has a negative dense feature; "
+                            f"the binary format stores them clamped at 0")
+        return Batch(dense=torch.from_numpy(np.log1p(dense, dtype=np.float32)),
+                     ids=torch.from_numpy(ids),
+                     labels=torch.from_numpy(raw[:, 0].astype(np.float32)))
+
+    def _check_ids(self, ids: np.ndarray, start: int) -> None:
+        bad = (ids < 0) | (ids >= self._limits)
+        if bad.any():
+            r, c = np.argwhere(bad)[0]
+            raise DataError(f"{self.path}: sample {start + r}, categorical column {c}: id {ids[r, c]} "
+                            f"is outside its table of {self._limits[c]} rows (wrong counts file or "
+                            f"max_ind_range?)")
+
+    def __iter__(self) -> Iterator[Batch]:
+        for i in range(self.num_batches):
+            yield self.batch(i)
+
+
+def write_binary(path: str, chunks: Iterator[np.ndarray]) -> int:
+    """Write (n, 40) int32 chunks to ``path`` atomically; returns the row count."""
+    tmp = path + ".tmp"
+    rows = 0
+    with open(tmp, "wb") as f:
+        for chunk in chunks:
+            if chunk.ndim != 2 or chunk.shape[1] != COLUMNS:
+                raise ValueError(f"expected chunks of shape (n, {COLUMNS}), got {chunk.shape}")
+            f.write(np.ascontiguousarray(chunk, dtype="<i4").tobytes())
+            rows += chunk.shape[0]
+    os.replace(tmp, path)
+    return rows

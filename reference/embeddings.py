@@ -1,0 +1,60 @@
+"""All embedding tables as one fused table: one lookup for every table at once.
+
+The tables are stacked row-wise into a single weight of shape
+``(sum(table_sizes), dim)``; table ``t`` owns the rows ``offsets[t] ..
+offsets[t] + table_sizes[t] - 1``. A batch of ids ``(B, T)`` becomes one
+gather instead of ``T`` Python-level calls, and its gradient is one sparse
+tensor, so the optimiser touches only the rows present in the batch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def table_generator(seed: int, table: int) -> torch.Generator:
+    """Each table draws its initial weights from its own stream, so a table's
+    weights depend only on (seed, table index), not on where it is stored."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + 7919 * (table + 1))
+
+
+class FusedEmbeddingBag(nn.Module):
+    def __init__(self, table_sizes: list[int], dim: int, seed: int = 0):
+        super().__init__()
+        self.table_sizes = [int(n) for n in table_sizes]
+        self.dim = dim
+        offsets = [0]
+        for n in self.table_sizes[:-1]:
+            offsets.append(offsets[-1] + n)
+        self.register_buffer("offsets", torch.tensor(offsets, dtype=torch.int64), persistent=False)
+        self.weight = nn.Parameter(torch.empty(sum(self.table_sizes), dim))
+        self.reset_parameters(seed)
+
+    @property
+    def num_tables(self) -> int:
+        return len(self.table_sizes)
+
+    def table(self, t: int) -> torch.Tensor:
+        start = int(self.offsets[t])
+        return self.weight.data[start:start + self.table_sizes[t]]
+
+    @torch.no_grad()
+    def reset_parameters(self, seed: int) -> None:
+        # The seed's scheme: uniform in (-sqrt(1/n), sqrt(1/n)) for a table of n rows.
+        for t, n in enumerate(self.table_sizes):
+            bound = math.sqrt(1.0 / n)
+            self.table(t).uniform_(-bound, bound, generator=table_generator(seed, t))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids: (B, T) with one id per table, or (B, T, L) with L ids per table
+        (a multi-hot bag, pooled by sum). Returns (B, T, dim)."""
+        if ids.dim() not in (2, 3) or ids.shape[1] != self.num_tables:
+            raise ValueError(f"expected ids of shape (batch, {self.num_tables}[, hotness]), got {tuple(ids.shape)}")
+        shape = (1, -1) if ids.dim() == 2 else (1, -1, 1)
+        rows = ids.long() + self.offsets.view(shape)
+        out = F.embedding(rows, self.weight, sparse=True)
+        return out if ids.dim() == 2 else out.sum(dim=2)

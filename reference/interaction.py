@@ -1,0 +1,64 @@
+"""Feature interactions between the bottom-MLP output and the pooled embeddings."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class DotInteraction(nn.Module):
+    """Pairwise dot products of the T+1 vectors (bottom output first), the
+    strictly lower triangle in the seed's row-major order (1,0), (2,0), (2,1),
+    (3,0)...; with ``self_interaction`` the diagonal too. The bottom output is
+    concatenated in front, as in the seed, so its checkpoints map one to one."""
+
+    def __init__(self, num_vectors: int, self_interaction: bool = False):
+        super().__init__()
+        offset = 1 if self_interaction else 0
+        li = [i for i in range(num_vectors) for j in range(i + offset)]
+        lj = [j for i in range(num_vectors) for j in range(i + offset)]
+        self.register_buffer("li", torch.tensor(li, dtype=torch.long), persistent=False)
+        self.register_buffer("lj", torch.tensor(lj, dtype=torch.long), persistent=False)
+
+    def output_dim(self, dim: int) -> int:
+        return dim + len(self.li)
+
+    def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+        vectors = torch.cat([dense.unsqueeze(1), sparse], dim=1)  # (B, T+1, D)
+        gram = torch.bmm(vectors, vectors.transpose(1, 2))
+        return torch.cat([dense, gram[:, self.li, self.lj]], dim=1)
+
+
+class CatInteraction(nn.Module):
+    def __init__(self, num_vectors: int):
+        super().__init__()
+        self.num_vectors = num_vectors
+
+    def output_dim(self, dim: int, dense_dim: int) -> int:
+        return dense_dim + (self.num_vectors - 1) * dim
+
+    def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+        return torch.cat([dense, sparse.flatten(1)], dim=1)
+
+
+class SumInteraction(nn.Module):
+    def output_dim(self, dim: int) -> int:
+        return dim
+
+    def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+        return dense + sparse.sum(dim=1)
+
+
+def build_interaction(kind: str, num_tables: int, dim: int, dense_dim: int,
+                      self_interaction: bool = False) -> tuple[nn.Module, int]:
+    """Returns the interaction module and the width of its output."""
+    if kind == "dot":
+        module = DotInteraction(num_tables + 1, self_interaction)
+        return module, module.output_dim(dim)
+    if kind == "cat":
+        module = CatInteraction(num_tables + 1)
+        return module, module.output_dim(dim, dense_dim)
+    if kind == "sum":
+        module = SumInteraction()
+        return module, module.output_dim(dim)
+    raise ValueError(f"unknown interaction {kind!r}: expected dot, cat or sum")

@@ -1,0 +1,76 @@
+"""MLPerf compliance log (``:::MLLOG`` lines) written with ``mlperf_logging.mllog``.
+
+The logger writes to one result file only (never to stdout or stderr, so
+progress output cannot pollute it). A disabled logger accepts the same calls
+and writes nothing: training never branches on whether logging is on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from mlperf_logging.mllog.mllog import MLLogger as _MLLogger
+from mlperf_logging.mllog import constants as C
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class MLPerfLogger:
+    def __init__(self, path: str | None):
+        self.path = path
+        # A private logging.Logger (not registered with logging.getLogger), so
+        # two runs in one process never share handlers.
+        logger = logging.Logger(f"mllog:{path}", level=logging.INFO)
+        if path is not None:
+            handler = logging.FileHandler(path, mode="x")
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            logger.addHandler(handler)
+        else:
+            logger.addHandler(logging.NullHandler())
+        self._logger = logger
+        self._mllog = _MLLogger(logger=logger, default_stack_offset=2, root_dir=ROOT)
+
+    def event(self, key, value=None, **metadata) -> None:
+        self._mllog.event(key=key, value=value, metadata=metadata or None)
+
+    def start(self, key, value=None, **metadata) -> None:
+        self._mllog.start(key=key, value=value, metadata=metadata or None)
+
+    def end(self, key, value=None, **metadata) -> None:
+        self._mllog.end(key=key, value=value, metadata=metadata or None)
+
+    def close(self) -> None:
+        for handler in list(self._logger.handlers):
+            handler.close()
+            self._logger.removeHandler(handler)
+
+
+def log_submission(log: MLPerfLogger, cfg) -> None:
+    """Submission keys; MLPerf requires them before init_stop."""
+    log.event(C.SUBMISSION_BENCHMARK, cfg.submission_benchmark)
+    log.event(C.SUBMISSION_ORG, cfg.submission_org)
+    log.event(C.SUBMISSION_DIVISION, cfg.submission_division)
+    log.event(C.SUBMISSION_STATUS, cfg.submission_status)
+    log.event(C.SUBMISSION_PLATFORM, cfg.submission_platform)
+
+
+def log_hyperparameters(log: MLPerfLogger, cfg, train_samples: int, eval_samples: int) -> None:
+    log.event(C.SEED, cfg.seed)
+    log.event(C.GLOBAL_BATCH_SIZE, cfg.batch_size)
+    log.event(C.GRADIENT_ACCUMULATION_STEPS, 1)
+    log.event(C.TRAIN_SAMPLES, train_samples)
+    log.event(C.EVAL_SAMPLES, eval_samples)
+    log.event(C.OPT_NAME, cfg.optimizer)
+    log.event(C.OPT_BASE_LR, cfg.learning_rate)
+    log.event(C.OPT_LR_WARMUP_STEPS, cfg.warmup_steps)
+    log.event("lr_decay_start_steps", cfg.decay_start_step)
+    if cfg.optimizer == "sgd":
+        log.event("sgd_opt_base_learning_rate", cfg.learning_rate)
+        log.event("sgd_opt_learning_rate_decay_steps", cfg.decay_steps)
+        log.event("sgd_opt_learning_rate_decay_poly_power", cfg.decay_power)
+    else:
+        log.event(C.OPT_ADAGRAD_EPSILON, cfg.adagrad_eps)
+        log.event(C.OPT_ADAGRAD_LR_DECAY, cfg.adagrad_lr_decay)
+        log.event("opt_learning_rate_decay_steps", cfg.decay_steps)
+        log.event("opt_learning_rate_decay_poly_power", cfg.decay_power)

@@ -1,0 +1,65 @@
+"""DLRM: bottom MLP over dense features, embeddings over categorical ids,
+a feature interaction, and a top MLP that outputs one click logit."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .embeddings import FusedEmbeddingBag
+from .interaction import build_interaction
+
+
+def mlp(widths: list[int], final_relu: bool, generator: torch.Generator) -> nn.Sequential:
+    """Linear/ReLU pairs, laid out like the seed's ``create_mlp`` so layer
+    ``k`` of the seed's checkpoints is index ``2k`` here too. Initialised as
+    in the seed: weights N(0, sqrt(2/(fan_in+fan_out))), biases N(0, sqrt(1/fan_out))."""
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
+        linear = nn.Linear(fan_in, fan_out)
+        with torch.no_grad():
+            linear.weight.normal_(0.0, math.sqrt(2.0 / (fan_in + fan_out)), generator=generator)
+            linear.bias.normal_(0.0, math.sqrt(1.0 / fan_out), generator=generator)
+        layers.append(linear)
+        if i < len(widths) - 2 or final_relu:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class DLRM(nn.Module):
+    def __init__(self, table_sizes: list[int], embedding_dim: int, bottom_mlp: list[int],
+                 top_mlp: list[int], interaction: str = "dot", self_interaction: bool = False,
+                 seed: int = 0):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.bottom_mlp = mlp(bottom_mlp, final_relu=True, generator=generator)
+        self.embeddings = FusedEmbeddingBag(table_sizes, embedding_dim, seed=seed)
+        self.interaction, width = build_interaction(interaction, len(table_sizes), embedding_dim,
+                                                    bottom_mlp[-1], self_interaction)
+        self.top_mlp = mlp([width] + list(top_mlp), final_relu=False, generator=generator)
+
+    @classmethod
+    def from_config(cls, cfg, table_sizes: list[int]) -> "DLRM":
+        return cls(table_sizes, cfg.embedding_dim, cfg.bottom_mlp, cfg.top_mlp, cfg.interaction,
+                   cfg.self_interaction, cfg.seed)
+
+    def forward(self, dense: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Returns click logits of shape (B,); sigmoid gives probabilities."""
+        x = self.bottom_mlp(dense)
+        e = self.embeddings(ids)
+        return self.top_mlp(self.interaction(x, e)).squeeze(1)
+
+    def dense_parameters(self) -> list[nn.Parameter]:
+        return [p for name, p in self.named_parameters() if not name.startswith("embeddings.")]
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        return [self.embeddings.weight]
+
+    def mlperf_tensor_names(self) -> list[str]:
+        """Names of the initialised tensors as MLPerf's weights_initialization expects them."""
+        n_bottom = sum(isinstance(m, nn.Linear) for m in self.bottom_mlp)
+        n_top = sum(isinstance(m, nn.Linear) for m in self.top_mlp)
+        return (["embeddings"] + [f"bottom_mlp_dense{i + 1}" for i in range(n_bottom)]
+                + [f"top_mlp_dense{i + 1}" for i in range(n_top)])

@@ -1,0 +1,83 @@
+"""Optimisers: SGD, Adagrad, and the seed's row-wise Adagrad, behind one factory.
+
+The embedding weight receives sparse gradients (only the rows in the batch);
+every optimiser here updates only those rows.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class RowWiseAdagrad(torch.optim.Optimizer):
+    """Adagrad with one accumulator per embedding row (REFERENCE.md).
+
+    Sparse gradients are coalesced first (duplicate rows summed); for each
+    present row r: a_r += mean(g_r ** 2); w_r -= lr * g_r / (sqrt(a_r) + eps).
+    Rows absent from the batch are not touched. Dense parameters get plain
+    element-wise Adagrad with the same eps. The lr at step s is
+    lr / (1 + (s - 1) * lr_decay).
+    """
+
+    def __init__(self, params, lr: float = 0.01, lr_decay: float = 0.0, eps: float = 1e-10,
+                 weight_decay: float = 0.0):
+        if lr <= 0 or eps <= 0 or lr_decay < 0 or weight_decay < 0:
+            raise ValueError(f"invalid row-wise Adagrad settings: lr={lr}, eps={eps}, "
+                             f"lr_decay={lr_decay}, weight_decay={weight_decay}")
+        super().__init__(params, dict(lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.tensor(0.0)
+                    shape = (p.shape[0],) if p.grad.is_sparse else p.shape
+                    state["sum"] = torch.zeros(shape, dtype=p.dtype)
+                state["step"] += 1
+                clr = group["lr"] / (1 + (state["step"].item() - 1) * group["lr_decay"])
+                if p.grad.is_sparse:
+                    if group["weight_decay"]:
+                        raise RuntimeError("row-wise Adagrad: weight_decay is not supported with sparse gradients")
+                    self._sparse_update(p, p.grad, state["sum"], clr, group["eps"])
+                else:
+                    grad = p.grad
+                    if group["weight_decay"]:
+                        grad = grad.add(p, alpha=group["weight_decay"])
+                    state["sum"].addcmul_(grad, grad)
+                    p.addcdiv_(grad, state["sum"].sqrt().add_(group["eps"]), value=-clr)
+        return loss
+
+    @staticmethod
+    def _sparse_update(p: torch.Tensor, grad: torch.Tensor, acc: torch.Tensor, clr: float, eps: float) -> None:
+        grad = grad.coalesce()
+        rows = grad._indices()[0]
+        values = grad._values()
+        acc.index_add_(0, rows, values.pow(2).mean(dim=1))
+        scale = acc.index_select(0, rows).sqrt_().add_(eps)
+        p.index_add_(0, rows, values / scale.unsqueeze(1), alpha=-clr)
+
+
+def build_optimizer(name: str, model: nn.Module, lr: float, eps: float = 1e-10,
+                    lr_decay: float = 0.0) -> torch.optim.Optimizer:
+    params = list(model.parameters())
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    if name == "adagrad":
+        return torch.optim.Adagrad(params, lr=lr, lr_decay=lr_decay, eps=eps)
+    if name == "rowwise_adagrad":
+        return RowWiseAdagrad(params, lr=lr, lr_decay=lr_decay, eps=eps)
+    raise ValueError(f"unknown optimizer {name!r}: expected sgd, rowwise_adagrad or adagrad")
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr

@@ -1,0 +1,347 @@
+"""Train (or evaluate) DLRM on MLPerf binary data, with MLPerf logging.
+
+    python -m reference.train --config configs/FILE.yaml [key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from mlperf_logging.mllog import constants as C
+from tqdm import tqdm
+
+from . import checkpoint
+from .config import Config, ConfigError, help_text
+from .data.binary import BinaryDataset, DataError, load_counts
+from .data.synthetic import read_meta
+from .metrics import evaluate_scores
+from .mlperf_log import MLPerfLogger, log_hyperparameters, log_submission
+from .model import DLRM
+from .optim import build_optimizer, set_learning_rate
+from .schedule import PolyWarmupSchedule
+
+
+@dataclass
+class Position:
+    """Where training stands: optimiser steps taken, and the next batch."""
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+
+
+@dataclass
+class RunResult:
+    converged: bool
+    status: str
+    evaluations: list = field(default_factory=list)
+    losses: list = field(default_factory=list)
+    loss_curve: list = field(default_factory=list)  # (step, mean loss over the last log_every steps)
+    steps: int = 0
+    epoch_num: float = 0.0
+    run_seconds: float = 0.0
+    samples_per_second: float = 0.0
+    log_path: Optional[str] = None
+    summary_path: Optional[str] = None
+
+    @property
+    def final(self) -> dict:
+        return self.evaluations[-1] if self.evaluations else {}
+
+
+def resolve_table_sizes(cfg: Config) -> list[int]:
+    """Table sizes from the config, else from the counts file, capped by max_ind_range."""
+    if cfg.table_sizes is not None:
+        sizes = list(cfg.table_sizes)
+        if cfg.data_dir is not None:
+            path = os.path.join(cfg.data_dir, cfg.counts_file)
+            if os.path.isfile(path):
+                counts = load_counts(path)
+                if len(counts) != len(sizes):
+                    raise ConfigError(f"{cfg.where('table_sizes')}: table_sizes lists {len(sizes)} tables, "
+                                      f"{path} has {len(counts)}")
+    else:
+        if cfg.data_dir is None:
+            raise ConfigError(f"{cfg.where('table_sizes')}: table_sizes is null, so data_dir must name "
+                              f"the folder with {cfg.counts_file}")
+        sizes = load_counts(os.path.join(cfg.data_dir, cfg.counts_file))
+    if cfg.max_ind_range > 0:
+        sizes = [min(n, cfg.max_ind_range) for n in sizes]
+    return sizes
+
+
+def open_split(cfg: Config, name: str, batch_size: int, table_sizes: list[int]) -> BinaryDataset:
+    if cfg.data_dir is None:
+        raise ConfigError(f"{cfg.where('data_dir')}: data_dir is not set; point it at the folder with "
+                          f"{cfg.train_file} and {cfg.eval_file}")
+    return BinaryDataset(os.path.join(cfg.data_dir, name), batch_size, table_sizes)
+
+
+class Trainer:
+    """The training loop: steps, periodic exact evaluation, early stopping,
+    checkpoints and the MLPerf log. Every decision depends on the config and
+    the data only; the logger and the progress bar only observe."""
+
+    def __init__(self, cfg: Config, model: DLRM, train_data: Optional[BinaryDataset],
+                 eval_data: BinaryDataset, log: MLPerfLogger, out=sys.stderr):
+        self.cfg = cfg
+        self.model = model
+        self.train_data = train_data
+        self.eval_data = eval_data
+        self.log = log
+        self.out = out
+        self.optimizer = build_optimizer(cfg.optimizer, model, cfg.learning_rate, cfg.adagrad_eps,
+                                         cfg.adagrad_lr_decay)
+        self.schedule = PolyWarmupSchedule.from_config(cfg)
+        self.position = Position()
+        self.loss_fn = torch.nn.BCEWithLogitsLoss()
+
+    # --- pieces -----------------------------------------------------------
+    def eval_interval(self) -> int:
+        """Iterations between evaluations (0: only at epoch end)."""
+        if self.cfg.eval_every:
+            return self.cfg.eval_every
+        if self.cfg.eval_every_epochs:
+            return max(1, round(self.cfg.eval_every_epochs * self.train_data.num_batches))
+        return 0
+
+    def train_step(self, batch) -> float:
+        self.position.step += 1
+        set_learning_rate(self.optimizer, self.schedule(self.position.step))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss_fn(self.model(batch.dense, batch.ids), batch.labels)
+        loss.backward()
+        self.optimizer.step()
+        return loss.item()
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        self.model.eval()
+        logits, labels = [], []
+        for batch in self.eval_data:
+            logits.append(self.model(batch.dense, batch.ids))
+            labels.append(batch.labels)
+        self.model.train()
+        return evaluate_scores(torch.cat(logits), torch.cat(labels))
+
+    def reached_target(self, metrics: dict) -> bool:
+        cfg = self.cfg
+        return ((cfg.auc_threshold is not None and metrics["auc"] >= cfg.auc_threshold)
+                or (cfg.accuracy_threshold is not None and metrics["accuracy"] >= cfg.accuracy_threshold))
+
+    def has_target(self) -> bool:
+        return self.cfg.auc_threshold is not None or self.cfg.accuracy_threshold is not None
+
+    def save_checkpoint(self) -> None:
+        if self.cfg.checkpoint_path is None:
+            return
+        p = self.position
+        checkpoint.save(self.cfg.checkpoint_path, self.model, self.optimizer, step=p.step, epoch=p.epoch,
+                        batch_in_epoch=p.batch_in_epoch, config=self.cfg.as_dict(),
+                        table_sizes=self.model.embeddings.table_sizes)
+
+    def restore(self, data: dict) -> None:
+        """Continue from a checkpoint saved by :meth:`save_checkpoint` (weights already loaded)."""
+        if "optimizer" not in data:
+            raise checkpoint.CheckpointError("the checkpoint has no optimiser state; it can initialise "
+                                             "a model (load_checkpoint) but not resume a run")
+        try:
+            self.optimizer.load_state_dict(data["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise checkpoint.CheckpointError(f"optimiser state does not match optimizer="
+                                             f"{self.cfg.optimizer!r}: {e}") from None
+        self.position = Position(int(data["step"]), int(data["epoch"]), int(data["batch_in_epoch"]))
+        torch.set_rng_state(data["rng"])
+
+    # --- the run ----------------------------------------------------------
+    def fit(self) -> RunResult:
+        cfg, data, log = self.cfg, self.train_data, self.log
+        result = RunResult(converged=False, status=C.ABORTED)
+        interval = self.eval_interval()
+        nb = data.num_batches
+        samples = 0
+        log.start(C.RUN_START)
+        run_started = time.time()
+        stop = False
+        while self.position.epoch < cfg.epochs and not stop:
+            epoch = self.position.epoch
+            order = data.batch_order(epoch, cfg.shuffle_batches, cfg.seed)
+            log.start(C.EPOCH_START, epoch_num=epoch + 1)
+            bar = tqdm(total=nb, initial=self.position.batch_in_epoch, desc=f"epoch {epoch + 1}",
+                       file=self.out, disable=not cfg.progress, unit="it", dynamic_ncols=True)
+            window_loss, window_n, window_start = 0.0, 0, time.time()
+            while self.position.batch_in_epoch < nb:
+                batch = data.batch(int(order[self.position.batch_in_epoch]))
+                loss = self.train_step(batch)
+                self.position.batch_in_epoch += 1
+                samples += len(batch)
+                result.losses.append(loss)
+                window_loss += loss
+                window_n += 1
+                bar.update(1)
+                i = self.position.batch_in_epoch
+                if window_n == cfg.log_every:
+                    rate = window_n * cfg.batch_size / max(time.time() - window_start, 1e-9)
+                    bar.set_postfix(loss=f"{window_loss / window_n:.4f}", samples_per_s=f"{rate:,.0f}")
+                    result.loss_curve.append((self.position.step, window_loss / window_n))
+                    window_loss, window_n, window_start = 0.0, 0, time.time()
+                end_of_epoch = i == nb
+                if (interval and i % interval == 0) or end_of_epoch:
+                    epoch_num = epoch + 1 + i / nb
+                    log.start(C.EVAL_START, epoch_num=epoch_num)
+                    metrics = self.evaluate()
+                    log.end(C.EVAL_STOP, epoch_num=epoch_num)
+                    log.event(C.EVAL_ACCURACY, metrics["auc"], epoch_num=epoch_num)
+                    metrics.update(step=self.position.step, epoch_num=epoch_num)
+                    result.evaluations.append(metrics)
+                    bar.write(f"eval @ epoch {epoch_num:.3f} (step {self.position.step}): AUC {metrics['auc']:.5f} "
+                              f"accuracy {metrics['accuracy']:.5f} log loss {metrics['log_loss']:.5f}",
+                              file=self.out)
+                    if self.reached_target(metrics):
+                        result.converged = True
+                        stop = True
+                if cfg.checkpoint_every and self.position.step % cfg.checkpoint_every == 0:
+                    self.save_checkpoint()
+                if stop:
+                    break
+            bar.close()
+            if not stop:
+                log.end(C.EPOCH_STOP, epoch_num=epoch + 1)
+                self.position.epoch += 1
+                self.position.batch_in_epoch = 0
+        result.run_seconds = time.time() - run_started
+        result.status = C.SUCCESS if result.converged or not self.has_target() else C.ABORTED
+        log.end(C.RUN_STOP, status=result.status)
+        self.save_checkpoint()
+        result.steps = self.position.step
+        result.epoch_num = result.evaluations[-1]["epoch_num"] if result.evaluations else 0.0
+        result.samples_per_second = samples / max(result.run_seconds, 1e-9)
+        return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m reference.train",
+        description="Train DLRM on MLPerf binary Criteo data (or evaluate a checkpoint), writing an "
+                    "MLPerf log. Options come from --config and key=value overrides.",
+        epilog=help_text(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML file in configs/ (default: the built-in defaults)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="override a configuration key")
+    p.add_argument("--data-dir", help="same as data_dir=DIR")
+    p.add_argument("--results-dir", help="same as results_dir=DIR")
+    p.add_argument("--seed", type=int, help="same as seed=N")
+    p.add_argument("--resume", metavar="CKPT", help="same as resume=CKPT")
+    p.add_argument("--load-checkpoint", metavar="CKPT", help="same as load_checkpoint=CKPT")
+    p.add_argument("--inference-only", action="store_true", help="same as inference_only=true")
+    return p
+
+
+def config_from_args(argv=None) -> Config:
+    args = build_parser().parse_args(argv)
+    overrides = list(args.overrides)
+    for flag, key in (("data_dir", "data_dir"), ("results_dir", "results_dir"), ("seed", "seed"),
+                      ("resume", "resume"), ("load_checkpoint", "load_checkpoint")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if args.inference_only:
+        overrides.append("inference_only=true")
+    return Config.from_sources(args.config, overrides)
+
+
+def output_paths(cfg: Config) -> tuple[str, str]:
+    os.makedirs(cfg.results_dir, exist_ok=True)
+    base = cfg.run_name or f"{cfg.name}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    stem, n = base, 1
+    while os.path.exists(os.path.join(cfg.results_dir, stem + ".log")):
+        n += 1
+        stem = f"{base}-{n}"
+    return os.path.join(cfg.results_dir, stem + ".log"), os.path.join(cfg.results_dir, stem + ".json")
+
+
+def write_summary(path: str, cfg: Config, result: RunResult, table_sizes: list[int]) -> None:
+    summary = {
+        "config": cfg.as_dict(), "config_name": cfg.name, "table_sizes": table_sizes,
+        "converged": result.converged, "status": result.status, "steps": result.steps,
+        "epoch_num": result.epoch_num, "run_seconds": result.run_seconds,
+        "samples_per_second": result.samples_per_second, "evaluations": result.evaluations,
+        "loss_curve": result.loss_curve, "mlperf_log": result.log_path,
+    }
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(summary, f, indent=1)
+    os.replace(tmp, path)
+
+
+def run(cfg: Config, out=sys.stderr) -> RunResult:
+    """Everything between the command line and the result: the MLPerf
+    init phase (data, model), the timed run, and the outputs."""
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    log_path, summary_path = output_paths(cfg)
+    log = MLPerfLogger(None if cfg.inference_only else log_path)
+    try:
+        log.event(C.CACHE_CLEAR, True)
+        log.start(C.INIT_START)
+        log_submission(log, cfg)
+        table_sizes = resolve_table_sizes(cfg)
+        eval_data = open_split(cfg, cfg.eval_file, cfg.eval_batch_size, table_sizes)
+        train_data = None if cfg.inference_only else open_split(cfg, cfg.train_file, cfg.batch_size, table_sizes)
+        meta = read_meta(cfg.data_dir)
+        if meta is not None and "best_auc_test" in meta:
+            print(f"synthetic data: the teacher's AUC on the test split (the best achievable) is "
+                  f"{meta['best_auc_test']:.4f}", file=out)
+        model = DLRM.from_config(cfg, table_sizes)
+        for name in model.mlperf_tensor_names():
+            log.event(C.WEIGHTS_INITIALIZATION, tensor=name)
+        trainer = Trainer(cfg, model, train_data, eval_data, log, out=out)
+        source = cfg.resume or cfg.load_checkpoint
+        if source is not None:
+            data = checkpoint.load_weights(source, model)
+            if cfg.resume is not None and not cfg.inference_only:
+                trainer.restore(data)
+                print(f"resumed from {cfg.resume} at step {trainer.position.step} "
+                      f"(epoch {trainer.position.epoch + 1}, batch {trainer.position.batch_in_epoch})", file=out)
+        if cfg.inference_only:
+            started = time.time()
+            metrics = trainer.evaluate()
+            metrics["seconds"] = time.time() - started
+            print(json.dumps(metrics), file=sys.stdout)
+            return RunResult(converged=trainer.reached_target(metrics), status="inference",
+                             evaluations=[metrics])
+        log_hyperparameters(log, cfg, train_data.num_samples, eval_data.num_samples)
+        log.end(C.INIT_STOP)
+        result = trainer.fit()
+        result.log_path, result.summary_path = log_path, summary_path
+        write_summary(summary_path, cfg, result, table_sizes)
+        return result
+    finally:
+        log.close()
+
+
+def main(argv=None) -> int:
+    try:
+        cfg = config_from_args(argv)
+        result = run(cfg)
+    except (ConfigError, DataError, checkpoint.CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if result.status == "inference":
+        return 0
+    final = result.final
+    print(f"RESULT: status={result.status} converged={result.converged} steps={result.steps} "
+          f"epoch={result.epoch_num:.3f} auc={final.get('auc', float('nan')):.5f} "
+          f"time_to_train_s={result.run_seconds:.1f} samples_per_s={result.samples_per_second:,.0f}")
+    print(f"MLPerf log: {result.log_path}")
+    print(f"summary:    {result.summary_path}")
+    return 0 if result.status == "success" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
