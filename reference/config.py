@@ -67,6 +67,7 @@ class Config:
 
     # --- run length, evaluation, stopping ---
     epochs: int = _doc("Maximum number of epochs.", default=1)
+    max_steps: int = _doc("Stop after this many optimiser steps in total (0 = no limit).", default=0)
     eval_every: int = _doc("Evaluate every N iterations (0 = see eval_every_epochs).", default=0)
     eval_every_epochs: float = _doc("Evaluate every this fraction of an epoch (0 = only at epoch end).",
                                     default=0.0)
@@ -142,7 +143,7 @@ class Config:
     def validate(self) -> "Config":
         positive = ["embedding_dim", "batch_size", "eval_batch_size", "epochs", "log_every"]
         non_negative = ["warmup_steps", "decay_start_step", "decay_steps", "max_ind_range", "eval_every",
-                        "num_threads", "checkpoint_every", "seed"]
+                        "num_threads", "checkpoint_every", "seed", "max_steps"]
         for key in positive:
             if getattr(self, key) <= 0:
                 self._fail(key, f"must be > 0, got {getattr(self, key)}")

@@ -208,10 +208,12 @@ class Trainer:
                         stop = True
                 if cfg.checkpoint_every and self.position.step % cfg.checkpoint_every == 0:
                     self.save_checkpoint()
+                if cfg.max_steps and self.position.step >= cfg.max_steps:
+                    stop = True
                 if stop:
                     break
             bar.close()
-            if not stop:
+            if self.position.batch_in_epoch == nb:
                 log.end(C.EPOCH_STOP, epoch_num=epoch + 1)
                 self.position.epoch += 1
                 self.position.batch_in_epoch = 0

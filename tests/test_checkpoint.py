@@ -1,0 +1,92 @@
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_config
+from reference import checkpoint, train
+from reference.model import DLRM
+from reference.train import resolve_table_sizes
+
+DEVNULL = open(os.devnull, "w")
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "rowwise_adagrad", "adagrad"])
+def test_resume_equals_uninterrupted(easy_data, tmp_path, optimizer):
+    common = dict(optimizer=optimizer, epochs=2, eval_every=6, submission_division="open", learning_rate=0.1)
+    full = train.run(tiny_config(easy_data, tmp_path, **common), out=DEVNULL)
+    ckpt = str(tmp_path / "c.pt")
+    for stop_at in (7, 20):  # mid-epoch, and exactly at an epoch boundary
+        first = train.run(tiny_config(easy_data, tmp_path, max_steps=stop_at, checkpoint_path=ckpt, **common),
+                          out=DEVNULL)
+        assert first.losses == full.losses[:stop_at]
+        resumed = train.run(tiny_config(easy_data, tmp_path, resume=ckpt, **common), out=DEVNULL)
+        assert resumed.losses == full.losses[stop_at:]
+        assert resumed.final["auc"] == full.final["auc"]
+
+
+def test_checkpoint_is_atomic_and_weights_only(easy_data, tmp_path):
+    ckpt = tmp_path / "c.pt"
+    train.run(tiny_config(easy_data, tmp_path, checkpoint_path=str(ckpt), checkpoint_every=5), out=DEVNULL)
+    assert ckpt.exists() and not [p for p in os.listdir(tmp_path) if ".tmp" in p]
+    data = torch.load(ckpt, weights_only=True)
+    assert data["format"] == checkpoint.FORMAT and data["step"] == 20
+    assert data["epoch"] == 1 and data["batch_in_epoch"] == 0
+
+
+def test_inference_only_evaluates_the_checkpoint(easy_data, tmp_path):
+    ckpt = str(tmp_path / "c.pt")
+    trained = train.run(tiny_config(easy_data, tmp_path, checkpoint_path=ckpt), out=DEVNULL)
+    result = train.run(tiny_config(easy_data, tmp_path, load_checkpoint=ckpt, inference_only=True), out=DEVNULL)
+    assert result.final["auc"] == trained.final["auc"]
+
+
+def save_like_the_seed(path, model):
+    """What dlrm_s_pytorch.py --save-model writes: its module names and numpy scalars."""
+    state = {}
+    for t in range(model.embeddings.num_tables):
+        state[f"emb_l.{t}.weight"] = model.embeddings.table(t).clone()
+    for ours, theirs in (("bottom_mlp", "bot_l"), ("top_mlp", "top_l")):
+        for key, value in getattr(model, ours).state_dict().items():
+            state[f"{theirs}.{key}"] = value.clone()
+    torch.save({"epoch": 0, "nepochs": 1, "nbatches": 20, "nbatches_test": 2, "iter": 20,
+                "state_dict": state, "train_acc": np.float64(0.75), "train_loss": np.float32(0.5),
+                "test_acc": np.float64(0.76), "test_loss": np.float64(0.49), "opt_state_dict": {}}, path)
+
+
+def test_loads_the_original_checkpoint_format(easy_data, tmp_path):
+    cfg = tiny_config(easy_data, tmp_path, seed=11)
+    source = DLRM.from_config(cfg, resolve_table_sizes(cfg))
+    path = str(tmp_path / "seed.pt")
+    save_like_the_seed(path, source)
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path, weights_only=True)  # plain weights_only refuses numpy scalars
+    target = DLRM.from_config(tiny_config(easy_data, tmp_path, seed=12), resolve_table_sizes(cfg))
+    checkpoint.load_weights(path, target)
+    for key, value in source.state_dict().items():
+        assert torch.equal(value, target.state_dict()[key]), key
+
+
+def test_original_checkpoint_with_wrong_table_shape(easy_data, tmp_path):
+    cfg = tiny_config(easy_data, tmp_path)
+    sizes = resolve_table_sizes(cfg)
+    model = DLRM.from_config(cfg, sizes)
+    path = str(tmp_path / "seed.pt")
+    save_like_the_seed(path, model)
+    other = DLRM.from_config(cfg, [n + 1 for n in sizes])
+    with pytest.raises(checkpoint.CheckpointError, match=r"emb_l.0.weight has shape \(40, 8\), the model expects \(41, 8\)"):
+        checkpoint.load_weights(path, other)
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_pickled_code_is_never_run(tmp_path):
+    path = str(tmp_path / "evil.pt")
+    torch.save({"state_dict": {}, "payload": Evil()}, path)
+    with pytest.raises(checkpoint.CheckpointError, match="cannot load as a weights-only checkpoint"):
+        checkpoint.load_file(path)

@@ -1,0 +1,86 @@
+import glob
+import os
+
+import pytest
+
+from conftest import ROOT
+from reference.config import Config, ConfigError, help_text
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml"))))
+def test_every_config_in_configs_loads(path):
+    cfg = Config.from_sources(path)
+    assert cfg.name == os.path.splitext(os.path.basename(path))[0]
+
+
+def test_configs_folder_has_the_documented_set():
+    names = {os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "configs", "*.yaml"))}
+    assert {"mlperf_closed.yaml", "rcp_32768.yaml", "rcp_55296.yaml", "rcp_71680.yaml",
+            "rowwise_adagrad_open.yaml", "kaggle.yaml", "synthetic.yaml"} <= names
+
+
+def test_reference_config_values():
+    cfg = Config.from_sources(os.path.join(ROOT, "configs", "mlperf_closed.yaml"))
+    assert (cfg.batch_size, cfg.learning_rate, cfg.eval_every, cfg.eval_batch_size) == (2048, 1.0, 102400, 16384)
+    assert cfg.auc_threshold == 0.8025 and cfg.max_ind_range == 40_000_000
+    assert len(cfg.table_sizes) == 26 and cfg.table_sizes[0] == 39884406
+    assert cfg.bottom_mlp == [13, 512, 256, 128] and cfg.top_mlp == [1024, 1024, 512, 256, 1]
+
+
+def test_overrides_parse_types_and_mlp_notation():
+    cfg = Config.from_sources(None, ["batch_size=64", "learning_rate=0.5", "bottom_mlp=13-32-128",
+                                     "auc_threshold=null", "shuffle_batches=false"])
+    assert cfg.batch_size == 64 and cfg.learning_rate == 0.5 and cfg.bottom_mlp == [13, 32, 128]
+    assert cfg.auc_threshold is None and cfg.shuffle_batches is False
+    assert cfg.where("batch_size") == "command line"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("batch_sise=3", "unknown key 'batch_sise' (did you mean batch_size?)"),
+    ("batch_size=abc", "batch_size: expected an integer, got 'abc'"),
+    ("batch_size=0", "batch_size: must be > 0, got 0"),
+    ("learning_rate=-1", "learning_rate: must be a finite number > 0"),
+    ("optimizer=adam", "optimizer: must be one of sgd, rowwise_adagrad, adagrad, got 'adam'"),
+    ("interaction=mul", "interaction: must be one of dot, cat, sum"),
+    ("top_mlp=1024-2", "top_mlp: must end in 1"),
+    ("bottom_mlp=13-64", "bottom_mlp: must end in embedding_dim=128"),
+    ("shuffle_batches=maybe", "shuffle_batches: expected true or false"),
+    ("warmup_steps=10", None),
+    ("eval_every_epochs=2", "eval_every_epochs: must be in [0, 1]"),
+    ("table_sizes=[3,0]", "table_sizes: must be a non-empty list of positive row counts"),
+    ("optimizer=rowwise_adagrad", "the closed division requires sgd"),
+])
+def test_bad_values_rejected_naming_the_key(override, message):
+    if message is None:
+        Config.from_sources(None, [override])
+        return
+    with pytest.raises(ConfigError) as e:
+        Config.from_sources(None, [override])
+    assert message in str(e.value)
+    assert str(e.value).startswith("command line: ")
+
+
+def test_errors_name_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("batch_size: 2048\nepochs: two\n")
+    with pytest.raises(ConfigError, match=rf"{path}: epochs: expected an integer, got 'two'"):
+        Config.from_sources(str(path))
+    path.write_text("nonsense_key: 1\n")
+    with pytest.raises(ConfigError, match=rf"{path}: unknown key 'nonsense_key'"):
+        Config.from_sources(str(path))
+    path.write_text("[1, 2]\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        Config.from_sources(str(path))
+    with pytest.raises(ConfigError, match="config file not found"):
+        Config.from_sources(str(tmp_path / "missing.yaml"))
+
+
+def test_decay_must_not_start_inside_warmup():
+    with pytest.raises(ConfigError, match="decay_start_step: must not come before the end of warmup"):
+        Config.from_sources(None, ["warmup_steps=100", "decay_start_step=50", "decay_steps=10"])
+
+
+def test_help_lists_every_key():
+    text = help_text()
+    for f in Config.keys():
+        assert f"  {f.name} " in text

@@ -1,0 +1,68 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import tiny_config
+from reference import train
+
+DEVNULL = open(os.devnull, "w")
+MLPERF_ARCH = dict(embedding_dim=128, bottom_mlp=[13, 512, 256, 128], top_mlp=[1024, 1024, 512, 256, 1],
+                   num_threads=0)
+
+
+def read_log(path):
+    with open(path) as f:
+        lines = f.read().splitlines()
+    assert all(line.startswith(":::MLLOG ") for line in lines), "only MLLOG lines in the result file"
+    return [json.loads(line[len(":::MLLOG "):]) for line in lines]
+
+
+def compliance(path):
+    return subprocess.run([sys.executable, "-m", "mlperf_logging.compliance_checker", "--usage", "training",
+                           "--ruleset", "2.1.0", "--werror", path], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def converged_log(easy_data, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("log")
+    # The closed-division rules name the MLPerf architecture's tensors, so use it (with small tables).
+    result = train.run(tiny_config(easy_data, tmp, epochs=2, eval_every=4, auc_threshold=0.8025, **MLPERF_ARCH),
+                       out=DEVNULL)
+    assert result.converged
+    return result.log_path
+
+
+def test_converged_log_passes_the_official_checker(converged_log):
+    checked = compliance(converged_log)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS" in checked.stdout + checked.stderr
+
+
+def test_log_structure(converged_log):
+    events = read_log(converged_log)
+    keys = [e["key"] for e in events]
+    for key in ("submission_org", "submission_platform", "submission_division", "submission_status",
+                "submission_benchmark"):
+        assert keys.index(key) < keys.index("init_stop") < keys.index("run_start")
+    assert keys.count("run_stop") == 1
+    assert events[keys.index("run_stop")]["metadata"]["status"] == "success"
+    evals = [e for e in events if e["key"] == "eval_accuracy"]
+    assert [e["metadata"]["epoch_num"] for e in evals] == [1.2, 1.4, 1.6, 1.8, 2.0, 2.2, 2.4, 2.6, 2.8, 3.0][:len(evals)]
+    assert evals[-1]["value"] >= 0.8025
+    tensors = [e["metadata"]["tensor"] for e in events if e["key"] == "weights_initialization"]
+    assert tensors == ["embeddings"] + [f"bottom_mlp_dense{i}" for i in (1, 2, 3)] + [
+        f"top_mlp_dense{i}" for i in (1, 2, 3, 4, 5)]
+    by_key = {e["key"]: e["value"] for e in events}
+    assert by_key["global_batch_size"] == 256 and by_key["sgd_opt_learning_rate_decay_poly_power"] == 2
+    assert by_key["train_samples"] == 5120 and by_key["eval_samples"] == 2048 and by_key["seed"] == 0
+
+
+def test_unconverged_run_logs_aborted(easy_data, tmp_path):
+    result = train.run(tiny_config(easy_data, tmp_path, auc_threshold=0.9999), out=DEVNULL)
+    events = read_log(result.log_path)
+    assert [e["metadata"]["status"] for e in events if e["key"] == "run_stop"] == ["aborted"]
+    checked = compliance(result.log_path)
+    assert checked.returncode != 0  # closed dlrm needs an eval_accuracy >= 0.8025

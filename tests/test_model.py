@@ -1,0 +1,96 @@
+import math
+
+import pytest
+import torch
+
+from reference.embeddings import FusedEmbeddingBag
+from reference.interaction import build_interaction
+from reference.model import DLRM
+
+
+def dot_by_loop(dense, sparse, self_interaction):
+    vectors = [dense] + [sparse[:, t] for t in range(sparse.shape[1])]
+    rows = []
+    for b in range(dense.shape[0]):
+        feats = [dense[b]]
+        for i in range(len(vectors)):
+            for j in range(i + (1 if self_interaction else 0)):
+                feats.append(torch.dot(vectors[i][b], vectors[j][b]).reshape(1))
+        rows.append(torch.cat(feats))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("self_interaction", [False, True])
+def test_dot_interaction_against_a_plain_loop(self_interaction):
+    torch.manual_seed(0)
+    dense, sparse = torch.randn(5, 4), torch.randn(5, 3, 4)
+    module, width = build_interaction("dot", 3, 4, 4, self_interaction)
+    out = module(dense, sparse)
+    expected = dot_by_loop(dense, sparse, self_interaction)
+    assert out.shape == (5, width) == expected.shape
+    torch.testing.assert_close(out, expected)
+
+
+def test_mlperf_interaction_width_is_479():
+    _, width = build_interaction("dot", 26, 128, 128)
+    assert width == 128 + 27 * 26 // 2 == 479
+
+
+def test_cat_and_sum_interactions():
+    dense, sparse = torch.randn(2, 4), torch.randn(2, 3, 4)
+    cat, width = build_interaction("cat", 3, 4, 4)
+    assert width == 16
+    torch.testing.assert_close(cat(dense, sparse), torch.cat([dense, sparse[:, 0], sparse[:, 1], sparse[:, 2]], 1))
+    add, width = build_interaction("sum", 3, 4, 4)
+    assert width == 4
+    torch.testing.assert_close(add(dense, sparse), dense + sparse[:, 0] + sparse[:, 1] + sparse[:, 2])
+    with pytest.raises(ValueError, match="unknown interaction 'mul'"):
+        build_interaction("mul", 3, 4, 4)
+
+
+def test_fused_lookup_equals_per_table_lookup_and_sum_pools_bags():
+    emb = FusedEmbeddingBag([5, 3, 7], dim=4, seed=1)
+    ids = torch.tensor([[4, 0, 6], [0, 2, 0]])
+    out = emb(ids)
+    for t in range(3):
+        torch.testing.assert_close(out[:, t], emb.table(t)[ids[:, t]])
+    bags = torch.tensor([[[1, 2], [0, 0], [3, 6]]])
+    pooled = emb(bags)
+    torch.testing.assert_close(pooled[0, 2], emb.table(2)[3] + emb.table(2)[6])
+    torch.testing.assert_close(pooled[0, 1], 2 * emb.table(1)[0])
+    with pytest.raises(ValueError, match=r"expected ids of shape \(batch, 3"):
+        emb(torch.zeros(2, 4, dtype=torch.long))
+
+
+def test_embedding_init_per_table_bounds_and_independent_of_other_tables():
+    a = FusedEmbeddingBag([100, 4000], dim=8, seed=3)
+    b = FusedEmbeddingBag([4000], dim=8, seed=3)
+    assert a.table(0).abs().max() <= math.sqrt(1 / 100)
+    assert a.table(1).abs().max() <= math.sqrt(1 / 4000)
+    # Table 1 of `a` and table 0 of `b` differ in index, so in stream; the same index gives the same weights.
+    c = FusedEmbeddingBag([7, 4000], dim=8, seed=3)
+    torch.testing.assert_close(a.table(1), c.table(1))
+    assert not torch.equal(a.table(1), b.table(0))
+
+
+def test_dlrm_shapes_init_and_sparse_gradient():
+    model = DLRM([10, 20, 30], 8, [13, 16, 8], [32, 16, 1], seed=0)
+    assert [m.weight.shape for m in model.top_mlp if hasattr(m, "weight")][0] == (32, 8 + 6)
+    w = model.top_mlp[0].weight
+    assert abs(w.std().item() - math.sqrt(2 / (14 + 32))) < 0.05
+    dense, ids = torch.rand(4, 13), torch.tensor([[1, 2, 3]] * 4)
+    logits = model(dense, ids)
+    assert logits.shape == (4,)
+    logits.sum().backward()
+    grad = model.embeddings.weight.grad
+    assert grad.is_sparse
+    assert sorted(set(grad.coalesce().indices()[0].tolist())) == [1, 12, 33]
+    assert model.mlperf_tensor_names() == ["embeddings", "bottom_mlp_dense1", "bottom_mlp_dense2",
+                                           "top_mlp_dense1", "top_mlp_dense2", "top_mlp_dense3"]
+
+
+def test_same_seed_same_model_other_seed_other_model():
+    a, b, c = (DLRM([10] * 3, 8, [13, 8], [4, 1], seed=s) for s in (0, 0, 1))
+    for (k, va), vb, vc in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
+        assert torch.equal(va, vb), k
+        assert not torch.equal(va, vc), k
