@@ -34,11 +34,11 @@ class MLPerfLogger:
     def event(self, key, value=None, **metadata) -> None:
         self._mllog.event(key=key, value=value, metadata=metadata or None)
 
-    def start(self, key, value=None, **metadata) -> None:
-        self._mllog.start(key=key, value=value, metadata=metadata or None)
+    def start(self, key, value=None, time_ms=None, **metadata) -> None:
+        self._mllog.start(key=key, value=value, metadata=metadata or None, time_ms=time_ms)
 
-    def end(self, key, value=None, **metadata) -> None:
-        self._mllog.end(key=key, value=value, metadata=metadata or None)
+    def end(self, key, value=None, time_ms=None, **metadata) -> None:
+        self._mllog.end(key=key, value=value, metadata=metadata or None, time_ms=time_ms)
 
     def close(self) -> None:
         for handler in list(self._logger.handlers):

@@ -166,8 +166,9 @@ class Trainer:
         interval = self.eval_interval()
         nb = data.num_batches
         samples = 0
-        log.start(C.RUN_START)
-        run_started = time.time()
+        # The time to train is run_stop minus run_start as logged, so take both from one clock.
+        run_start_ms = int(time.time() * 1000)
+        log.start(C.RUN_START, time_ms=run_start_ms)
         stop = False
         while self.position.epoch < cfg.epochs and not stop:
             epoch = self.position.epoch
@@ -217,9 +218,10 @@ class Trainer:
                 log.end(C.EPOCH_STOP, epoch_num=epoch + 1)
                 self.position.epoch += 1
                 self.position.batch_in_epoch = 0
-        result.run_seconds = time.time() - run_started
         result.status = C.SUCCESS if result.converged or not self.has_target() else C.ABORTED
-        log.end(C.RUN_STOP, status=result.status)
+        run_stop_ms = int(time.time() * 1000)
+        log.end(C.RUN_STOP, time_ms=run_stop_ms, status=result.status)
+        result.run_seconds = (run_stop_ms - run_start_ms) / 1000
         self.save_checkpoint()
         result.steps = self.position.step
         result.epoch_num = result.evaluations[-1]["epoch_num"] if result.evaluations else 0.0

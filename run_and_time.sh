@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Run DLRM end to end and report the time to train as MLPerf measures it
+# (run_stop minus run_start in the MLPerf log).
+#
+#   ./run_and_time.sh                      # embedded default: synthetic Criteo-format
+#                                          # data (generated on first use), configs/synthetic.yaml
+#   ./run_and_time.sh --config configs/mlperf_closed.yaml --data-dir /data/criteo [key=value ...]
+#
+# Options (each also read from the environment variable in brackets):
+#   --config FILE      [CONFIG]       training config (default configs/synthetic.yaml)
+#   --data-dir DIR     [DATA_DIR]     folder with the binary files and the counts file
+#                                     (default for synthetic: .cache/synthetic, generated if missing)
+#   --results-dir DIR  [RESULTS_DIR]  where the MLPerf log and the run summary go (default results/)
+#   --seed N           [SEED]         run seed (default: the config's)
+#   key=value                         any configuration key (python -m reference.train --help)
+# Exit status: 0 when the run reached its target, 1 when it did not, 2 on bad input.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+CONFIG="${CONFIG:-configs/synthetic.yaml}"
+DATA_DIR="${DATA_DIR:-}"
+RESULTS_DIR="${RESULTS_DIR:-results}"
+SEED="${SEED:-}"
+overrides=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --config) CONFIG="$2"; shift 2 ;;
+    --data-dir) DATA_DIR="$2"; shift 2 ;;
+    --results-dir) RESULTS_DIR="$2"; shift 2 ;;
+    --seed) SEED="$2"; shift 2 ;;
+    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *=*) overrides+=("$1"); shift ;;
+    *) echo "run_and_time.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+source scripts/ensure_venv.sh
+
+if [ "$(basename "$CONFIG")" = "synthetic.yaml" ] && [ -z "$DATA_DIR" ]; then
+  DATA_DIR="${DLRM_CACHE_DIR:-.cache}/synthetic"
+  "$PYTHON" -m reference.data.synthetic --out "$DATA_DIR"
+fi
+if [ -z "$DATA_DIR" ]; then
+  echo "run_and_time.sh: --data-dir (or DATA_DIR) is required with --config $CONFIG" >&2
+  exit 2
+fi
+
+args=(--config "$CONFIG" --data-dir "$DATA_DIR" --results-dir "$RESULTS_DIR")
+[ -n "$SEED" ] && args+=(--seed "$SEED")
+echo "running: python -m reference.train ${args[*]} ${overrides[*]:-}" >&2
+status=0
+"$PYTHON" -m reference.train "${args[@]}" "${overrides[@]}" || status=$?
+exit "$status"

@@ -1,0 +1,55 @@
+"""The real command lines, as a user runs them."""
+import glob
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from reference.config import Config
+
+
+@pytest.mark.slow
+def test_run_and_time_embedded_default_converges_with_a_compliant_log(tmp_path):
+    env = dict(os.environ, DLRM_CACHE_DIR=str(tmp_path / "cache"), DLRM_PYTHON=sys.executable)
+    proc = subprocess.run(["./run_and_time.sh", "--results-dir", str(tmp_path / "results")], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert "best achievable AUC" in proc.stdout + proc.stderr
+    result = re.search(r"RESULT: status=success converged=True .* auc=([0-9.]+) time_to_train_s=([0-9.]+)",
+                       proc.stdout)
+    assert result and float(result.group(1)) >= 0.8025
+    logs = glob.glob(str(tmp_path / "results" / "*.log"))
+    assert len(logs) == 1
+    checked = subprocess.run([sys.executable, "-m", "mlperf_logging.compliance_checker", "--usage", "training",
+                              "--ruleset", "2.1.0", "--werror", logs[0]], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    # A second call finds the generated data up to date instead of writing it again.
+    again = subprocess.run(["./run_and_time.sh", "--results-dir", str(tmp_path / "results"), "max_steps=1"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert "is up to date" in again.stdout
+    assert again.returncode == 1  # one step does not reach the target: not converged
+
+
+def test_run_and_time_rejects_bad_input(tmp_path):
+    env = dict(os.environ, DLRM_PYTHON=sys.executable)
+    unknown = subprocess.run(["./run_and_time.sh", "--bogus"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert unknown.returncode == 2 and "unknown argument '--bogus'" in unknown.stderr
+    no_data = subprocess.run(["./run_and_time.sh", "--config", "configs/mlperf_closed.yaml"], cwd=ROOT, env=env,
+                             capture_output=True, text=True)
+    assert no_data.returncode == 2 and "--data-dir (or DATA_DIR) is required" in no_data.stderr
+
+
+def test_readme_documents_every_config_key_and_file():
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    for f in Config.keys():
+        assert f"`{f.name}`" in readme, f.name
+    for path in glob.glob(os.path.join(ROOT, "configs", "*.yaml")):
+        assert os.path.basename(path) in readme
+
+
+def test_logging_folder_never_shadows_the_standard_library():
+    assert not os.path.exists(os.path.join(ROOT, "logging", "__init__.py"))
+    assert not os.path.exists(os.path.join(ROOT, "logging.py"))
