@@ -13,6 +13,8 @@
 #   --results-dir DIR  [RESULTS_DIR]  where the MLPerf log and the run summary go (default results/)
 #   --seed N           [SEED]         run seed (default: the config's)
 #   key=value                         any configuration key (python -m reference.train --help)
+# DLRM_CLEAR_CACHES=1 drops the page cache first (as MLPerf runs must; needs root) and
+# the log's cache_clear records whether that happened.
 # Exit status: 0 when the run reached its target, 1 when it did not, 2 on bad input.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -28,7 +30,7 @@ while [ $# -gt 0 ]; do
     --data-dir) DATA_DIR="$2"; shift 2 ;;
     --results-dir) RESULTS_DIR="$2"; shift 2 ;;
     --seed) SEED="$2"; shift 2 ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *=*) overrides+=("$1"); shift ;;
     *) echo "run_and_time.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -46,6 +48,13 @@ if [ -z "$DATA_DIR" ]; then
 fi
 
 args=(--config "$CONFIG" --data-dir "$DATA_DIR" --results-dir "$RESULTS_DIR")
+if [ "${DLRM_CLEAR_CACHES:-0}" = "1" ]; then
+  if sync && { echo 3 > /proc/sys/vm/drop_caches; } 2>/dev/null; then
+    overrides+=("cache_cleared=true")
+  else
+    echo "run_and_time.sh: could not drop the page cache (needs root and a writable /proc/sys); cache_clear is logged as false" >&2
+  fi
+fi
 [ -n "$SEED" ] && args+=(--seed "$SEED")
 echo "running: python -m reference.train ${args[*]} ${overrides[*]:-}" >&2
 status=0

@@ -89,6 +89,8 @@ class Config:
     load_checkpoint: Optional[str] = _doc("Checkpoint (ours or the original dlrm_s_pytorch.py's) to "
                                           "initialise the model from.", default=None)
     inference_only: bool = _doc("Only evaluate (the loaded) model on the eval split.", default=False)
+    cache_cleared: bool = _doc("The page cache was dropped before the run (run_and_time.sh sets it "
+                               "under DLRM_CLEAR_CACHES=1); logged as cache_clear.", default=False)
 
     # --- MLPerf submission metadata ---
     submission_benchmark: str = _doc("MLPerf benchmark name.", default="dlrm")

@@ -6,6 +6,30 @@ import torch
 from torch import nn
 
 
+class _PairwiseDots(torch.autograd.Function):
+    """Selected entries of each sample's Gram matrix V V^T, flattened.
+
+    Autograd through ``bmm`` + indexing costs two more ``bmm`` in the backward
+    and a scatter through 2-D advanced indexing; here the backward is one
+    ``bmm``: dL/dV = (G + G^T) V, with G the output gradient scattered into
+    the Gram matrix's shape. Small batched GEMMs are slow on CPU, so this
+    halves the interaction's share of a step (benchmarks/RESULTS.md).
+    """
+
+    @staticmethod
+    def forward(ctx, vectors: torch.Tensor, flat_index: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(vectors, flat_index)
+        gram = torch.bmm(vectors, vectors.transpose(1, 2))
+        return gram.view(gram.shape[0], -1).index_select(1, flat_index)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        vectors, flat_index = ctx.saved_tensors
+        b, n, _ = vectors.shape
+        g = grad.new_zeros(b, n * n).index_copy_(1, flat_index, grad).view(b, n, n)
+        return torch.bmm(g + g.transpose(1, 2), vectors), None
+
+
 class DotInteraction(nn.Module):
     """Pairwise dot products of the T+1 vectors (bottom output first), the
     strictly lower triangle in the seed's row-major order (1,0), (2,0), (2,1),
@@ -15,18 +39,16 @@ class DotInteraction(nn.Module):
     def __init__(self, num_vectors: int, self_interaction: bool = False):
         super().__init__()
         offset = 1 if self_interaction else 0
-        li = [i for i in range(num_vectors) for j in range(i + offset)]
-        lj = [j for i in range(num_vectors) for j in range(i + offset)]
-        self.register_buffer("li", torch.tensor(li, dtype=torch.long), persistent=False)
-        self.register_buffer("lj", torch.tensor(lj, dtype=torch.long), persistent=False)
+        pairs = [(i, j) for i in range(num_vectors) for j in range(i + offset)]
+        self.register_buffer("flat_index", torch.tensor([i * num_vectors + j for i, j in pairs],
+                                                        dtype=torch.long), persistent=False)
 
     def output_dim(self, dim: int) -> int:
-        return dim + len(self.li)
+        return dim + len(self.flat_index)
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
         vectors = torch.cat([dense.unsqueeze(1), sparse], dim=1)  # (B, T+1, D)
-        gram = torch.bmm(vectors, vectors.transpose(1, 2))
-        return torch.cat([dense, gram[:, self.li, self.lj]], dim=1)
+        return torch.cat([dense, _PairwiseDots.apply(vectors, self.flat_index)], dim=1)
 
 
 class CatInteraction(nn.Module):

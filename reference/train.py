@@ -175,7 +175,8 @@ class Trainer:
             order = data.batch_order(epoch, cfg.shuffle_batches, cfg.seed)
             log.start(C.EPOCH_START, epoch_num=epoch + 1)
             bar = tqdm(total=nb, initial=self.position.batch_in_epoch, desc=f"epoch {epoch + 1}",
-                       file=self.out, disable=not cfg.progress, unit="it", dynamic_ncols=True)
+                       file=self.out, disable=not cfg.progress, unit="it", dynamic_ncols=True,
+                       mininterval=0.5 if self.out.isatty() else 30)
             window_loss, window_n, window_start = 0.0, 0, time.time()
             while self.position.batch_in_epoch < nb:
                 batch = data.batch(int(order[self.position.batch_in_epoch]))
@@ -291,7 +292,7 @@ def run(cfg: Config, out=sys.stderr) -> RunResult:
     log_path, summary_path = output_paths(cfg)
     log = MLPerfLogger(None if cfg.inference_only else log_path)
     try:
-        log.event(C.CACHE_CLEAR, True)
+        log.event(C.CACHE_CLEAR, cfg.cache_cleared)
         log.start(C.INIT_START)
         log_submission(log, cfg)
         table_sizes = resolve_table_sizes(cfg)

@@ -94,3 +94,17 @@ def test_same_seed_same_model_other_seed_other_model():
     for (k, va), vb, vc in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
         assert torch.equal(va, vb), k
         assert not torch.equal(va, vc), k
+
+
+@pytest.mark.parametrize("self_interaction", [False, True])
+def test_dot_interaction_gradient_against_autograd_of_the_plain_form(self_interaction):
+    torch.manual_seed(1)
+    dense = torch.randn(6, 5, dtype=torch.double, requires_grad=True)
+    sparse = torch.randn(6, 4, 5, dtype=torch.double, requires_grad=True)
+    module, _ = build_interaction("dot", 4, 5, 5, self_interaction)
+    torch.autograd.gradcheck(lambda d, s: module(d, s), (dense, sparse))
+    upstream = torch.randn(6, module.output_dim(5), dtype=torch.double)
+    grads = torch.autograd.grad((module(dense, sparse) * upstream).sum(), (dense, sparse))
+    expected = torch.autograd.grad((dot_by_loop(dense, sparse, self_interaction) * upstream).sum(), (dense, sparse))
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want)

@@ -36,17 +36,20 @@ FILES = {"train": "synthetic_train.bin", "test": "synthetic_test.bin", "val": "s
 @dataclass
 class SyntheticSpec:
     train_samples: int = 1_000_000
-    eval_samples: int = 65_536
+    eval_samples: int = 32_768
     table_sizes: list = field(default_factory=lambda: list(DEFAULT_TABLE_SIZES))
     seed: int = 1234
-    zipf_exponent: float = 1.1   # id k of a table is drawn with probability ~ (k + 1) ** -exponent
-    id_effect_scale: float = 0.45  # std of each column's per-id logit effect
+    zipf_exponent: float = 1.2   # id k of a table is drawn with probability ~ (k + 1) ** -exponent
+    id_effect_scale: float = 0.35  # std of each column's per-id logit effect
     pair_rank: int = 4            # rank of each pairwise column interaction
-    pair_scale: float = 0.55      # std of each pairwise interaction term
-    num_pairs: int = 24
-    dense_scale: float = 0.35     # std of each dense feature's linear effect
+    pair_scale: float = 0.2      # std of each pairwise interaction term
+    num_pairs: int = 6
+    dense_scale: float = 0.55     # std of each dense feature's linear effect
     bias: float = -1.2            # sets the click rate near Criteo's ~25%
     chunk_rows: int = 131_072
+    # The defaults above were calibrated so configs/synthetic.yaml (the MLPerf
+    # architecture, SGD lr 1.0, batch 2048) passes AUC 0.8025 at about 0.4
+    # epoch; the teacher's own AUC is about 0.90 (benchmarks/RESULTS.md).
 
     def __post_init__(self) -> None:
         if len(self.table_sizes) != NUM_SPARSE or min(self.table_sizes) <= 0:
