@@ -1,4 +1,5 @@
 import math
+import sys
 
 import pytest
 import torch
@@ -108,3 +109,13 @@ def test_dot_interaction_gradient_against_autograd_of_the_plain_form(self_intera
     expected = torch.autograd.grad((dot_by_loop(dense, sparse, self_interaction) * upstream).sum(), (dense, sparse))
     for got, want in zip(grads, expected):
         torch.testing.assert_close(got, want)
+
+
+def test_huge_page_advice_on_large_tables_only():
+    from reference.embeddings import advise_huge_pages
+    assert advise_huge_pages(torch.empty(10)) is False  # too small to matter
+    big = torch.empty(8 << 20)  # 32 MB
+    if sys.platform.startswith("linux"):
+        assert advise_huge_pages(big) is True
+    big.fill_(1.5)
+    assert big.sum().item() == 1.5 * (8 << 20)
