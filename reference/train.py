@@ -160,7 +160,28 @@ class Trainer:
         torch.set_rng_state(data["rng"])
 
     # --- the run ----------------------------------------------------------
+    def _next_eval(self, i: int, nb: int, interval: int) -> int:
+        """Batch index (within the epoch) of the evaluation that ends the block starting at i."""
+        return min(nb, (i // interval + 1) * interval) if interval else nb
+
+    def _evaluate_and_log(self, epoch_num: float, result: RunResult, bar) -> bool:
+        """One evaluation, logged; returns whether the target is reached."""
+        log = self.log
+        log.start(C.EVAL_START, epoch_num=epoch_num)
+        metrics = self.evaluate()
+        log.end(C.EVAL_STOP, epoch_num=epoch_num)
+        log.event(C.EVAL_ACCURACY, metrics["auc"], epoch_num=epoch_num)
+        metrics.update(step=self.position.step, epoch_num=epoch_num)
+        result.evaluations.append(metrics)
+        bar.write(f"eval @ epoch {epoch_num:.3f} (step {self.position.step}): AUC {metrics['auc']:.5f} "
+                  f"accuracy {metrics['accuracy']:.5f} log loss {metrics['log_loss']:.5f}", file=self.out)
+        return self.reached_target(metrics)
+
     def fit(self) -> RunResult:
+        """Train until the target, ``epochs`` or ``max_steps``. MLPerf log:
+        an epoch_start/epoch_stop pair per whole epoch, and a block_start/
+        block_stop pair around the training between two evaluations, so a run
+        that converges inside its first epoch still closes a block."""
         cfg, data, log = self.cfg, self.train_data, self.log
         result = RunResult(converged=False, status=C.ABORTED)
         interval = self.eval_interval()
@@ -170,6 +191,7 @@ class Trainer:
         run_start_ms = int(time.time() * 1000)
         log.start(C.RUN_START, time_ms=run_start_ms)
         stop = False
+        block_first = None  # 1-based epoch number where the open block began
         while self.position.epoch < cfg.epochs and not stop:
             epoch = self.position.epoch
             order = data.batch_order(epoch, cfg.shuffle_batches, cfg.seed)
@@ -178,47 +200,40 @@ class Trainer:
                        file=self.out, disable=not cfg.progress, unit="it", dynamic_ncols=True,
                        mininterval=0.5 if self.out.isatty() else 30)
             window_loss, window_n, window_start = 0.0, 0, time.time()
-            while self.position.batch_in_epoch < nb:
-                batch = data.batch(int(order[self.position.batch_in_epoch]))
+            while self.position.batch_in_epoch < nb and not stop:
+                i = self.position.batch_in_epoch
+                if block_first is None:
+                    block_first = epoch + 1 + i / nb
+                    log.start(C.BLOCK_START, first_epoch_num=block_first,
+                              epoch_count=(self._next_eval(i, nb, interval) - i) / nb)
+                batch = data.batch(int(order[i]))
                 loss = self.train_step(batch)
-                self.position.batch_in_epoch += 1
+                self.position.batch_in_epoch = i = i + 1
                 samples += len(batch)
                 result.losses.append(loss)
-                window_loss += loss
-                window_n += 1
+                window_loss, window_n = window_loss + loss, window_n + 1
                 bar.update(1)
-                i = self.position.batch_in_epoch
                 if window_n == cfg.log_every:
                     rate = window_n * cfg.batch_size / max(time.time() - window_start, 1e-9)
                     bar.set_postfix(loss=f"{window_loss / window_n:.4f}", samples_per_s=f"{rate:,.0f}")
                     result.loss_curve.append((self.position.step, window_loss / window_n))
                     window_loss, window_n, window_start = 0.0, 0, time.time()
-                end_of_epoch = i == nb
-                if (interval and i % interval == 0) or end_of_epoch:
-                    epoch_num = epoch + 1 + i / nb
-                    log.start(C.EVAL_START, epoch_num=epoch_num)
-                    metrics = self.evaluate()
-                    log.end(C.EVAL_STOP, epoch_num=epoch_num)
-                    log.event(C.EVAL_ACCURACY, metrics["auc"], epoch_num=epoch_num)
-                    metrics.update(step=self.position.step, epoch_num=epoch_num)
-                    result.evaluations.append(metrics)
-                    bar.write(f"eval @ epoch {epoch_num:.3f} (step {self.position.step}): AUC {metrics['auc']:.5f} "
-                              f"accuracy {metrics['accuracy']:.5f} log loss {metrics['log_loss']:.5f}",
-                              file=self.out)
-                    if self.reached_target(metrics):
-                        result.converged = True
-                        stop = True
+                if (interval and i % interval == 0) or i == nb:
+                    log.end(C.BLOCK_STOP, first_epoch_num=block_first)
+                    block_first = None
+                    stop = self._evaluate_and_log(epoch + 1 + i / nb, result, bar)
+                    result.converged = stop
                 if cfg.checkpoint_every and self.position.step % cfg.checkpoint_every == 0:
                     self.save_checkpoint()
                 if cfg.max_steps and self.position.step >= cfg.max_steps:
                     stop = True
-                if stop:
-                    break
             bar.close()
             if self.position.batch_in_epoch == nb:
                 log.end(C.EPOCH_STOP, epoch_num=epoch + 1)
                 self.position.epoch += 1
                 self.position.batch_in_epoch = 0
+        if block_first is not None:  # stopped by max_steps between evaluations
+            log.end(C.BLOCK_STOP, first_epoch_num=block_first)
         result.status = C.SUCCESS if result.converged or not self.has_target() else C.ABORTED
         run_stop_ms = int(time.time() * 1000)
         log.end(C.RUN_STOP, time_ms=run_stop_ms, status=result.status)

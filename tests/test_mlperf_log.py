@@ -60,6 +60,27 @@ def test_log_structure(converged_log):
     assert by_key["train_samples"] == 5120 and by_key["eval_samples"] == 2048 and by_key["seed"] == 0
 
 
+def test_run_converging_inside_its_first_epoch_passes(easy_data, tmp_path):
+    # No epoch ends before run_stop here: the blocks around evaluations satisfy
+    # the rule that some block_stop or epoch_stop exists.
+    result = train.run(tiny_config(easy_data, tmp_path, epochs=2, batch_size=64, eval_every=5, auc_threshold=0.8025,
+                                   **MLPERF_ARCH), out=DEVNULL)
+    assert result.converged and result.epoch_num < 2
+    events = read_log(result.log_path)
+    assert "epoch_stop" not in [e["key"] for e in events]
+    checked = compliance(result.log_path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_blocks_pair_up_around_evaluations(converged_log):
+    events = read_log(converged_log)
+    starts = [e["metadata"] for e in events if e["key"] == "block_start"]
+    stops = [e["metadata"]["first_epoch_num"] for e in events if e["key"] == "block_stop"]
+    evals = [e["metadata"]["epoch_num"] for e in events if e["key"] == "eval_start"]
+    assert [m["first_epoch_num"] for m in starts] == stops == [1.0] + evals[:-1]
+    assert all(m["epoch_count"] == pytest.approx(0.2) for m in starts)
+
+
 def test_unconverged_run_logs_aborted(easy_data, tmp_path):
     result = train.run(tiny_config(easy_data, tmp_path, auc_threshold=0.9999), out=DEVNULL)
     events = read_log(result.log_path)
