@@ -76,6 +76,32 @@ def resolve_table_sizes(cfg: Config) -> list[int]:
     return sizes
 
 
+def available_memory_bytes() -> Optional[int]:
+    """MemAvailable from /proc/meminfo; None where that is not known."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_table_memory(cfg: Config, table_sizes: list[int]) -> None:
+    """Refuse, before allocating, tables that cannot fit: the weights are
+    allocated lazily, so the failure would otherwise be an OOM kill mid-run."""
+    rows = sum(table_sizes)
+    per_row = cfg.embedding_dim * 4 + {"sgd": 0, "rowwise_adagrad": 4, "adagrad": cfg.embedding_dim * 4}[cfg.optimizer]
+    need = rows * per_row
+    have = available_memory_bytes()
+    if have is not None and need > have:
+        raise ConfigError(f"{cfg.where('table_sizes')}: the embedding tables need {need / 2**30:.1f} GiB "
+                          f"({rows:,} rows x {cfg.embedding_dim} x 4 B, plus {cfg.optimizer} state) but only "
+                          f"{have / 2**30:.1f} GiB of memory is available; use a machine with more memory "
+                          f"or a smaller max_ind_range")
+
+
 def open_split(cfg: Config, name: str, batch_size: int, table_sizes: list[int]) -> BinaryDataset:
     if cfg.data_dir is None:
         raise ConfigError(f"{cfg.where('data_dir')}: data_dir is not set; point it at the folder with "
@@ -263,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(argv=None) -> Config:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)
     overrides = list(args.overrides)
     for flag, key in (("data_dir", "data_dir"), ("results_dir", "results_dir"), ("seed", "seed"),
                       ("resume", "resume"), ("load_checkpoint", "load_checkpoint")):
@@ -311,6 +337,7 @@ def run(cfg: Config, out=sys.stderr) -> RunResult:
         log.start(C.INIT_START)
         log_submission(log, cfg)
         table_sizes = resolve_table_sizes(cfg)
+        check_table_memory(cfg, table_sizes)
         eval_data = open_split(cfg, cfg.eval_file, cfg.eval_batch_size, table_sizes)
         train_data = None if cfg.inference_only else open_split(cfg, cfg.train_file, cfg.batch_size, table_sizes)
         meta = read_meta(cfg.data_dir)

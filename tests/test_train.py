@@ -90,3 +90,18 @@ def test_cli_reports_bad_config_and_missing_data(tmp_path):
                              capture_output=True, text=True)
     assert missing.returncode == 2
     assert "synthetic_fea_count.npz: counts file not found" in missing.stderr
+
+
+def test_tables_too_large_for_memory_rejected_before_allocating(easy_data, tmp_path):
+    from reference.config import ConfigError
+    cfg = tiny_config(easy_data, tmp_path, table_sizes=[2 ** 40] * 26, optimizer="rowwise_adagrad",
+                      submission_division="open")
+    with pytest.raises(ConfigError, match=r"test: the embedding tables need .* GiB \(28,587,302,322,176 rows x 8 "
+                                          r"x 4 B, plus rowwise_adagrad state\) but only .* GiB of memory is available"):
+        train.run(cfg, out=open("/dev/null", "w"))
+
+
+def test_cli_accepts_overrides_before_and_after_options():
+    from reference.train import config_from_args
+    cfg = config_from_args(["batch_size=64", "--seed", "3", "epochs=2", "--data-dir", "/d", "learning_rate=0.5"])
+    assert (cfg.batch_size, cfg.seed, cfg.epochs, cfg.data_dir, cfg.learning_rate) == (64, 3, 2, "/d", 0.5)
