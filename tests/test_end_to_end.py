@@ -24,7 +24,8 @@ def test_run_and_time_embedded_default_converges_with_a_compliant_log(tmp_path):
     logs = glob.glob(str(tmp_path / "results" / "*.log"))
     assert len(logs) == 1
     checked = subprocess.run([sys.executable, "-m", "mlperf_logging.compliance_checker", "--usage", "training",
-                              "--ruleset", "2.1.0", "--werror", logs[0]], capture_output=True, text=True)
+                              "--ruleset", "2.1.0", "--werror", logs[0]], capture_output=True, text=True,
+                             cwd=str(tmp_path))  # it writes compliance_checker.log to its cwd
     assert checked.returncode == 0, checked.stdout + checked.stderr
     # A second call finds the generated data up to date instead of writing it again.
     again = subprocess.run(["./run_and_time.sh", "--results-dir", str(tmp_path / "results"), "max_steps=1"],

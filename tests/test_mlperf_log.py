@@ -22,7 +22,8 @@ def read_log(path):
 
 def compliance(path):
     return subprocess.run([sys.executable, "-m", "mlperf_logging.compliance_checker", "--usage", "training",
-                           "--ruleset", "2.1.0", "--werror", path], capture_output=True, text=True)
+                           "--ruleset", "2.1.0", "--werror", path], capture_output=True, text=True,
+                          cwd=os.path.dirname(path))  # it writes compliance_checker.log to its cwd
 
 
 @pytest.fixture(scope="module")
