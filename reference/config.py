@@ -76,6 +76,8 @@ class Config:
                                                default=None)
     seed: int = _doc("Seed of initialisation and batch order.", default=0)
     num_threads: int = _doc("Torch intra-op threads (0 = torch's default).", default=0)
+    device: str = _doc("cpu, cuda or cuda:N (the model, batches and optimiser state live there).",
+                       default="cpu")
     log_every: int = _doc("Progress line every N iterations.", default=50)
     progress: bool = _doc("Show a tqdm progress bar on stderr.", default=True)
 
@@ -192,6 +194,14 @@ class Config:
                                     f"(set submission_division=open)")
         if self.submission_division == "closed" and self.decay_power != 2:
             self._fail("decay_power", f"the closed division requires 2, got {self.decay_power}")
+        if self.device != "cpu":
+            import torch  # only where a GPU is asked for: config stays cheap to import
+
+            if not (self.device == "cuda" or (self.device.startswith("cuda:") and self.device[5:].isdigit())):
+                self._fail("device", f"must be cpu, cuda or cuda:N, got {self.device!r}")
+            if not torch.cuda.is_available():
+                self._fail("device", f"{self.device!r} asked for, but torch sees no CUDA device "
+                                     f"(torch {torch.__version__})")
         if self.inference_only and self.load_checkpoint is None and self.resume is None:
             self._fail("inference_only", "needs load_checkpoint (or resume) to name the model to evaluate")
         return self

@@ -41,7 +41,7 @@ class RowWiseAdagrad(torch.optim.Optimizer):
                 if not state:
                     state["step"] = torch.tensor(0.0)
                     shape = (p.shape[0],) if p.grad.is_sparse else p.shape
-                    state["sum"] = torch.zeros(shape, dtype=p.dtype)
+                    state["sum"] = torch.zeros(shape, dtype=p.dtype, device=p.device)
                 state["step"] += 1
                 clr = group["lr"] / (1 + (state["step"].item() - 1) * group["lr_decay"])
                 if p.grad.is_sparse:

@@ -117,7 +117,8 @@ class Trainer:
     def __init__(self, cfg: Config, model: DLRM, train_data: Optional[BinaryDataset],
                  eval_data: BinaryDataset, log: MLPerfLogger, out=sys.stderr):
         self.cfg = cfg
-        self.model = model
+        self.device = torch.device(cfg.device)
+        self.model = model.to(self.device)
         self.train_data = train_data
         self.eval_data = eval_data
         self.log = log
@@ -141,6 +142,7 @@ class Trainer:
         self.position.step += 1
         set_learning_rate(self.optimizer, self.schedule(self.position.step))
         self.optimizer.zero_grad(set_to_none=True)
+        batch = batch.to(self.device)
         loss = self.loss_fn(self.model(batch.dense, batch.ids), batch.labels)
         loss.backward()
         self.optimizer.step()
@@ -151,7 +153,8 @@ class Trainer:
         self.model.eval()
         logits, labels = [], []
         for batch in self.eval_data:
-            logits.append(self.model(batch.dense, batch.ids))
+            on_device = batch.to(self.device)
+            logits.append(self.model(on_device.dense, on_device.ids).cpu())
             labels.append(batch.labels)
         self.model.train()
         return evaluate_scores(torch.cat(logits), torch.cat(labels))

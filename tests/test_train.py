@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import ROOT, tiny_config
 from reference import train
@@ -105,3 +106,23 @@ def test_cli_accepts_overrides_before_and_after_options():
     from reference.train import config_from_args
     cfg = config_from_args(["batch_size=64", "--seed", "3", "epochs=2", "--data-dir", "/d", "learning_rate=0.5"])
     assert (cfg.batch_size, cfg.seed, cfg.epochs, cfg.data_dir, cfg.learning_rate) == (64, 3, 2, "/d", 0.5)
+
+
+def test_device_option_validated():
+    from reference.config import Config, ConfigError
+    with pytest.raises(ConfigError, match="device: must be cpu, cuda or cuda:N, got 'gpu'"):
+        Config.from_sources(None, ["device=gpu"])
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="device: 'cuda' asked for, but torch sees no CUDA device"):
+            Config.from_sources(None, ["device=cuda"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the GPU path runs where torch sees one")
+@pytest.mark.parametrize("optimizer", ["sgd", "rowwise_adagrad"])
+def test_cuda_training_follows_the_cpu_run(easy_data, tmp_path, optimizer):
+    common = dict(optimizer=optimizer, submission_division="open", eval_every=10)
+    cpu = run_tiny(easy_data, tmp_path, **common)
+    gpu = run_tiny(easy_data, tmp_path, device="cuda", **common)
+    assert len(gpu.losses) == len(cpu.losses)
+    assert gpu.losses == pytest.approx(cpu.losses, rel=1e-3)
+    assert gpu.final["auc"] == pytest.approx(cpu.final["auc"], abs=1e-3)

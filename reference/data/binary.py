@@ -33,6 +33,12 @@ class Batch:
     def __len__(self) -> int:
         return self.labels.shape[0]
 
+    def to(self, device: torch.device) -> "Batch":
+        if device.type == "cpu":
+            return self
+        return Batch(self.dense.to(device, non_blocking=True), self.ids.to(device, non_blocking=True),
+                     self.labels.to(device, non_blocking=True))
+
 
 def load_counts(path: str) -> list[int]:
     """Table sizes from a ``*_fea_count.npz`` file (key ``counts``)."""
