@@ -41,6 +41,8 @@ RUN if [ -z "$PIP_CERT" ]; then unset PIP_CERT; fi \
 COPY reference/ reference/
 COPY configs/ configs/
 COPY scripts/ scripts/
+COPY verification/ verification/
+COPY logging/ logging/
 COPY run_and_time.sh README.md ./
 
 # A non-root user runs the job. The cache (synthetic data) and the mount points

@@ -27,6 +27,16 @@ def test_run_and_time_embedded_default_converges_with_a_compliant_log(tmp_path):
                               "--ruleset", "2.1.0", "--werror", logs[0]], capture_output=True, text=True,
                              cwd=str(tmp_path))  # it writes compliance_checker.log to its cwd
     assert checked.returncode == 0, checked.stdout + checked.stderr
+    # The verifier: every check passes but the dataset identity, which names the synthetic data.
+    verified = subprocess.run([sys.executable, "-m", "verification", str(tmp_path / "results"), "--out",
+                               str(tmp_path / "verification")], cwd=ROOT, capture_output=True, text=True)
+    assert verified.returncode == 1
+    failures = [line for line in verified.stdout.splitlines() if line.strip().startswith("FAIL")]
+    assert len(failures) == 1 and "dataset_identity: synthetic data (from" in failures[0], verified.stdout
+    assert "PASS  official_compliance" in verified.stdout and "PASS  run_stop_status" in verified.stdout
+    assert "PASS  hyperparameters_match_config: equal to the run's summary" in verified.stdout
+    for png in ("auc.png", "loss.png", "throughput.png"):
+        assert (tmp_path / "verification" / png).is_file()
     # A second call finds the generated data up to date instead of writing it again.
     again = subprocess.run(["./run_and_time.sh", "--results-dir", str(tmp_path / "results"), "max_steps=1"],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

@@ -1,0 +1,230 @@
+"""Build an MLPerf Training submission package from N seeded runs and check it
+with the official package checker and result summarizer.
+
+Layout (training 2.1.0):
+    OUT/ORG/results/SYSTEM/dlrm/result_0.txt ... result_{N-1}.txt
+    OUT/ORG/systems/SYSTEM.json          (logging/system_description_template.json, filled from this machine)
+    OUT/ORG/benchmarks/dlrm/implementations/reference-pytorch/   (the code that produced the runs)
+    OUT/runs/                            (each run's own log and .json summary, for plots)
+The package is assembled under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import sys
+
+from . import official
+from .checks import Claim
+from .report import render_text, verify, write_json, write_plots
+from .rules import ROOT, load_rules
+from .runlog import RunLog
+
+STATUS_NAMES = {"onprem": "Available on-premise", "cloud": "Available cloud", "preview": "Preview",
+                "research": "Research, Development, or Internal (RDI)"}
+IMPLEMENTATION_FILES = ["reference", "configs", "scripts", "logging", "run_and_time.sh", "requirements.txt",
+                        "README.md", "Dockerfile"]
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_gb() -> str:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return f"{int(line.split()[1]) / 2**20:.0f} GB"
+    except OSError:
+        pass
+    return "N/A"
+
+
+def _os_name() -> str:
+    try:
+        with open("/etc/os-release") as f:
+            for line in f:
+                if line.startswith("PRETTY_NAME="):
+                    return line.split("=", 1)[1].strip().strip('"') + f" (kernel {platform.release()})"
+    except OSError:
+        pass
+    return platform.platform()
+
+
+def system_description(cfg, system: str, org: str) -> dict:
+    """The system description, from the template in logging/ and this machine."""
+    import mlperf_logging
+    import numpy
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    facts = {
+        "submitter": org, "division": cfg.submission_division,
+        "status": STATUS_NAMES[cfg.submission_status], "system_name": system,
+        "number_of_nodes": "1", "host_processors_per_node": "1",
+        "host_processor_model_name": _cpu_model(),
+        "host_processor_core_count": str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                         else os.cpu_count()),
+        "host_processor_vcpu_count": str(os.cpu_count()), "host_processor_frequency": "N/A",
+        "host_memory_capacity": _memory_gb(),
+        "host_storage_capacity": f"{shutil.disk_usage(ROOT).total / 1e9:.0f} GB",
+        "accelerators_per_node": str(gpus),
+        "accelerator_model_name": torch.cuda.get_device_name(0) if gpus else "N/A",
+        "accelerator_memory_capacity": (f"{torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GB"
+                                        if gpus else "N/A"),
+        "hw_notes": f"device={cfg.device}, torch threads={torch.get_num_threads()}",
+        "framework": f"PyTorch {torch.__version__}",
+        "other_software_stack": f"Python {platform.python_version()}, NumPy {numpy.__version__}, "
+                                f"mlperf-logging {getattr(mlperf_logging, '__version__', '4.1.68')}",
+        "operating_system": _os_name(),
+        "sw_notes": f"config {cfg.name}; reference trainer of this repository",
+    }
+    with open(os.path.join(ROOT, "logging", "system_description_template.json")) as f:
+        template = json.load(f)
+    filled = {}
+    for key, value in template.items():
+        filled[key] = re.sub(r"\{(\w+)\}", lambda m: facts[m.group(1)], value)
+    return filled
+
+
+def olympic_mean_minutes(seconds: list) -> float:
+    """MLPerf's score: drop the fastest and the slowest run, average the rest."""
+    kept = sorted(seconds)[1:-1] if len(seconds) > 2 else sorted(seconds)
+    return statistics.mean(kept) / 60
+
+
+def _copy_implementation(target: str) -> None:
+    os.makedirs(target)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in IMPLEMENTATION_FILES:
+        source = os.path.join(ROOT, name)
+        if os.path.isdir(source):
+            shutil.copytree(source, os.path.join(target, name), ignore=ignore)
+        elif os.path.isfile(source):
+            shutil.copy2(source, target)
+
+
+def build_package(cfg, system: str, org: str, runs: int, out: str, seed_base: int, log=print) -> dict:
+    from reference import train
+
+    package = os.path.join(out, org)
+    if os.path.exists(package):
+        raise FileExistsError(f"{package} already exists; choose another --out or remove it")
+    staging = package + ".partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    runs_dir = os.path.join(out, "runs")
+    results = os.path.join(staging, "results", system, "dlrm")
+    os.makedirs(results)
+    os.makedirs(runs_dir, exist_ok=True)
+    times, logs = [], []
+    for i in range(runs):
+        run_cfg = dataclasses.replace(cfg, seed=seed_base + i, results_dir=runs_dir,
+                                      run_name=f"{system}-seed{seed_base + i}", source=dict(cfg.source))
+        log(f"run {i + 1}/{runs} (seed {run_cfg.seed})")
+        result = train.run(run_cfg)
+        log(f"  status={result.status} steps={result.steps} auc={result.final.get('auc', float('nan')):.5f} "
+            f"time_to_train={result.run_seconds:.1f} s")
+        shutil.copy(result.log_path, os.path.join(results, f"result_{i}.txt"))
+        times.append(result.run_seconds)
+        logs.append(result.log_path)
+    os.makedirs(os.path.join(staging, "systems"))
+    with open(os.path.join(staging, "systems", f"{system}.json"), "w") as f:
+        json.dump(system_description(cfg, system, org), f, indent=2)
+    _copy_implementation(os.path.join(staging, "benchmarks", "dlrm", "implementations", "reference-pytorch"))
+    os.replace(staging, package)
+    return {"package": package, "runs_dir": runs_dir, "logs": logs, "times": times}
+
+
+def package_main(argv) -> int:
+    p = argparse.ArgumentParser(prog="python -m verification package",
+                                description="Run N seeded training runs, lay them out as an MLPerf submission "
+                                            "package, and check it with the official package checker and "
+                                            "result summarizer.")
+    p.add_argument("--config", required=True, help="training config (configs/*.yaml)")
+    p.add_argument("--system", required=True, help="system name (results/<system>, systems/<system>.json)")
+    p.add_argument("--runs", type=int, default=official.DLRM_RUNS, help="number of runs (default 5)")
+    p.add_argument("--org", help="submitting organisation (default: the config's submission_org)")
+    p.add_argument("--out", default=os.path.join("results", "package"), help="output folder")
+    p.add_argument("--data-dir", help="data folder (default for synthetic: .cache/synthetic, made if missing)")
+    p.add_argument("--seed-base", type=int, default=1, help="seeds are seed-base .. seed-base + runs - 1")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    args = p.parse_intermixed_args(argv)
+    if args.runs < 1:
+        p.error("--runs must be >= 1")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", args.system):
+        p.error(f"--system {args.system!r}: use letters, digits, '.', '_' and '-' (it names files)")
+
+    from reference.config import Config, ConfigError
+    from reference.data import synthetic
+
+    overrides = list(args.overrides) + [f"submission_platform={args.system}"]
+    data_dir = args.data_dir
+    try:
+        cfg = Config.from_sources(args.config, overrides + ([f"data_dir={data_dir}"] if data_dir else []))
+        if cfg.data_dir is None and cfg.train_file == synthetic.FILES["train"]:
+            data_dir = os.path.join(os.environ.get("DLRM_CACHE_DIR", os.path.join(ROOT, ".cache")), "synthetic")
+            spec = synthetic.SyntheticSpec()
+            if not synthetic.is_complete(data_dir, spec):
+                synthetic.generate(data_dir, spec)
+            cfg = Config.from_sources(args.config, overrides + [f"data_dir={data_dir}"])
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    org = args.org or cfg.submission_org
+    try:
+        built = build_package(cfg, args.system, org, args.runs, args.out, args.seed_base)
+    except (FileExistsError, ConfigError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    out = os.path.join(args.out, "verification")
+    os.makedirs(out, exist_ok=True)
+    results_dir = os.path.join(built["package"], "results", args.system, "dlrm")
+    claims = {}
+    for i, log_path in enumerate(built["logs"]):
+        summary = RunLog.read(log_path).summary
+        claims[os.path.join(results_dir, f"result_{i}.txt")] = Claim(
+            f"run summary {os.path.splitext(log_path)[0]}.json", summary["config"])
+    report = verify([built["package"]], claims=claims)
+    print(render_text(report))
+    rules = load_rules()
+    criteo = all(r.value("train_samples") == rules["criteo_1tb"]["train_samples"] for r in report["runs"])
+    checker = official.package_checker(built["package"], rcp_bypass=not criteo, work_dir=out)
+    print(f"official package checker (training {official.RULESET}"
+          f"{', --rcp-bypass: the runs used other data than Criteo 1TB, so no RCP applies' if not criteo else ''}): "
+          f"{'PASS' if checker.passed else 'FAIL'}")
+    for reason in checker.reasons:
+        print(f"  {reason}")
+    print(f"  note: {official.SUPPLIED}")
+    summary = official.result_summarizer(built["package"], work_dir=out)
+    score = olympic_mean_minutes(built["times"])
+    official_score = summary.row.get("dlrm:time_to_train")
+    print(f"result summarizer: {'dlrm time to train ' + format(official_score, '.4f') + ' min' if summary.passed else 'FAILED'}"
+          f" (RCP: {summary.row.get('dlrm:RCP', '?')}, epochs to converge {summary.row.get('dlrm:samples_to_converge')})")
+    if not summary.passed:
+        print("\n".join("  " + line for line in summary.output.strip().splitlines()[-8:]))
+    print(f"score: {score:.4f} minutes (olympic mean of {len(built['times'])} times to train, fastest and slowest "
+          f"dropped; the summarizer's figure above is the official one)")
+    write_json({**report, "package_checker": {"passed": checker.passed, "reasons": checker.reasons,
+                                              "rcp_bypass": not criteo, "supplied": official.SUPPLIED},
+                "summarizer": summary.row, "score_minutes": score, "times_to_train_s": built["times"]},
+               os.path.join(out, "report.json"))
+    # Plot from the runs' own logs: their .json summaries beside them carry the loss curves.
+    plotted = write_plots([RunLog.read(path) for path in built["logs"]], out, rules["target_auc"])
+    print(f"package: {built['package']}; report and plots: {', '.join([os.path.join(out, 'report.json')] + plotted)}")
+    return 0 if checker.passed and summary.passed else 1
