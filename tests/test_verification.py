@@ -201,3 +201,13 @@ def test_package_of_five_synthetic_runs_passes_the_official_package_checker(tmp_
                             "--system", "test-cpu", "--org", "acme", "--out", str(out), "--data-dir",
                             str(package_data)], cwd=ROOT, capture_output=True, text=True)
     assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_package_with_bad_data_leaves_nothing_behind(tmp_path):
+    out = tmp_path / "pkg"
+    proc = subprocess.run([sys.executable, "-m", "verification", "package", "--config", "configs/synthetic.yaml",
+                           "--system", "x", "--out", str(out), "--data-dir", str(tmp_path / "no-data")],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "error: " in proc.stderr and "no-data" in proc.stderr
+    assert not (out / "reference").exists() and not (out / "reference.partial").exists()

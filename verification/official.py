@@ -55,6 +55,31 @@ def _reasons(output: str) -> list:
             if re.match(r"(WARNING|ERROR) -", line) and line.split("-", 1)[1].strip() != "FAILED"]
 
 
+def _checker_messages(output: str) -> list:
+    """The compliance checker's findings, one line each: a WARNING/ERROR line and
+    its continuation lines (multi-line rules), without the quoted log line and
+    the dump of the checker's state."""
+    messages: list = []
+    for line in output.splitlines():
+        if re.match(r"(WARNING|ERROR|INFO) +-", line):
+            text = line.split("-", 1)[1].strip()
+            if not line.startswith("INFO") and text != "FAILED":
+                messages.append(text)
+            else:
+                messages.append(None)  # ends the previous message
+        elif line.startswith(("Required ", "Failed ")):
+            messages.append(line.strip())
+        elif messages and messages[-1] is not None and line.strip():
+            messages[-1] += " " + line.strip()
+    cleaned = []
+    for message in filter(None, messages):
+        message = re.sub(r":::MLLOG \{.*?\}\} ", "", message)
+        message = re.split(r" current context\[s\]=", message)[0]
+        message = re.sub(r"\s+", " ", message).strip()
+        cleaned.append(message if len(message) <= 400 else message[:400] + " ...")
+    return cleaned
+
+
 def compliance(path: str) -> ToolResult:
     """The official compliance checker (training 2.1.0, --werror) on one log."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -62,17 +87,7 @@ def compliance(path: str) -> ToolResult:
                     ["--usage", USAGE, "--ruleset", RULESET, "--werror",
                      "--log_output", os.path.join(tmp, "checker.log"), os.path.abspath(path)], tmp, patch=False)
     output = proc.stdout + proc.stderr
-    # The checker prints the failing rule on the line after "failed test:"; keep both.
-    reasons = []
-    lines = output.splitlines()
-    for i, line in enumerate(lines):
-        if line.startswith(("WARNING", "ERROR")) and "FAILED" not in line:
-            detail = line.split("-", 1)[-1].strip()
-            if detail.endswith(":") or detail.endswith("=="):
-                detail += " " + " ".join(x.strip() for x in lines[i + 1:i + 4])
-            reasons.append(detail)
-        elif line.startswith("Required ") or line.startswith("Failed "):
-            reasons.append(line.strip())
+    reasons = _checker_messages(output)
     return ToolResult(proc.returncode == 0 and "SUCCESS" in output, output, reasons)
 
 

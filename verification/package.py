@@ -132,20 +132,24 @@ def build_package(cfg, system: str, org: str, runs: int, out: str, seed_base: in
     os.makedirs(results)
     os.makedirs(runs_dir, exist_ok=True)
     times, logs = [], []
-    for i in range(runs):
-        run_cfg = dataclasses.replace(cfg, seed=seed_base + i, results_dir=runs_dir,
-                                      run_name=f"{system}-seed{seed_base + i}", source=dict(cfg.source))
-        log(f"run {i + 1}/{runs} (seed {run_cfg.seed})")
-        result = train.run(run_cfg)
-        log(f"  status={result.status} steps={result.steps} auc={result.final.get('auc', float('nan')):.5f} "
-            f"time_to_train={result.run_seconds:.1f} s")
-        shutil.copy(result.log_path, os.path.join(results, f"result_{i}.txt"))
-        times.append(result.run_seconds)
-        logs.append(result.log_path)
-    os.makedirs(os.path.join(staging, "systems"))
-    with open(os.path.join(staging, "systems", f"{system}.json"), "w") as f:
-        json.dump(system_description(cfg, system, org), f, indent=2)
-    _copy_implementation(os.path.join(staging, "benchmarks", "dlrm", "implementations", "reference-pytorch"))
+    try:
+        for i in range(runs):
+            run_cfg = dataclasses.replace(cfg, seed=seed_base + i, results_dir=runs_dir,
+                                          run_name=f"{system}-seed{seed_base + i}", source=dict(cfg.source))
+            log(f"run {i + 1}/{runs} (seed {run_cfg.seed})")
+            result = train.run(run_cfg)
+            log(f"  status={result.status} steps={result.steps} auc={result.final.get('auc', float('nan')):.5f} "
+                f"time_to_train={result.run_seconds:.1f} s")
+            shutil.copy(result.log_path, os.path.join(results, f"result_{i}.txt"))
+            times.append(result.run_seconds)
+            logs.append(result.log_path)
+        os.makedirs(os.path.join(staging, "systems"))
+        with open(os.path.join(staging, "systems", f"{system}.json"), "w") as f:
+            json.dump(system_description(cfg, system, org), f, indent=2)
+        _copy_implementation(os.path.join(staging, "benchmarks", "dlrm", "implementations", "reference-pytorch"))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # no half-built package is left to be mistaken for one
+        raise
     os.replace(staging, package)
     return {"package": package, "runs_dir": runs_dir, "logs": logs, "times": times}
 
@@ -178,9 +182,7 @@ def package_main(argv) -> int:
         cfg = Config.from_sources(args.config, overrides + ([f"data_dir={data_dir}"] if data_dir else []))
         if cfg.data_dir is None and cfg.train_file == synthetic.FILES["train"]:
             data_dir = os.path.join(os.environ.get("DLRM_CACHE_DIR", os.path.join(ROOT, ".cache")), "synthetic")
-            spec = synthetic.SyntheticSpec()
-            if not synthetic.is_complete(data_dir, spec):
-                synthetic.generate(data_dir, spec)
+            synthetic.ensure(data_dir, synthetic.SyntheticSpec())
             cfg = Config.from_sources(args.config, overrides + [f"data_dir={data_dir}"])
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -188,13 +190,18 @@ def package_main(argv) -> int:
     org = args.org or cfg.submission_org
     try:
         built = build_package(cfg, args.system, org, args.runs, args.out, args.seed_base)
-    except (FileExistsError, ConfigError, ValueError) as e:
+    except (FileExistsError, ValueError) as e:  # ConfigError, DataError and CheckpointError are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    out = os.path.join(args.out, "verification")
+    return check_package(built, args.system, os.path.join(args.out, "verification"))
+
+
+def check_package(built: dict, system: str, out: str) -> int:
+    """Our checks on every run, the official package checker and summarizer,
+    the score; report and plots into ``out``. Returns the exit status."""
     os.makedirs(out, exist_ok=True)
-    results_dir = os.path.join(built["package"], "results", args.system, "dlrm")
+    results_dir = os.path.join(built["package"], "results", system, "dlrm")
     claims = {}
     for i, log_path in enumerate(built["logs"]):
         summary = RunLog.read(log_path).summary
@@ -205,24 +212,24 @@ def package_main(argv) -> int:
     rules = load_rules()
     criteo = all(r.value("train_samples") == rules["criteo_1tb"]["train_samples"] for r in report["runs"])
     checker = official.package_checker(built["package"], rcp_bypass=not criteo, work_dir=out)
-    print(f"official package checker (training {official.RULESET}"
-          f"{', --rcp-bypass: the runs used other data than Criteo 1TB, so no RCP applies' if not criteo else ''}): "
-          f"{'PASS' if checker.passed else 'FAIL'}")
+    bypass = ", --rcp-bypass: the runs used other data than Criteo 1TB, so no RCP applies" if not criteo else ""
+    print(f"official package checker (training {official.RULESET}{bypass}): {'PASS' if checker.passed else 'FAIL'}")
     for reason in checker.reasons:
         print(f"  {reason}")
     print(f"  note: {official.SUPPLIED}")
     summary = official.result_summarizer(built["package"], work_dir=out)
+    row = summary.row
+    if summary.passed:
+        print(f"result summarizer: dlrm time to train {row['dlrm:time_to_train']:.4f} min (RCP: {row.get('dlrm:RCP')}, "
+              f"epochs to converge {row.get('dlrm:samples_to_converge')})")
+    else:
+        print("result summarizer: FAILED\n" + "\n".join("  " + line for line in summary.output.strip().splitlines()[-8:]))
     score = olympic_mean_minutes(built["times"])
-    official_score = summary.row.get("dlrm:time_to_train")
-    print(f"result summarizer: {'dlrm time to train ' + format(official_score, '.4f') + ' min' if summary.passed else 'FAILED'}"
-          f" (RCP: {summary.row.get('dlrm:RCP', '?')}, epochs to converge {summary.row.get('dlrm:samples_to_converge')})")
-    if not summary.passed:
-        print("\n".join("  " + line for line in summary.output.strip().splitlines()[-8:]))
     print(f"score: {score:.4f} minutes (olympic mean of {len(built['times'])} times to train, fastest and slowest "
           f"dropped; the summarizer's figure above is the official one)")
     write_json({**report, "package_checker": {"passed": checker.passed, "reasons": checker.reasons,
                                               "rcp_bypass": not criteo, "supplied": official.SUPPLIED},
-                "summarizer": summary.row, "score_minutes": score, "times_to_train_s": built["times"]},
+                "summarizer": row, "score_minutes": score, "times_to_train_s": built["times"]},
                os.path.join(out, "report.json"))
     # Plot from the runs' own logs: their .json summaries beside them carry the loss curves.
     plotted = write_plots([RunLog.read(path) for path in built["logs"]], out, rules["target_auc"])

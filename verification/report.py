@@ -7,6 +7,8 @@ import os
 from collections import defaultdict
 from typing import Optional
 
+from reference.config import Config
+
 from . import official
 from .checks import Claim, Finding, run_checks
 from .rules import load_rules
@@ -36,7 +38,6 @@ def find_logs(paths: list) -> list:
 def load_claim(config_path: Optional[str]) -> Optional[Claim]:
     if config_path is None:
         return None
-    from reference.config import Config
     return Claim(config_path, Config.from_sources(config_path).as_dict())
 
 
@@ -46,7 +47,6 @@ def verify(paths: list, config_path: Optional[str] = None, with_official: bool =
     ``claims[path]``, the file named by ``config_path``, or the run's own
     .json summary beside its log."""
     rules = load_rules()
-    from reference.config import Config
     reference = Config.from_sources(rules["closed_division"]["reference_config"]).as_dict()
     claimed = load_claim(config_path)
     files, runs = [], []

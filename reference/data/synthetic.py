@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ..metrics import roc_auc
-from .binary import COLUMNS, NUM_DENSE, NUM_SPARSE, write_binary, write_counts
+from .binary import NUM_DENSE, NUM_SPARSE, write_binary, write_counts
 
 # Table sizes shaped like Criteo 1TB's (a few huge, several tiny), scaled down
 # so the MLPerf architecture trains on 2 cores in minutes.
@@ -154,6 +154,15 @@ def is_complete(out_dir: str, spec: SyntheticSpec) -> bool:
     return all(os.path.isfile(os.path.join(out_dir, FILES[k])) for k in ("train", "test", "val", "counts"))
 
 
+def ensure(out_dir: str, spec: SyntheticSpec, log=print) -> dict:
+    """Generate into ``out_dir`` unless it already holds data made from ``spec``."""
+    if is_complete(out_dir, spec):
+        meta = read_meta(out_dir)
+        log(f"synthetic data in {out_dir} is up to date; best achievable AUC {meta['best_auc_test']:.4f}")
+        return meta
+    return generate(out_dir, spec, log=log)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output folder")
@@ -166,11 +175,10 @@ def main(argv=None) -> int:
         spec = SyntheticSpec(train_samples=args.train_samples, eval_samples=args.eval_samples, seed=args.seed)
     except ValueError as e:
         p.error(str(e))
-    if not args.force and is_complete(args.out, spec):
-        meta = read_meta(args.out)
-        print(f"synthetic data in {args.out} is up to date; best achievable AUC {meta['best_auc_test']:.4f}")
-        return 0
-    generate(args.out, spec)
+    if args.force:
+        generate(args.out, spec)
+    else:
+        ensure(args.out, spec)
     return 0
 
 
