@@ -1,0 +1,403 @@
+"""Raw Criteo day files -> MLPerf binary files (train, test, val), counts and a manifest.
+
+    python -m reference.preprocess --dataset {terabyte,kaggle} --raw PATH --out DIR
+        [--max-ind-range 40000000] [--sub-sample-rate R] [--days N] [--seed S]
+        [--on-bad-line {error,skip}] [--buckets K]
+
+Semantics of the original reference (REFERENCE.md): empty -> 0, negative
+integers -> 0, categorical = hex mod max-ind-range, one dictionary per column
+over all days numbered by first appearance (rows dropped by sub-sampling not
+counted), days 0..N-2 train (negatives sub-sampled with the seed), the last
+day split into test (first ceil(n/2) rows) and val.
+
+Stages, each resumable (temporary names, renamed when complete; a rerun after
+kill -9 skips what is complete and writes byte-identical outputs):
+  1. map:     each day in order is streamed, parsed, sub-sampled and mapped to
+              ids; training rows are scattered into K buckets by a seeded draw;
+              the day's new dictionary entries are saved for resume;
+  2. shuffle: each bucket is shuffled in memory (seeded) and written at its
+              offset in the training file, so no split is ever held whole;
+  3. split:   the last day becomes the test and val files;
+  4. finish:  counts file and manifest (rows, table sizes, options, sha256).
+Memory: the dictionaries (26 x max-ind-range x 4 B: 4.2 GB at 40M), one block
+of input, one bucket. Temporary disk: about the size of the training output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from .data.binary import COLUMNS, RECORD_BYTES, write_counts
+from .data.criteo_raw import NUM_SPARSE, RawFormatError, parse_block
+from .data.vocabulary import Vocabulary
+
+BLOCK_BYTES = 32 << 20
+BUCKET_BYTES = 512 << 20        # target size of one shuffle bucket (memory of stage 2)
+RAW_BYTES_PER_ROW = 200         # conservative: Criteo lines average ~280 bytes of text
+GZIP_RATIO = 4                  # text bytes per gzip byte, for estimates only
+PREFIX = {"terabyte": ("terabyte_processed", "day_fea_count.npz"),
+          "kaggle": ("kaggle_processed", "kaggle_fea_count.npz")}
+
+
+class PreprocessError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Options:
+    dataset: str
+    max_ind_range: int
+    sub_sample_rate: float
+    days: int
+    seed: int
+    on_bad_line: str
+    buckets: int
+
+
+def output_names(dataset: str) -> dict:
+    prefix, counts = PREFIX[dataset]
+    return {"train": f"{prefix}_train.bin", "test": f"{prefix}_test.bin", "val": f"{prefix}_val.bin",
+            "counts": counts, "manifest": "manifest.json"}
+
+
+def find_inputs(dataset: str, raw: str, days: int) -> list[str]:
+    """The day files (terabyte: RAW/day_0 .. day_{N-1}, plain or .gz) or train.txt (kaggle)."""
+    if dataset == "kaggle":
+        if not os.path.isfile(raw):
+            raise PreprocessError(f"{raw}: Kaggle train.txt not found")
+        return [raw]
+    if not os.path.isdir(raw):
+        raise PreprocessError(f"{raw}: not a folder of day files (day_0 ... day_{days - 1}, plain or .gz)")
+    found, missing = [], []
+    for d in range(days):
+        plain, packed = os.path.join(raw, f"day_{d}"), os.path.join(raw, f"day_{d}.gz")
+        if os.path.isfile(plain) and os.path.isfile(packed):
+            raise PreprocessError(f"{raw}: both day_{d} and day_{d}.gz exist; keep one")
+        if os.path.isfile(plain) or os.path.isfile(packed):
+            found.append(plain if os.path.isfile(plain) else packed)
+        else:
+            missing.append(f"day_{d}")
+    if missing:
+        raise PreprocessError(f"{raw}: missing {', '.join(missing)} (expected day_0 ... day_{days - 1}, "
+                              f"plain or .gz; --days sets how many)")
+    return found
+
+
+def estimated_rows(paths: list[str]) -> int:
+    total = 0
+    for path in paths:
+        size = os.path.getsize(path)
+        total += size * (GZIP_RATIO if path.endswith(".gz") else 1) // RAW_BYTES_PER_ROW
+    return total
+
+
+def read_blocks(path: str, on_bad_line: str):
+    """Yield (bytes of whole lines, number of the first line, compressed bytes read so far)."""
+    opener = gzip.open if path.endswith(".gz") else open
+    line_no = 1
+    carry = b""
+    try:
+        with opener(path, "rb") as f:
+            raw_handle = f.fileobj if path.endswith(".gz") else f
+            while True:
+                chunk = f.read(BLOCK_BYTES)
+                if not chunk:
+                    break
+                data = carry + chunk
+                cut = data.rfind(b"\n") + 1
+                if cut == 0:
+                    carry = data
+                    continue
+                block, carry = data[:cut], data[cut:]
+                yield block, line_no, raw_handle.tell()
+                line_no += block.count(b"\n")
+    except (EOFError, gzip.BadGzipFile, OSError) as e:
+        raise RawFormatError(f"{path}:{line_no}: cannot read past this line: {e} (truncated or corrupt gzip?)") \
+            from None
+    if carry:
+        yield carry, line_no, os.path.getsize(path)
+    if line_no == 1 and not carry and on_bad_line == "error":
+        raise RawFormatError(f"{path}: the file is empty")
+
+
+def _write_json(path: str, data) -> None:
+    tmp = path + ".partial"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(16 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Pipeline:
+    def __init__(self, options: Options, inputs: list[str], out: str, progress: bool = True):
+        self.o = options
+        self.inputs = inputs
+        self.out = out
+        self.work = os.path.join(out, "work")
+        self.names = output_names(options.dataset)
+        self.progress = progress
+        self.vocab = Vocabulary(NUM_SPARSE, options.max_ind_range)
+
+    # --- checks before any work ------------------------------------------
+    def check_before_start(self) -> None:
+        manifest = os.path.join(self.out, self.names["manifest"])
+        if os.path.isfile(manifest):
+            with open(manifest) as f:
+                done = json.load(f)
+            if done.get("options") == asdict(self.o):
+                return
+            raise PreprocessError(f"{self.out}: holds a dataset made with other options "
+                                  f"({done.get('options')}); choose another --out")
+        others = [n for n in os.listdir(self.out) if n.endswith((".bin", "_fea_count.npz"))
+                  and n not in self.names.values()] if os.path.isdir(self.out) else []
+        if others:
+            raise PreprocessError(f"{self.out}: holds another dataset's files ({', '.join(sorted(others))}); "
+                                  f"choose another --out")
+        options_file = os.path.join(self.work, "options.json")
+        if os.path.isfile(options_file):
+            with open(options_file) as f:
+                if json.load(f) != asdict(self.o):
+                    raise PreprocessError(f"{self.work}: an interrupted run with other options is there; "
+                                          f"rerun with its options or remove {self.work}")
+        need = 2 * estimated_rows(self.inputs) * RECORD_BYTES
+        os.makedirs(self.out, exist_ok=True)
+        free = shutil.disk_usage(self.out).free
+        if need > free:
+            raise PreprocessError(f"{self.out}: about {need / 1e9:.1f} GB needed (outputs plus temporary buckets), "
+                                  f"{free / 1e9:.1f} GB free")
+
+    # --- stage 1 ----------------------------------------------------------
+    def map_days(self) -> list[dict]:
+        records = []
+        last = self.o.days - 1
+        total_bytes = sum(os.path.getsize(p) for p in self.inputs)
+        bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="1/3 map", disable=not self.progress,
+                   file=sys.stderr)
+        for day, path in enumerate(self.inputs):
+            folder = os.path.join(self.work, f"day_{day}")
+            record_file = os.path.join(folder, "record.json")
+            if os.path.isfile(record_file):  # complete: replay its dictionary entries
+                with open(record_file) as f:
+                    record = json.load(f)
+                with np.load(os.path.join(folder, "vocabulary.npz")) as v:
+                    self.vocab.extend([v[f"c{c}"] for c in range(NUM_SPARSE)])
+                records.append(record)
+                bar.update(os.path.getsize(path))
+                continue
+            partial = folder + ".partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            os.makedirs(partial)
+            records.append(self._map_day(day, path, partial, is_train=day < last, bar=bar))
+            os.replace(partial, folder)
+        bar.close()
+        return records
+
+    def _map_day(self, day: int, path: str, folder: str, is_train: bool, bar) -> dict:
+        mark = self.vocab.marks()
+        keep_rng = np.random.default_rng([self.o.seed, day, 0])
+        bucket_rng = np.random.default_rng([self.o.seed, day, 1])
+        buckets = [open(os.path.join(folder, f"bucket_{k}.bin"), "wb") for k in range(self.o.buckets)] \
+            if is_train else None
+        rows_out = open(os.path.join(folder, "rows.bin"), "wb") if not is_train else None
+        counts = np.zeros(self.o.buckets, dtype=np.int64)
+        lines = skipped = kept = 0
+        seen = 0
+        started = time.time()
+        for block, first_line, position in read_blocks(path, self.o.on_bad_line):
+            parsed = parse_block(block, path, first_line, self.o.max_ind_range, self.o.on_bad_line)
+            lines += parsed.lines
+            skipped += parsed.skipped
+            keep = np.ones(len(parsed), dtype=bool)
+            if is_train and self.o.sub_sample_rate > 0:
+                keep = (parsed.labels == 1) | (keep_rng.random(len(parsed)) >= self.o.sub_sample_rate)
+            rows = np.empty((int(keep.sum()), COLUMNS), dtype="<i4")
+            rows[:, 0] = parsed.labels[keep]
+            rows[:, 1:14] = parsed.dense[keep]
+            rows[:, 14:] = self.vocab.map(parsed.categorical[keep])
+            kept += rows.shape[0]
+            if is_train:
+                which = bucket_rng.integers(0, self.o.buckets, rows.shape[0])
+                order = np.argsort(which, kind="stable")
+                bounds = np.searchsorted(which[order], np.arange(self.o.buckets + 1))
+                for k in range(self.o.buckets):
+                    part = rows[order[bounds[k]:bounds[k + 1]]]
+                    buckets[k].write(part.tobytes())
+                    counts[k] += part.shape[0]
+            else:
+                rows_out.write(rows.tobytes())
+            bar.update(position - seen)
+            seen = position
+            bar.set_postfix(day=day, rows_per_s=f"{kept / max(time.time() - started, 1e-9):,.0f}")
+        for handle in (buckets or []) + ([rows_out] if rows_out else []):
+            handle.close()
+        additions = self.vocab.added_since(mark)
+        np.savez(os.path.join(folder, "vocabulary.npz"), **{f"c{c}": a for c, a in enumerate(additions)})
+        record = {"day": day, "path": path, "lines": lines, "skipped": skipped, "kept": kept,
+                  "train": is_train, "buckets": counts.tolist()}
+        _write_json(os.path.join(folder, "record.json"), record)
+        return record
+
+    # --- stage 2 ----------------------------------------------------------
+    def shuffle_train(self, records: list[dict]) -> int:
+        train_days = [r for r in records if r["train"]]
+        sizes = np.sum([r["buckets"] for r in train_days], axis=0) if train_days else np.zeros(self.o.buckets, int)
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        final = os.path.join(self.out, self.names["train"])
+        total = int(offsets[-1])
+        if os.path.isfile(final):
+            return total
+        partial = final + ".partial"
+        if not os.path.isfile(partial):
+            with open(partial, "wb") as f:
+                f.truncate(total * RECORD_BYTES)
+        bar = tqdm(total=self.o.buckets, desc="2/3 shuffle", unit="bucket", disable=not self.progress,
+                   file=sys.stderr)
+        for k in range(self.o.buckets):
+            done = os.path.join(self.work, f"bucket_{k}.done")
+            if not os.path.isfile(done):
+                self._shuffle_bucket(k, train_days, int(offsets[k]), partial)
+                open(done, "w").close()  # only after the rows are on disk at their offset
+            for r in train_days:  # this bucket is in the training file now: free its disk
+                part = os.path.join(self.work, f"day_{r['day']}", f"bucket_{k}.bin")
+                if os.path.exists(part):
+                    os.remove(part)
+            bar.update(1)
+        bar.close()
+        os.replace(partial, final)
+        return total
+
+    def _shuffle_bucket(self, k: int, train_days: list[dict], offset: int, partial: str) -> None:
+        """Bucket k of every training day, shuffled with its own seed, written at
+        its offset (rewriting it whole, so a half-written bucket heals on resume)."""
+        parts = []
+        for r in train_days:
+            with open(os.path.join(self.work, f"day_{r['day']}", f"bucket_{k}.bin"), "rb") as f:
+                parts.append(np.frombuffer(f.read(), dtype="<i4").reshape(-1, COLUMNS))
+        rows = np.concatenate(parts) if parts else np.zeros((0, COLUMNS), "<i4")
+        rows = rows[np.random.default_rng([self.o.seed, 10_000 + k]).permutation(rows.shape[0])]
+        with open(partial, "r+b") as f:
+            f.seek(offset * RECORD_BYTES)
+            f.write(rows.tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+
+    # --- stage 3 ----------------------------------------------------------
+    def split_last_day(self, records: list[dict]) -> tuple[int, int]:
+        last = records[-1]
+        n = last["kept"]
+        n_test = math.ceil(n / 2)
+        source = os.path.join(self.work, f"day_{last['day']}", "rows.bin")
+        for name, start, count in (("test", 0, n_test), ("val", n_test, n - n_test)):
+            final = os.path.join(self.out, self.names[name])
+            if os.path.isfile(final):
+                continue
+            with open(source, "rb") as src, open(final + ".partial", "wb") as dst:
+                src.seek(start * RECORD_BYTES)
+                left = count * RECORD_BYTES
+                while left:
+                    chunk = src.read(min(left, 64 << 20))
+                    dst.write(chunk)
+                    left -= len(chunk)
+            os.replace(final + ".partial", final)
+        return n_test, n - n_test
+
+    # --- all --------------------------------------------------------------
+    def run(self) -> dict:
+        self.check_before_start()
+        manifest_path = os.path.join(self.out, self.names["manifest"])
+        if os.path.isfile(manifest_path):
+            with open(manifest_path) as f:
+                return json.load(f)
+        os.makedirs(self.work, exist_ok=True)
+        _write_json(os.path.join(self.work, "options.json"), asdict(self.o))
+        started = time.time()
+        records = self.map_days()
+        train = self.shuffle_train(records)
+        test, val = self.split_last_day(records)
+        counts_path = os.path.join(self.out, self.names["counts"])
+        write_counts(counts_path, self.vocab.sizes)
+        files = {}
+        for key in ("train", "test", "val", "counts"):
+            path = os.path.join(self.out, self.names[key])
+            files[self.names[key]] = {"bytes": os.path.getsize(path), "sha256": _sha256(path)}
+        manifest = {
+            "format": "MLPerf DLRM binary: 40 little-endian int32 per sample (label, 13 dense, 26 ids)",
+            "options": asdict(self.o), "splits": {"train": train, "test": test, "val": val},
+            "table_sizes": self.vocab.sizes,
+            "inputs": [{k: r[k] for k in ("path", "lines", "skipped", "kept")} for r in records],
+            "files": files, "seconds": round(time.time() - started, 1),
+        }
+        _write_json(manifest_path, manifest)
+        shutil.rmtree(self.work, ignore_errors=True)
+        return manifest
+
+
+def default_buckets(inputs: list[str]) -> int:
+    return max(1, math.ceil(estimated_rows(inputs) * RECORD_BYTES / BUCKET_BYTES))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m reference.preprocess", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", choices=sorted(PREFIX), required=True)
+    p.add_argument("--raw", required=True, help="folder of day files (terabyte) or train.txt (kaggle)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--max-ind-range", type=int, default=None,
+                   help="hash categoricals mod this (default: 40000000 for terabyte, 0 = none for kaggle)")
+    p.add_argument("--sub-sample-rate", type=float, default=0.0, help="share of negative training rows dropped")
+    p.add_argument("--days", type=int, default=None, help="number of days (default: 24 terabyte, 7 kaggle)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--on-bad-line", choices=["error", "skip"], default="error")
+    p.add_argument("--buckets", type=int, default=None, help="shuffle buckets (default: ~512 MB each)")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if args.dataset == "kaggle":
+        p.error("--dataset kaggle (train.txt split into 7 days) is not implemented yet; see issue #3")
+    days = args.days if args.days is not None else 24
+    max_ind_range = args.max_ind_range if args.max_ind_range is not None else 40_000_000
+    if days < 2:
+        p.error("--days must be at least 2 (training days, then the test/val day)")
+    if not 0 <= args.sub_sample_rate < 1:
+        p.error("--sub-sample-rate must be in [0, 1)")
+    if max_ind_range < 0:
+        p.error("--max-ind-range must be >= 0")
+    try:
+        inputs = find_inputs(args.dataset, args.raw, days)
+        buckets = args.buckets if args.buckets is not None else default_buckets(inputs[:-1])
+        if buckets < 1:
+            p.error("--buckets must be >= 1")
+        options = Options(args.dataset, max_ind_range, args.sub_sample_rate, days, args.seed, args.on_bad_line,
+                          buckets)
+        manifest = Pipeline(options, inputs, args.out, progress=not args.no_progress).run()
+    except (PreprocessError, RawFormatError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    splits = manifest["splits"]
+    skipped = sum(i["skipped"] for i in manifest["inputs"])
+    print(f"done: train {splits['train']:,} / test {splits['test']:,} / val {splits['val']:,} rows; "
+          f"{skipped:,} bad lines skipped; {sum(manifest['table_sizes']):,} embedding rows in "
+          f"{len(manifest['table_sizes'])} tables; {manifest['seconds']} s; manifest {os.path.join(args.out, 'manifest.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
