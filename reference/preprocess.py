@@ -72,12 +72,62 @@ def output_names(dataset: str) -> dict:
             "counts": counts, "manifest": "manifest.json"}
 
 
-def find_inputs(dataset: str, raw: str, days: int) -> list[str]:
-    """The day files (terabyte: RAW/day_0 .. day_{N-1}, plain or .gz) or train.txt (kaggle)."""
+@dataclass(frozen=True)
+class DaySource:
+    """One day of input: a whole day file, or (Kaggle) a byte range of train.txt."""
+    path: str
+    start: int = 0
+    end: int | None = None   # None: to the end of the file
+    first_line: int = 1
+
+    @property
+    def label(self) -> str:
+        return self.path if self.end is None else f"{self.path} lines {self.first_line}.."
+
+    def size(self) -> int:
+        return (os.path.getsize(self.path) if self.end is None else self.end) - self.start
+
+
+def kaggle_days(path: str, days: int) -> list[DaySource]:
+    """The seed's split of train.txt into ``days`` days: equal line counts, the
+    first (lines mod days) days one line longer. Two passes: count, then find
+    the byte offset where each day starts."""
+    if not os.path.isfile(path):
+        raise PreprocessError(f"{path}: Kaggle train.txt not found")
+    if path.endswith(".gz"):
+        raise PreprocessError(f"{path}: decompress it first (days are byte ranges of the plain file)")
+    with open(path, "rb") as f:
+        total = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(BLOCK_BYTES), b""))
+        if os.path.getsize(path) and not _ends_with_newline(f):
+            total += 1
+    if total < days:
+        raise PreprocessError(f"{path}: {total} lines cannot make {days} days")
+    per_day, extras = divmod(total, days)
+    firsts = np.cumsum([1] + [per_day + (1 if d < extras else 0) for d in range(days)])[:-1]
+    offsets, line, position = [0], 1, 0
+    with open(path, "rb") as f:
+        targets = list(firsts[1:])
+        while targets:
+            chunk = f.read(BLOCK_BYTES)
+            ends = np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == 10)
+            while targets and line + ends.size >= targets[0]:  # the day starts after newline no. target-line
+                offsets.append(position + int(ends[targets[0] - line - 1]) + 1)
+                targets.pop(0)
+            line += ends.size
+            position += len(chunk)
+    bounds = offsets + [None]
+    return [DaySource(path, bounds[d], bounds[d + 1], int(firsts[d])) for d in range(days)]
+
+
+def _ends_with_newline(f) -> bool:
+    f.seek(-1, os.SEEK_END)
+    return f.read(1) == b"\n"
+
+
+def find_inputs(dataset: str, raw: str, days: int) -> list[DaySource]:
+    """The days: terabyte RAW/day_0 .. day_{N-1} (plain or .gz); kaggle train.txt split in days."""
     if dataset == "kaggle":
-        if not os.path.isfile(raw):
-            raise PreprocessError(f"{raw}: Kaggle train.txt not found")
-        return [raw]
+        return kaggle_days(raw, days)
     if not os.path.isdir(raw):
         raise PreprocessError(f"{raw}: not a folder of day files (day_0 ... day_{days - 1}, plain or .gz)")
     found, missing = [], []
@@ -86,7 +136,7 @@ def find_inputs(dataset: str, raw: str, days: int) -> list[str]:
         if os.path.isfile(plain) and os.path.isfile(packed):
             raise PreprocessError(f"{raw}: both day_{d} and day_{d}.gz exist; keep one")
         if os.path.isfile(plain) or os.path.isfile(packed):
-            found.append(plain if os.path.isfile(plain) else packed)
+            found.append(DaySource(plain if os.path.isfile(plain) else packed))
         else:
             missing.append(f"day_{d}")
     if missing:
@@ -95,40 +145,41 @@ def find_inputs(dataset: str, raw: str, days: int) -> list[str]:
     return found
 
 
-def estimated_rows(paths: list[str]) -> int:
-    total = 0
-    for path in paths:
-        size = os.path.getsize(path)
-        total += size * (GZIP_RATIO if path.endswith(".gz") else 1) // RAW_BYTES_PER_ROW
-    return total
+def estimated_rows(sources: list[DaySource]) -> int:
+    return sum(s.size() * (GZIP_RATIO if s.path.endswith(".gz") else 1) // RAW_BYTES_PER_ROW for s in sources)
 
 
-def read_blocks(path: str, on_bad_line: str):
-    """Yield (bytes of whole lines, number of the first line, compressed bytes read so far)."""
+def read_blocks(source: DaySource, on_bad_line: str):
+    """Yield (bytes of whole lines, number of the first line, input bytes consumed so far)."""
+    path = source.path
     opener = gzip.open if path.endswith(".gz") else open
-    line_no = 1
+    line_no = source.first_line
     carry = b""
+    left = None if source.end is None else source.end - source.start
     try:
         with opener(path, "rb") as f:
             raw_handle = f.fileobj if path.endswith(".gz") else f
-            while True:
-                chunk = f.read(BLOCK_BYTES)
+            f.seek(source.start)
+            while left is None or left > 0:
+                chunk = f.read(BLOCK_BYTES if left is None else min(BLOCK_BYTES, left))
                 if not chunk:
                     break
+                if left is not None:
+                    left -= len(chunk)
                 data = carry + chunk
                 cut = data.rfind(b"\n") + 1
                 if cut == 0:
                     carry = data
                     continue
                 block, carry = data[:cut], data[cut:]
-                yield block, line_no, raw_handle.tell()
+                yield block, line_no, raw_handle.tell() - source.start
                 line_no += block.count(b"\n")
     except (EOFError, gzip.BadGzipFile, OSError) as e:
         raise RawFormatError(f"{path}:{line_no}: cannot read past this line: {e} (truncated or corrupt gzip?)") \
             from None
     if carry:
-        yield carry, line_no, os.path.getsize(path)
-    if line_no == 1 and not carry and on_bad_line == "error":
+        yield carry, line_no, source.size()
+    if line_no == source.first_line and not carry and on_bad_line == "error":
         raise RawFormatError(f"{path}: the file is empty")
 
 
@@ -148,7 +199,7 @@ def _sha256(path: str) -> str:
 
 
 class Pipeline:
-    def __init__(self, options: Options, inputs: list[str], out: str, progress: bool = True):
+    def __init__(self, options: Options, inputs: list[DaySource], out: str, progress: bool = True):
         self.o = options
         self.inputs = inputs
         self.out = out
@@ -189,10 +240,10 @@ class Pipeline:
     def map_days(self) -> list[dict]:
         records = []
         last = self.o.days - 1
-        total_bytes = sum(os.path.getsize(p) for p in self.inputs)
+        total_bytes = sum(source.size() for source in self.inputs)
         bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="1/3 map", disable=not self.progress,
                    file=sys.stderr)
-        for day, path in enumerate(self.inputs):
+        for day, source in enumerate(self.inputs):
             folder = os.path.join(self.work, f"day_{day}")
             record_file = os.path.join(folder, "record.json")
             if os.path.isfile(record_file):  # complete: replay its dictionary entries
@@ -201,17 +252,17 @@ class Pipeline:
                 with np.load(os.path.join(folder, "vocabulary.npz")) as v:
                     self.vocab.extend([v[f"c{c}"] for c in range(NUM_SPARSE)])
                 records.append(record)
-                bar.update(os.path.getsize(path))
+                bar.update(source.size())
                 continue
             partial = folder + ".partial"
             shutil.rmtree(partial, ignore_errors=True)
             os.makedirs(partial)
-            records.append(self._map_day(day, path, partial, is_train=day < last, bar=bar))
+            records.append(self._map_day(day, source, partial, is_train=day < last, bar=bar))
             os.replace(partial, folder)
         bar.close()
         return records
 
-    def _map_day(self, day: int, path: str, folder: str, is_train: bool, bar) -> dict:
+    def _map_day(self, day: int, source: DaySource, folder: str, is_train: bool, bar) -> dict:
         mark = self.vocab.marks()
         keep_rng = np.random.default_rng([self.o.seed, day, 0])
         bucket_rng = np.random.default_rng([self.o.seed, day, 1])
@@ -222,8 +273,8 @@ class Pipeline:
         lines = skipped = kept = 0
         seen = 0
         started = time.time()
-        for block, first_line, position in read_blocks(path, self.o.on_bad_line):
-            parsed = parse_block(block, path, first_line, self.o.max_ind_range, self.o.on_bad_line)
+        for block, first_line, position in read_blocks(source, self.o.on_bad_line):
+            parsed = parse_block(block, source.path, first_line, self.o.max_ind_range, self.o.on_bad_line)
             lines += parsed.lines
             skipped += parsed.skipped
             keep = np.ones(len(parsed), dtype=bool)
@@ -251,7 +302,7 @@ class Pipeline:
             handle.close()
         additions = self.vocab.added_since(mark)
         np.savez(os.path.join(folder, "vocabulary.npz"), **{f"c{c}": a for c, a in enumerate(additions)})
-        record = {"day": day, "path": path, "lines": lines, "skipped": skipped, "kept": kept,
+        record = {"day": day, "path": source.label, "lines": lines, "skipped": skipped, "kept": kept,
                   "train": is_train, "buckets": counts.tolist()}
         _write_json(os.path.join(folder, "record.json"), record)
         return record
@@ -351,7 +402,7 @@ class Pipeline:
         return manifest
 
 
-def default_buckets(inputs: list[str]) -> int:
+def default_buckets(inputs: list[DaySource]) -> int:
     return max(1, math.ceil(estimated_rows(inputs) * RECORD_BYTES / BUCKET_BYTES))
 
 
@@ -370,10 +421,9 @@ def main(argv=None) -> int:
     p.add_argument("--buckets", type=int, default=None, help="shuffle buckets (default: ~512 MB each)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    if args.dataset == "kaggle":
-        p.error("--dataset kaggle (train.txt split into 7 days) is not implemented yet; see issue #3")
-    days = args.days if args.days is not None else 24
-    max_ind_range = args.max_ind_range if args.max_ind_range is not None else 40_000_000
+    kaggle = args.dataset == "kaggle"
+    days = args.days if args.days is not None else (7 if kaggle else 24)
+    max_ind_range = args.max_ind_range if args.max_ind_range is not None else (0 if kaggle else 40_000_000)
     if days < 2:
         p.error("--days must be at least 2 (training days, then the test/val day)")
     if not 0 <= args.sub_sample_rate < 1:

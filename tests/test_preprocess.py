@@ -224,3 +224,46 @@ def test_clear_errors_before_any_work(tmp_path, capsys):
     (raw / "day_0.gz").write_bytes(gzip.compress(line(0).encode()))
     assert run(raw, tmp_path / "x", days=2) == 2
     assert "both day_0 and day_0.gz exist" in capsys.readouterr().err
+
+
+def test_synthetic_raw_days_round_trip_through_preprocessing(tmp_path):
+    from reference.data.synthetic import SyntheticSpec, Teacher, raw_lines, write_raw_days
+    spec = SyntheticSpec(seed=5, chunk_rows=500)
+    write_raw_days(str(tmp_path / "raw"), spec, days=3, rows_per_day=1001, gz_days=(1,))
+    assert run(tmp_path / "raw", tmp_path / "out", days=3, max_ind_range=40_000_000) == 0
+    # The teacher's rows of the last day, drawn the way the writer drew them.
+    teacher, rng, expected = Teacher(spec), np.random.default_rng([spec.seed, 102]), []
+    for size in (500, 500, 1):
+        chunk, _ = teacher.sample(rng, size)
+        raw_lines(chunk, rng, 40_000_000)
+        expected.append(chunk)
+    expected = np.concatenate(expected)
+    got = np.concatenate([rows(tmp_path / "out" / NAMES["test"]), rows(tmp_path / "out" / NAMES["val"])])
+    assert len(rows(tmp_path / "out" / NAMES["test"])) == 501  # ceil(1001 / 2)
+    assert (got[:, :14] == expected[:, :14]).all()
+    for c in range(26):  # ids are renumbered by first appearance, one to one with the teacher's
+        pairs = set(zip(expected[:, 14 + c].tolist(), got[:, 14 + c].tolist()))
+        assert len(pairs) == len({a for a, _ in pairs}) == len({b for _, b in pairs})
+    manifest = json.load(open(tmp_path / "out" / "manifest.json"))
+    assert manifest["splits"]["train"] == 2002 and manifest["inputs"][1]["path"].endswith("day_1.gz")
+
+
+def test_kaggle_train_txt_is_split_into_days_like_the_seed(tmp_path):
+    # 15 lines in 7 days: 15 = 7 * 2 + 1, so day 0 has 3 lines and days 1-6 have 2.
+    lines = [line(i % 2, [str(i)], [format(0xFFFFFF00 + i % 4, "x")]) for i in range(15)]
+    (tmp_path / "train.txt").write_text("".join(lines))
+    days = preprocess.kaggle_days(str(tmp_path / "train.txt"), 7)
+    assert [d.first_line for d in days] == [1, 4, 6, 8, 10, 12, 14]
+    code = preprocess.main(["--dataset", "kaggle", "--raw", str(tmp_path / "train.txt"), "--out",
+                            str(tmp_path / "out"), "--buckets", "1", "--no-progress"])
+    assert code == 0
+    names = preprocess.output_names("kaggle")
+    assert names["train"] == "kaggle_processed_train.bin" and names["counts"] == "kaggle_fea_count.npz"
+    assert sorted(rows(tmp_path / "out" / names["train"])[:, 1].tolist()) == list(range(13))
+    assert rows(tmp_path / "out" / names["test"])[:, 1].tolist() == [13]
+    assert rows(tmp_path / "out" / names["val"])[:, 1].tolist() == [14]
+    # No max-ind-range for Kaggle: the raw 32-bit values are the keys, numbered by first appearance.
+    assert rows(tmp_path / "out" / names["val"])[:, 14].tolist() == [14 % 4]
+    manifest = json.load(open(tmp_path / "out" / "manifest.json"))
+    assert manifest["options"]["max_ind_range"] == 0 and manifest["options"]["days"] == 7
+    assert [i["lines"] for i in manifest["inputs"]] == [3, 2, 2, 2, 2, 2, 2]

@@ -138,6 +138,69 @@ def generate(out_dir: str, spec: SyntheticSpec, log=print) -> dict:
     return meta
 
 
+_HASH_MULTIPLIER = 2654435761   # odd and not a multiple of 5: a bijection mod 2**32 and mod 40,000,000
+EMPTY_ID = 2                     # in some columns this (popular) id is written as an empty field
+
+
+def raw_values(table: int, ids: np.ndarray, max_ind_range: int) -> np.ndarray:
+    """Raw categorical values for teacher ids: a bijection per column, below
+    ``max_ind_range`` (so hashing keeps it one to one); in every third column
+    EMPTY_ID maps to 0, which the raw text writes as an empty field."""
+    modulus = max_ind_range if max_ind_range > 0 else 2 ** 32
+    offset = (table + 1) * 7_919_009 % modulus
+    if table % 3 == 0:
+        offset = (-EMPTY_ID * _HASH_MULTIPLIER) % modulus
+    return (ids.astype(np.uint64) * _HASH_MULTIPLIER + offset) % modulus
+
+
+def raw_lines(rows: np.ndarray, rng: np.random.Generator, max_ind_range: int) -> bytes:
+    """Criteo text for binary rows (label, 13 dense, 26 teacher ids), with what
+    real day files hold: empty fields and negative integers. Every field parses
+    back to the row's value (empty and negative integers mean 0)."""
+    n = rows.shape[0]
+    table = [rows[:, 0].astype(str)]
+    dense = rows[:, 1:14]
+    for c in range(NUM_DENSE):
+        text = dense[:, c].astype(str).astype(object)
+        zero = dense[:, c] == 0
+        roll = rng.random(n)
+        text[zero & (roll < 0.5)] = ""
+        if c == 1:  # Criteo's I2 holds small negative numbers
+            text[zero & (roll >= 0.5) & (roll < 0.8)] = "-1"
+            text[zero & (roll >= 0.8)] = "-2"
+        table.append(text)
+    for t in range(NUM_SPARSE):
+        values = raw_values(t, rows[:, 1 + NUM_DENSE + t], max_ind_range)
+        text = np.char.zfill(np.char.mod("%x", values), 8).astype(object)
+        text[values == 0] = ""
+        table.append(text)
+    return ("\n".join("\t".join(fields) for fields in zip(*table)) + "\n").encode()
+
+
+def write_raw_days(out_dir: str, spec: SyntheticSpec, days: int, rows_per_day: int, gz_days=(),
+                   max_ind_range: int = 40_000_000) -> list[str]:
+    """Criteo-format day files day_0 .. day_{days-1} (gzip for the days in
+    ``gz_days``) drawn from the teacher of ``spec``."""
+    import gzip
+
+    os.makedirs(out_dir, exist_ok=True)
+    teacher = Teacher(spec)
+    paths = []
+    for d in range(days):
+        rng = np.random.default_rng([spec.seed, 100 + d])
+        path = os.path.join(out_dir, f"day_{d}" + (".gz" if d in gz_days else ""))
+        opener = gzip.open if d in gz_days else open
+        with opener(path + ".partial", "wb") as f:
+            left = rows_per_day
+            while left:
+                rows, _ = teacher.sample(rng, min(spec.chunk_rows, left))
+                left -= rows.shape[0]
+                f.write(raw_lines(rows, rng, max_ind_range))
+        os.replace(path + ".partial", path)
+        paths.append(path)
+    return paths
+
+
 def read_meta(data_dir: str) -> dict | None:
     path = os.path.join(data_dir, FILES["meta"])
     if not os.path.isfile(path):
