@@ -3,7 +3,8 @@ text, as reference.data.synthetic writes them) -> the three .bin files.
 
 For each size it reports rows/s from raw text to the outputs (wall time of
 `python -m reference.preprocess`), the peak RSS of that process, and the peak
-disk used in the output folder relative to the final outputs (temporary disk).
+disk allocated in the output folder relative to the final outputs (so temporary
+disk included).
 
     python -m benchmarks.preprocess_throughput [--rows 1000000 4000000] [--days 24]
 """
@@ -26,14 +27,17 @@ PEAK_RSS = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:])
             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(rc)")
 
 
-def folder_bytes(path: str) -> int:
+def folder_bytes(path: str, allocated: bool = False) -> int:
+    """Bytes of the files under ``path``: apparent sizes, or the disk blocks
+    actually allocated (the training file is preallocated sparse)."""
     total = 0
     for root, _, files in os.walk(path):
         for name in files:
             try:
-                total += os.path.getsize(os.path.join(root, name))
+                st = os.stat(os.path.join(root, name))
             except OSError:
-                pass
+                continue
+            total += st.st_blocks * 512 if allocated else st.st_size
     return total
 
 
@@ -50,7 +54,7 @@ def measure(rows: int, days: int, cache: str) -> dict:
 
     def watch():
         while not stop.is_set():
-            peak_disk[0] = max(peak_disk[0], folder_bytes(out))
+            peak_disk[0] = max(peak_disk[0], folder_bytes(out, allocated=True))
             time.sleep(0.2)
 
     watcher = threading.Thread(target=watch, daemon=True)

@@ -2,6 +2,7 @@ import math
 import sys
 
 import pytest
+import numpy as np
 import torch
 
 from reference.embeddings import FusedEmbeddingBag
@@ -112,10 +113,12 @@ def test_dot_interaction_gradient_against_autograd_of_the_plain_form(self_intera
 
 
 def test_huge_page_advice_on_large_tables_only():
-    from reference.embeddings import advise_huge_pages
+    from reference.hugepages import advise_huge_pages
     assert advise_huge_pages(torch.empty(10)) is False  # too small to matter
     big = torch.empty(8 << 20)  # 32 MB
     if sys.platform.startswith("linux"):
         assert advise_huge_pages(big) is True
     big.fill_(1.5)
     assert big.sum().item() == 1.5 * (8 << 20)
+    array = np.zeros(8 << 20, dtype=np.int32)
+    assert advise_huge_pages(array) is sys.platform.startswith("linux")

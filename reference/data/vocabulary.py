@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..hugepages import advise_huge_pages
+
 
 class Vocabulary:
     def __init__(self, num_columns: int, max_ind_range: int):
@@ -23,6 +25,8 @@ class Vocabulary:
         self.sizes = [0] * num_columns
         if max_ind_range > 0:
             self._dense = [np.zeros(max_ind_range, dtype=np.int32) for _ in range(num_columns)]
+            for column in self._dense:  # random first touches: 2 MB pages fault 512x less often
+                advise_huge_pages(column)
         else:
             self._keys = [np.zeros(0, dtype=np.int64) for _ in range(num_columns)]
             self._ids = [np.zeros(0, dtype=np.int32) for _ in range(num_columns)]
