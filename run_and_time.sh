@@ -2,8 +2,9 @@
 # Run DLRM end to end and report the time to train as MLPerf measures it
 # (run_stop minus run_start in the MLPerf log).
 #
-#   ./run_and_time.sh                      # embedded default: synthetic Criteo-format
-#                                          # data (generated on first use), configs/synthetic.yaml
+#   ./run_and_time.sh                      # embedded default: synthetic Criteo-format raw day
+#                                          # files, preprocessed to binary on first use, then
+#                                          # configs/synthetic.yaml
 #   ./run_and_time.sh --config configs/mlperf_closed.yaml --data-dir /data/criteo [key=value ...]
 #
 # Options (each also read from the environment variable in brackets):
@@ -30,7 +31,7 @@ while [ $# -gt 0 ]; do
     --data-dir) DATA_DIR="$2"; shift 2 ;;
     --results-dir) RESULTS_DIR="$2"; shift 2 ;;
     --seed) SEED="$2"; shift 2 ;;
-    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *=*) overrides+=("$1"); shift ;;
     *) echo "run_and_time.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -40,7 +41,7 @@ source scripts/ensure_venv.sh
 
 if [ "$(basename "$CONFIG")" = "synthetic.yaml" ] && [ -z "$DATA_DIR" ]; then
   DATA_DIR="${DLRM_CACHE_DIR:-.cache}/synthetic"
-  "$PYTHON" -m reference.data.synthetic --out "$DATA_DIR"
+  "$PYTHON" -m reference.data.synthetic --out "$DATA_DIR" --raw
 fi
 if [ -z "$DATA_DIR" ]; then
   echo "run_and_time.sh: --data-dir (or DATA_DIR) is required with --config $CONFIG" >&2

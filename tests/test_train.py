@@ -90,7 +90,7 @@ def test_cli_reports_bad_config_and_missing_data(tmp_path):
                               f"data_dir={tmp_path}", f"results_dir={tmp_path}"], cwd=ROOT,
                              capture_output=True, text=True)
     assert missing.returncode == 2
-    assert "synthetic_fea_count.npz: counts file not found" in missing.stderr
+    assert "day_fea_count.npz: counts file not found" in missing.stderr
 
 
 def test_tables_too_large_for_memory_rejected_before_allocating(easy_data, tmp_path):

@@ -183,7 +183,9 @@ def test_package_of_five_synthetic_runs_passes_the_official_package_checker(tmp_
     out = tmp_path / "pkg"
     proc = subprocess.run([sys.executable, "-m", "verification", "package", "--config", "configs/synthetic.yaml",
                            "--system", "test-cpu", "--org", "acme", "--out", str(out), "--data-dir", str(package_data),
-                           "batch_size=64", "learning_rate=0.2", "epochs=2", "progress=false", "num_threads=1"],
+                           "batch_size=64", "learning_rate=0.2", "epochs=2", "progress=false", "num_threads=1",
+                           "train_file=synthetic_train.bin", "eval_file=synthetic_test.bin",
+                           "counts_file=synthetic_fea_count.npz"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = out / "acme" / "results" / "test-cpu" / "dlrm"

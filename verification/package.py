@@ -180,9 +180,9 @@ def package_main(argv) -> int:
     data_dir = args.data_dir
     try:
         cfg = Config.from_sources(args.config, overrides + ([f"data_dir={data_dir}"] if data_dir else []))
-        if cfg.data_dir is None and cfg.train_file == synthetic.FILES["train"]:
+        if cfg.data_dir is None and cfg.name == "synthetic":  # as ./run_and_time.sh does
             data_dir = os.path.join(os.environ.get("DLRM_CACHE_DIR", os.path.join(ROOT, ".cache")), "synthetic")
-            synthetic.ensure(data_dir, synthetic.SyntheticSpec())
+            synthetic.ensure(data_dir, synthetic.SyntheticSpec(), via_raw=True)
             cfg = Config.from_sources(args.config, overrides + [f"data_dir={data_dir}"])
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -7,7 +7,10 @@ common, most are rare, as in Criteo); labels are drawn from the teacher's
 probability. Because the teacher is known, so is the best AUC any model can
 reach on the evaluation split: it is written to ``synthetic.json`` and printed.
 
-    python -m reference.data.synthetic --out DIR [--train-samples N] [--seed S]
+    python -m reference.data.synthetic --out DIR [--raw] [--train-samples N] [--seed S]
+
+With --raw it goes through the real data path (Criteo-format raw day files,
+then reference.preprocess), as ./run_and_time.sh's embedded default does.
 """
 
 from __future__ import annotations
@@ -178,27 +181,67 @@ def raw_lines(rows: np.ndarray, rng: np.random.Generator, max_ind_range: int) ->
 
 
 def write_raw_days(out_dir: str, spec: SyntheticSpec, days: int, rows_per_day: int, gz_days=(),
-                   max_ind_range: int = 40_000_000) -> list[str]:
+                   max_ind_range: int = 40_000_000, last_day_rows: int | None = None):
     """Criteo-format day files day_0 .. day_{days-1} (gzip for the days in
-    ``gz_days``) drawn from the teacher of ``spec``."""
+    ``gz_days``) drawn from the teacher of ``spec``; the last day holds
+    ``last_day_rows`` (default ``rows_per_day``). Returns the paths, and the
+    teacher's click probabilities and the labels of the last day's rows."""
     import gzip
 
     os.makedirs(out_dir, exist_ok=True)
     teacher = Teacher(spec)
-    paths = []
+    paths, probs, labels = [], [], []
     for d in range(days):
         rng = np.random.default_rng([spec.seed, 100 + d])
+        last = d == days - 1
         path = os.path.join(out_dir, f"day_{d}" + (".gz" if d in gz_days else ""))
         opener = gzip.open if d in gz_days else open
         with opener(path + ".partial", "wb") as f:
-            left = rows_per_day
+            left = last_day_rows if last and last_day_rows is not None else rows_per_day
             while left:
-                rows, _ = teacher.sample(rng, min(spec.chunk_rows, left))
+                rows, prob = teacher.sample(rng, min(spec.chunk_rows, left))
                 left -= rows.shape[0]
                 f.write(raw_lines(rows, rng, max_ind_range))
+                if last:
+                    probs.append(prob)
+                    labels.append(rows[:, 0])
         os.replace(path + ".partial", path)
         paths.append(path)
-    return paths
+    return paths, np.concatenate(probs), np.concatenate(labels)
+
+
+RAW_DAYS = 8  # seven training days and a test/validation day
+
+
+def generate_via_raw(out_dir: str, spec: SyntheticSpec, log=print) -> dict:
+    """The whole real data path: Criteo-format raw day files from the teacher
+    (``out_dir/raw``), then ``reference.preprocess`` into ``out_dir``, then
+    synthetic.json with the teacher's AUC on the test split (the first half of
+    the last day, as preprocessing splits it)."""
+    from ..preprocess import Options, Pipeline, find_inputs, output_names
+
+    started = time.time()
+    for key in ("train", "test", "val", "counts", "meta"):  # a cache made the direct way, by this module
+        stale = os.path.join(out_dir, FILES[key])
+        if os.path.isfile(stale):
+            os.remove(stale)
+    raw = os.path.join(out_dir, "raw")
+    per_day = -(-spec.train_samples // (RAW_DAYS - 1))
+    _, prob, labels = write_raw_days(raw, spec, RAW_DAYS, per_day, gz_days=(1,),
+                                     last_day_rows=2 * spec.eval_samples)
+    options = Options("terabyte", 40_000_000, 0.0, RAW_DAYS, spec.seed, "error", buckets=1)
+    Pipeline(options, find_inputs("terabyte", raw, RAW_DAYS), out_dir, progress=False).run()
+    test = slice(0, -(-prob.size // 2))
+    meta = {"spec": asdict(spec), "via": "raw", "files": output_names("terabyte"), "raw_days": RAW_DAYS,
+            "best_auc_test": roc_auc(prob[test], labels[test]), "click_rate_test": float(labels[test].mean()),
+            "seconds": round(time.time() - started, 2)}
+    tmp = os.path.join(out_dir, FILES["meta"] + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(meta, f, indent=2)
+    os.replace(tmp, os.path.join(out_dir, FILES["meta"]))
+    log(f"synthetic data via raw day files: {RAW_DAYS} Criteo-format days in {raw} -> preprocessed into "
+        f"{out_dir} ({meta['seconds']} s); best achievable AUC on test (the teacher's own) {meta['best_auc_test']:.4f}")
+    return meta
 
 
 def read_meta(data_dir: str) -> dict | None:
@@ -209,21 +252,23 @@ def read_meta(data_dir: str) -> dict | None:
         return json.load(f)
 
 
-def is_complete(out_dir: str, spec: SyntheticSpec) -> bool:
-    """True when ``out_dir`` holds data generated from exactly ``spec``."""
+def is_complete(out_dir: str, spec: SyntheticSpec, via_raw: bool = False) -> bool:
+    """True when ``out_dir`` holds data generated from exactly ``spec`` (and the same way)."""
     meta = read_meta(out_dir)
-    if meta is None or meta.get("spec") != asdict(spec):
+    if meta is None or meta.get("spec") != asdict(spec) or (meta.get("via") == "raw") != via_raw:
         return False
-    return all(os.path.isfile(os.path.join(out_dir, FILES[k])) for k in ("train", "test", "val", "counts"))
+    files = meta.get("files", FILES)
+    return all(os.path.isfile(os.path.join(out_dir, files[k])) for k in ("train", "test", "val", "counts"))
 
 
-def ensure(out_dir: str, spec: SyntheticSpec, log=print) -> dict:
-    """Generate into ``out_dir`` unless it already holds data made from ``spec``."""
-    if is_complete(out_dir, spec):
+def ensure(out_dir: str, spec: SyntheticSpec, via_raw: bool = False, log=print) -> dict:
+    """Generate into ``out_dir`` unless it already holds data made from ``spec``:
+    binary files directly, or (``via_raw``) raw day files run through preprocessing."""
+    if is_complete(out_dir, spec, via_raw):
         meta = read_meta(out_dir)
         log(f"synthetic data in {out_dir} is up to date; best achievable AUC {meta['best_auc_test']:.4f}")
         return meta
-    return generate(out_dir, spec, log=log)
+    return generate_via_raw(out_dir, spec, log=log) if via_raw else generate(out_dir, spec, log=log)
 
 
 def main(argv=None) -> int:
@@ -232,6 +277,9 @@ def main(argv=None) -> int:
     p.add_argument("--train-samples", type=int, default=SyntheticSpec.train_samples)
     p.add_argument("--eval-samples", type=int, default=SyntheticSpec.eval_samples)
     p.add_argument("--seed", type=int, default=SyntheticSpec.seed)
+    p.add_argument("--raw", action="store_true",
+                   help="go through the real data path: write Criteo-format raw day files (OUT/raw), then "
+                        "preprocess them into OUT with reference.preprocess")
     p.add_argument("--force", action="store_true", help="regenerate even if the folder is up to date")
     args = p.parse_args(argv)
     try:
@@ -239,9 +287,9 @@ def main(argv=None) -> int:
     except ValueError as e:
         p.error(str(e))
     if args.force:
-        generate(args.out, spec)
+        (generate_via_raw if args.raw else generate)(args.out, spec)
     else:
-        ensure(args.out, spec)
+        ensure(args.out, spec, via_raw=args.raw)
     return 0
 
 
