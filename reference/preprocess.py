@@ -87,6 +87,11 @@ class DaySource:
     def size(self) -> int:
         return (os.path.getsize(self.path) if self.end is None else self.end) - self.start
 
+    def signature(self) -> list:
+        """What a resumed run compares to trust a completed day: the input unchanged."""
+        st = os.stat(self.path)
+        return [self.path, self.start, self.end, st.st_size, st.st_mtime_ns]
+
 
 def kaggle_days(path: str, days: int) -> list[DaySource]:
     """The seed's split of train.txt into ``days`` days: equal line counts, the
@@ -243,17 +248,32 @@ class Pipeline:
         total_bytes = sum(source.size() for source in self.inputs)
         bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="1/3 map", disable=not self.progress,
                    file=sys.stderr)
+        redo = False  # once a day is (re)mapped, every later day must be too: ids depend on earlier days
         for day, source in enumerate(self.inputs):
             folder = os.path.join(self.work, f"day_{day}")
             record_file = os.path.join(folder, "record.json")
-            if os.path.isfile(record_file):  # complete: replay its dictionary entries
+            record = None
+            if not redo and os.path.isfile(record_file):
                 with open(record_file) as f:
                     record = json.load(f)
+                if record.get("source") != source.signature():
+                    record = None  # the input changed since the interrupted run
+            if record is not None:  # complete: replay its dictionary entries
                 with np.load(os.path.join(folder, "vocabulary.npz")) as v:
                     self.vocab.extend([v[f"c{c}"] for c in range(NUM_SPARSE)])
                 records.append(record)
                 bar.update(source.size())
                 continue
+            if not redo:  # shuffle progress built on the old days is void
+                for name in os.listdir(self.work):
+                    if name.startswith("bucket_") and name.endswith(".done"):
+                        os.remove(os.path.join(self.work, name))
+                for name in (self.names["train"], self.names["test"], self.names["val"]):
+                    for path in (os.path.join(self.out, name), os.path.join(self.out, name) + ".partial"):
+                        if os.path.exists(path):
+                            os.remove(path)
+            redo = True
+            shutil.rmtree(folder, ignore_errors=True)
             partial = folder + ".partial"
             shutil.rmtree(partial, ignore_errors=True)
             os.makedirs(partial)
@@ -302,7 +322,8 @@ class Pipeline:
             handle.close()
         additions = self.vocab.added_since(mark)
         np.savez(os.path.join(folder, "vocabulary.npz"), **{f"c{c}": a for c, a in enumerate(additions)})
-        record = {"day": day, "path": source.label, "lines": lines, "skipped": skipped, "kept": kept,
+        record = {"day": day, "path": source.label, "source": source.signature(), "lines": lines,
+                  "skipped": skipped, "kept": kept,
                   "train": is_train, "buckets": counts.tolist()}
         _write_json(os.path.join(folder, "record.json"), record)
         return record

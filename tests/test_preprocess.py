@@ -267,3 +267,17 @@ def test_kaggle_train_txt_is_split_into_days_like_the_seed(tmp_path):
     manifest = json.load(open(tmp_path / "out" / "manifest.json"))
     assert manifest["options"]["max_ind_range"] == 0 and manifest["options"]["days"] == 7
     assert [i["lines"] for i in manifest["inputs"]] == [3, 2, 2, 2, 2, 2, 2]
+
+
+def test_resume_redoes_days_whose_input_changed(tmp_path, capsys):
+    raw = write_days(tmp_path / "raw", [[line(0, [], ["a"])], [line(1, [], ["b"]), "bad line\n"], [line(0)] * 2])
+    assert run(raw, tmp_path / "out", days=3, max_ind_range=100) == 2  # stops at day 1; day 0 is complete
+    assert "day_1:2:" in capsys.readouterr().err
+    write_days(tmp_path / "raw", [[line(0, [], ["c"]), line(1, [], ["d"])], [line(1, [], ["b"])], [line(0)] * 2])
+    assert run(raw, tmp_path / "out", days=3, max_ind_range=100) == 0
+    fresh = tmp_path / "fresh"
+    assert run(raw, fresh, days=3, max_ind_range=100) == 0
+    for key in ("train", "test", "val", "counts"):
+        assert open(tmp_path / "out" / NAMES[key], "rb").read() == open(fresh / NAMES[key], "rb").read(), key
+    # c, d (the edited day 0), b, and the test day's empty value: a stale day 0 would give 3.
+    assert load_counts(str(tmp_path / "out" / NAMES["counts"]))[0] == 4
