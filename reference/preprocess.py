@@ -31,8 +31,10 @@ import hashlib
 import json
 import math
 import os
+import queue
 import shutil
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 
@@ -188,6 +190,59 @@ def read_blocks(source: DaySource, on_bad_line: str):
         raise RawFormatError(f"{path}: the file is empty")
 
 
+def parse_day(source: DaySource, max_ind_range: int, on_bad_line: str):
+    """Yield (parsed block, input bytes consumed so far) for one day, in order."""
+    for block, first_line, position in read_blocks(source, on_bad_line):
+        yield parse_block(block, source.path, first_line, max_ind_range, on_bad_line), position
+
+
+def _parse_worker(source: DaySource, max_ind_range: int, on_bad_line: str, out: queue.Queue) -> None:
+    try:
+        for item in parse_day(source, max_ind_range, on_bad_line):
+            out.put(("block", item))
+        out.put(("end", None))
+    except Exception as e:  # handed to the consumer, which raises it in order
+        out.put(("error", e))
+
+
+class ParseAhead:
+    """Parses the next ``workers`` days in threads while the caller maps the
+    current one (numpy releases the GIL in the vectorised parsing, and threads
+    die with the process: a killed run leaves nothing behind). Everything
+    order-dependent (sub-sampling draws, id assignment, bucket scatter) stays in
+    the caller, so the outputs do not depend on the number of workers. Queues
+    are bounded: memory stays at a few blocks per worker."""
+
+    def __init__(self, sources: dict, options: "Options", workers: int):
+        self.sources, self.o, self.workers = sources, options, workers
+        self.pending = sorted(sources)
+        self.running: dict = {}
+        self._start_more()
+
+    def _start_more(self) -> None:
+        while self.pending and len(self.running) < self.workers:
+            day = self.pending.pop(0)
+            out: queue.Queue = queue.Queue(maxsize=2)
+            thread = threading.Thread(target=_parse_worker, daemon=True,
+                                      args=(self.sources[day], self.o.max_ind_range, self.o.on_bad_line, out))
+            thread.start()
+            self.running[day] = out
+
+    def blocks(self, day: int):
+        out = self.running[day]
+        try:
+            while True:
+                kind, item = out.get()
+                if kind == "end":
+                    break
+                if kind == "error":
+                    raise item
+                yield item
+        finally:
+            del self.running[day]
+            self._start_more()
+
+
 def _write_json(path: str, data) -> None:
     tmp = path + ".partial"
     with open(tmp, "w") as f:
@@ -204,8 +259,10 @@ def _sha256(path: str) -> str:
 
 
 class Pipeline:
-    def __init__(self, options: Options, inputs: list[DaySource], out: str, progress: bool = True):
+    def __init__(self, options: Options, inputs: list[DaySource], out: str, progress: bool = True,
+                 workers: int = 0):
         self.o = options
+        self.workers = workers
         self.inputs = inputs
         self.out = out
         self.work = os.path.join(out, "work")
@@ -248,41 +305,47 @@ class Pipeline:
         total_bytes = sum(source.size() for source in self.inputs)
         bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="1/3 map", disable=not self.progress,
                    file=sys.stderr)
-        redo = False  # once a day is (re)mapped, every later day must be too: ids depend on earlier days
-        for day, source in enumerate(self.inputs):
+        start = 0  # the first day to map: every day before it is complete and its input unchanged
+        while start < len(self.inputs):
+            record_file = os.path.join(self.work, f"day_{start}", "record.json")
+            if not os.path.isfile(record_file):
+                break
+            with open(record_file) as f:
+                record = json.load(f)
+            if record.get("source") != self.inputs[start].signature():
+                break  # the input changed since the interrupted run
+            with np.load(os.path.join(self.work, f"day_{start}", "vocabulary.npz")) as v:
+                self.vocab.extend([v[f"c{c}"] for c in range(NUM_SPARSE)])
+            records.append(record)
+            bar.update(self.inputs[start].size())
+            start += 1
+        if start < len(self.inputs):
+            self._discard_shuffle_progress()
+        todo = {day: self.inputs[day] for day in range(start, len(self.inputs))}
+        parser = ParseAhead(todo, self.o, self.workers) if self.workers and todo else None
+        for day, source in todo.items():  # ids depend on earlier days: map in order
             folder = os.path.join(self.work, f"day_{day}")
-            record_file = os.path.join(folder, "record.json")
-            record = None
-            if not redo and os.path.isfile(record_file):
-                with open(record_file) as f:
-                    record = json.load(f)
-                if record.get("source") != source.signature():
-                    record = None  # the input changed since the interrupted run
-            if record is not None:  # complete: replay its dictionary entries
-                with np.load(os.path.join(folder, "vocabulary.npz")) as v:
-                    self.vocab.extend([v[f"c{c}"] for c in range(NUM_SPARSE)])
-                records.append(record)
-                bar.update(source.size())
-                continue
-            if not redo:  # shuffle progress built on the old days is void
-                for name in os.listdir(self.work):
-                    if name.startswith("bucket_") and name.endswith(".done"):
-                        os.remove(os.path.join(self.work, name))
-                for name in (self.names["train"], self.names["test"], self.names["val"]):
-                    for path in (os.path.join(self.out, name), os.path.join(self.out, name) + ".partial"):
-                        if os.path.exists(path):
-                            os.remove(path)
-            redo = True
             shutil.rmtree(folder, ignore_errors=True)
             partial = folder + ".partial"
             shutil.rmtree(partial, ignore_errors=True)
             os.makedirs(partial)
-            records.append(self._map_day(day, source, partial, is_train=day < last, bar=bar))
+            blocks = parser.blocks(day) if parser else parse_day(source, self.o.max_ind_range, self.o.on_bad_line)
+            records.append(self._map_day(day, source, partial, is_train=day < last, bar=bar, blocks=blocks))
             os.replace(partial, folder)
         bar.close()
         return records
 
-    def _map_day(self, day: int, source: DaySource, folder: str, is_train: bool, bar) -> dict:
+    def _discard_shuffle_progress(self) -> None:
+        """Shuffle progress and outputs built on days about to be (re)mapped are void."""
+        for name in os.listdir(self.work):
+            if name.startswith("bucket_") and name.endswith(".done"):
+                os.remove(os.path.join(self.work, name))
+        for name in (self.names["train"], self.names["test"], self.names["val"]):
+            for path in (os.path.join(self.out, name), os.path.join(self.out, name) + ".partial"):
+                if os.path.exists(path):
+                    os.remove(path)
+
+    def _map_day(self, day: int, source: DaySource, folder: str, is_train: bool, bar, blocks) -> dict:
         mark = self.vocab.marks()
         keep_rng = np.random.default_rng([self.o.seed, day, 0])
         bucket_rng = np.random.default_rng([self.o.seed, day, 1])
@@ -293,8 +356,7 @@ class Pipeline:
         lines = skipped = kept = 0
         seen = 0
         started = time.time()
-        for block, first_line, position in read_blocks(source, self.o.on_bad_line):
-            parsed = parse_block(block, source.path, first_line, self.o.max_ind_range, self.o.on_bad_line)
+        for parsed, position in blocks:
             lines += parsed.lines
             skipped += parsed.skipped
             keep = np.ones(len(parsed), dtype=bool)
@@ -440,6 +502,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--on-bad-line", choices=["error", "skip"], default="error")
     p.add_argument("--buckets", type=int, default=None, help="shuffle buckets (default: ~512 MB each)")
+    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1),
+                   help="parse threads running ahead of the in-order id assignment (0: parse inline; "
+                        "default: cores - 1); the outputs do not depend on it")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     kaggle = args.dataset == "kaggle"
@@ -451,6 +516,8 @@ def main(argv=None) -> int:
         p.error("--sub-sample-rate must be in [0, 1)")
     if max_ind_range < 0:
         p.error("--max-ind-range must be >= 0")
+    if args.workers < 0:
+        p.error("--workers must be >= 0")
     try:
         inputs = find_inputs(args.dataset, args.raw, days)
         buckets = args.buckets if args.buckets is not None else default_buckets(inputs[:-1])
@@ -458,7 +525,7 @@ def main(argv=None) -> int:
             p.error("--buckets must be >= 1")
         options = Options(args.dataset, max_ind_range, args.sub_sample_rate, days, args.seed, args.on_bad_line,
                           buckets)
-        manifest = Pipeline(options, inputs, args.out, progress=not args.no_progress).run()
+        manifest = Pipeline(options, inputs, args.out, progress=not args.no_progress, workers=args.workers).run()
     except (PreprocessError, RawFormatError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -137,11 +137,11 @@ sys.path.insert(0, {ROOT!r})
 from reference import preprocess
 point = {point!r}
 original_map, original_split = preprocess.Pipeline._map_day, preprocess.Pipeline.split_last_day
-def map_day(self, day, path, folder, is_train, bar):
+def map_day(self, day, path, folder, is_train, bar, blocks):
     if point == "inside_day_2" and day == 2:
         open(os.path.join(folder, "bucket_0.bin"), "ab").write(b"garbage")
         os._exit(9)
-    record = original_map(self, day, path, folder, is_train, bar)
+    record = original_map(self, day, path, folder, is_train, bar, blocks)
     if point == "after_day_1" and day == 1:
         os.replace(folder, folder[:-len(".partial")])
         os._exit(9)
@@ -281,3 +281,18 @@ def test_resume_redoes_days_whose_input_changed(tmp_path, capsys):
         assert open(tmp_path / "out" / NAMES[key], "rb").read() == open(fresh / NAMES[key], "rb").read(), key
     # c, d (the edited day 0), b, and the test day's empty value: a stale day 0 would give 3.
     assert load_counts(str(tmp_path / "out" / NAMES["counts"]))[0] == 4
+
+
+@pytest.mark.parametrize("workers", [0, 1, 3])
+def test_outputs_do_not_depend_on_the_number_of_parse_workers(tmp_path, workers):
+    raw = synthetic_raw(tmp_path, days=5, per_day=300)
+    assert run(raw, tmp_path / "ref", days=5, buckets=2, max_ind_range=1000, workers=0) == 0
+    assert run(raw, tmp_path / "par", days=5, buckets=2, max_ind_range=1000, workers=workers) == 0
+    for key in ("train", "test", "val", "counts"):
+        assert open(tmp_path / "par" / NAMES[key], "rb").read() == open(tmp_path / "ref" / NAMES[key], "rb").read()
+
+
+def test_an_error_in_a_parse_worker_reaches_the_caller(tmp_path, capsys):
+    raw = write_days(tmp_path / "raw", [[line(0)] * 3, [line(0), line(7)], [line(0)] * 2])
+    assert run(raw, tmp_path / "out", days=3, workers=2) == 2
+    assert "day_1:2: label (field 1 of 40): must be 0 or 1, got '7'" in capsys.readouterr().err
