@@ -13,6 +13,8 @@
 #                                     (default for synthetic: .cache/synthetic, generated if missing)
 #   --results-dir DIR  [RESULTS_DIR]  where the MLPerf log and the run summary go (default results/)
 #   --seed N           [SEED]         run seed (default: the config's)
+#   --nproc N          [NPROC]        ranks on this machine, started with torchrun after the data
+#                                     is ready (default 1; for several machines see README)
 #   key=value                         any configuration key (python -m reference.train --help)
 # DLRM_CLEAR_CACHES=1 drops the page cache first (as MLPerf runs must; needs root) and
 # the log's cache_clear records whether that happened.
@@ -24,6 +26,7 @@ CONFIG="${CONFIG:-configs/synthetic.yaml}"
 DATA_DIR="${DATA_DIR:-}"
 RESULTS_DIR="${RESULTS_DIR:-results}"
 SEED="${SEED:-}"
+NPROC="${NPROC:-1}"
 overrides=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -31,11 +34,16 @@ while [ $# -gt 0 ]; do
     --data-dir) DATA_DIR="$2"; shift 2 ;;
     --results-dir) RESULTS_DIR="$2"; shift 2 ;;
     --seed) SEED="$2"; shift 2 ;;
-    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --nproc) NPROC="$2"; shift 2 ;;
+    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *=*) overrides+=("$1"); shift ;;
     *) echo "run_and_time.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
+
+case "$NPROC" in
+  ''|*[!0-9]*|0) echo "run_and_time.sh: NPROC (--nproc) must be a whole number >= 1, got '$NPROC'" >&2; exit 2 ;;
+esac
 
 source scripts/ensure_venv.sh
 
@@ -57,7 +65,13 @@ if [ "${DLRM_CLEAR_CACHES:-0}" = "1" ]; then
   fi
 fi
 [ -n "$SEED" ] && args+=(--seed "$SEED")
-echo "running: python -m reference.train ${args[*]} ${overrides[*]:-}" >&2
+launch=("$PYTHON")
+if [ "$NPROC" -gt 1 ]; then
+  # torchrun from this venv; a free port, so two jobs on one machine do not collide
+  port="$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])')"
+  launch=("$PYTHON" -m torch.distributed.run --nproc-per-node "$NPROC" --master-port "$port")
+fi
+echo "running: ${launch[*]} -m reference.train ${args[*]} ${overrides[*]:-}" >&2
 status=0
-"$PYTHON" -m reference.train "${args[@]}" "${overrides[@]}" || status=$?
+"${launch[@]}" -m reference.train "${args[@]}" "${overrides[@]}" || status=$?
 exit "$status"

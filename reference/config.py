@@ -18,6 +18,7 @@ import yaml
 
 INTERACTIONS = ("dot", "cat", "sum")
 OPTIMIZERS = ("sgd", "rowwise_adagrad", "adagrad")
+DIST_BACKENDS = ("auto", "gloo", "nccl", "mpi")
 DIVISIONS = ("closed", "open")
 STATUSES = ("onprem", "cloud", "preview", "research")
 
@@ -80,6 +81,15 @@ class Config:
                        default="cpu")
     log_every: int = _doc("Progress line every N iterations.", default=50)
     progress: bool = _doc("Show a tqdm progress bar on stderr.", default=True)
+
+    # --- several processes (torchrun, mpirun, srun) ---
+    dist_backend: str = _doc("auto, gloo, nccl or mpi (auto: nccl on cuda, else gloo). mpi uses torch's MPI "
+                             "backend when built in, else mpi4py.", default="auto")
+    dist_timeout: float = _doc("Seconds a rank waits at startup or in a collective before it exits with an "
+                               "error naming the rank that stopped answering.", default=300.0)
+    embedding_memory_per_rank: Optional[float] = _doc(
+        "GiB of embedding weights and optimiser state one rank may hold; tables over it are split by rows "
+        "(null: the even share of the total, which balances memory).", default=None)
 
     # --- outputs ---
     results_dir: str = _doc("Folder for MLPerf logs and run summaries.", default="results")
@@ -155,6 +165,7 @@ class Config:
             if getattr(self, key) < 0:
                 self._fail(key, f"must be >= 0, got {getattr(self, key)}")
         for key, allowed in (("interaction", INTERACTIONS), ("optimizer", OPTIMIZERS),
+                             ("dist_backend", DIST_BACKENDS),
                              ("submission_division", DIVISIONS), ("submission_status", STATUSES)):
             if getattr(self, key) not in allowed:
                 self._fail(key, f"must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
@@ -164,6 +175,10 @@ class Config:
             self._fail("adagrad_eps", f"must be > 0, got {self.adagrad_eps}")
         if self.adagrad_lr_decay < 0:
             self._fail("adagrad_lr_decay", f"must be >= 0, got {self.adagrad_lr_decay}")
+        if not (self.dist_timeout > 0 and math.isfinite(self.dist_timeout)):
+            self._fail("dist_timeout", f"must be a finite number of seconds > 0, got {self.dist_timeout}")
+        if self.embedding_memory_per_rank is not None and not self.embedding_memory_per_rank > 0:
+            self._fail("embedding_memory_per_rank", f"must be > 0 GiB (or null), got {self.embedding_memory_per_rank}")
         if self.decay_power <= 0:
             self._fail("decay_power", f"must be > 0, got {self.decay_power}")
         if self.decay_steps > 0 and self.decay_start_step < self.warmup_steps:

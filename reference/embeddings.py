@@ -18,10 +18,36 @@ from torch import nn
 from .hugepages import advise_huge_pages
 
 
-def table_generator(seed: int, table: int) -> torch.Generator:
-    """Each table draws its initial weights from its own stream, so a table's
-    weights depend only on (seed, table index), not on where it is stored."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + 7919 * (table + 1))
+def init_block_rows(dim: int) -> int:
+    """Rows per independently seeded initialisation block (about 4M values)."""
+    return max(1, (1 << 22) // dim)
+
+
+def block_generator(seed: int, table: int, block: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + 7919 * (table + 1)) * 65_537 + block)
+
+
+@torch.no_grad()
+def init_table_rows(out: torch.Tensor, seed: int, table: int, table_rows: int, lo: int) -> None:
+    """Fill ``out`` with rows ``lo .. lo + len(out) - 1`` of table ``table``'s
+    initial weights: uniform in (-sqrt(1/n), sqrt(1/n)) for a table of n rows,
+    as in the seed. Each block of :func:`init_block_rows` rows draws from its
+    own stream, so the values depend only on (seed, table, row), never on how
+    the table is split across ranks, and a row range is initialised without
+    generating the rest of the table."""
+    dim = out.shape[1]
+    block = init_block_rows(dim)
+    bound = math.sqrt(1.0 / table_rows)
+    hi = lo + out.shape[0]
+    for b in range(lo // block, -(-hi // block)):
+        b_lo, b_hi = b * block, min((b + 1) * block, table_rows)
+        generator = block_generator(seed, table, b)
+        if lo <= b_lo and b_hi <= hi:
+            out[b_lo - lo:b_hi - lo].uniform_(-bound, bound, generator=generator)
+        else:  # a block cut by the range: draw it whole, keep the overlap
+            values = torch.empty(b_hi - b_lo, dim).uniform_(-bound, bound, generator=generator)
+            start, stop = max(lo, b_lo), min(hi, b_hi)
+            out[start - lo:stop - lo].copy_(values[start - b_lo:stop - b_lo])
 
 
 class FusedEmbeddingBag(nn.Module):
@@ -48,10 +74,8 @@ class FusedEmbeddingBag(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self, seed: int) -> None:
-        # The seed's scheme: uniform in (-sqrt(1/n), sqrt(1/n)) for a table of n rows.
         for t, n in enumerate(self.table_sizes):
-            bound = math.sqrt(1.0 / n)
-            self.table(t).uniform_(-bound, bound, generator=table_generator(seed, t))
+            init_table_rows(self.table(t), seed, t, n, 0)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """ids: (B, T) with one id per table, or (B, T, L) with L ids per table

@@ -4,6 +4,7 @@ a feature interaction, and a top MLP that outputs one click logit."""
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 from torch import nn
@@ -31,11 +32,14 @@ def mlp(widths: list[int], final_relu: bool, generator: torch.Generator) -> nn.S
 class DLRM(nn.Module):
     def __init__(self, table_sizes: list[int], embedding_dim: int, bottom_mlp: list[int],
                  top_mlp: list[int], interaction: str = "dot", self_interaction: bool = False,
-                 seed: int = 0):
+                 seed: int = 0, embeddings: Optional[nn.Module] = None):
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
         self.bottom_mlp = mlp(bottom_mlp, final_relu=True, generator=generator)
-        self.embeddings = FusedEmbeddingBag(table_sizes, embedding_dim, seed=seed)
+        # The tables (or this rank's shards of them) draw from their own streams, so the
+        # MLPs start from the same weights whichever embeddings module is used.
+        self.embeddings = embeddings if embeddings is not None else FusedEmbeddingBag(table_sizes, embedding_dim,
+                                                                                      seed=seed)
         self.interaction, width = build_interaction(interaction, len(table_sizes), embedding_dim,
                                                     bottom_mlp[-1], self_interaction)
         self.top_mlp = mlp([width] + list(top_mlp), final_relu=False, generator=generator)
@@ -50,6 +54,14 @@ class DLRM(nn.Module):
         x = self.bottom_mlp(dense)
         e = self.embeddings(ids)
         return self.top_mlp(self.interaction(x, e)).squeeze(1)
+
+    @staticmethod
+    def dense_parameter_count(cfg, num_tables: int) -> int:
+        """Parameters of the two MLPs (replicated on every rank), without building the model."""
+        _, width = build_interaction(cfg.interaction, num_tables, cfg.embedding_dim, cfg.bottom_mlp[-1],
+                                     cfg.self_interaction)
+        widths = [list(cfg.bottom_mlp), [width] + list(cfg.top_mlp)]
+        return sum(i * o + o for w in widths for i, o in zip(w[:-1], w[1:]))
 
     def dense_parameters(self) -> list[nn.Parameter]:
         return [p for name, p in self.named_parameters() if not name.startswith("embeddings.")]

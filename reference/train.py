@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from mlperf_logging.mllog import constants as C
 from tqdm import tqdm
 
@@ -21,7 +22,10 @@ from . import checkpoint
 from .config import Config, ConfigError, help_text
 from .data.binary import BinaryDataset, DataError, load_counts
 from .data.synthetic import read_meta
-from .metrics import evaluate_scores
+from .distributed import runtime
+from .distributed.comm import DistributedError
+from .distributed.launch import LaunchError, detect
+from .distributed.planner import format_plan
 from .mlperf_log import MLPerfLogger, log_hyperparameters, log_submission
 from .model import DLRM
 from .optim import build_optimizer, set_learning_rate
@@ -76,32 +80,6 @@ def resolve_table_sizes(cfg: Config) -> list[int]:
     return sizes
 
 
-def available_memory_bytes() -> Optional[int]:
-    """MemAvailable from /proc/meminfo; None where that is not known."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def check_table_memory(cfg: Config, table_sizes: list[int]) -> None:
-    """Refuse, before allocating, tables that cannot fit: the weights are
-    allocated lazily, so the failure would otherwise be an OOM kill mid-run."""
-    rows = sum(table_sizes)
-    per_row = cfg.embedding_dim * 4 + {"sgd": 0, "rowwise_adagrad": 4, "adagrad": cfg.embedding_dim * 4}[cfg.optimizer]
-    need = rows * per_row
-    have = available_memory_bytes()
-    if have is not None and need > have:
-        raise ConfigError(f"{cfg.where('table_sizes')}: the embedding tables need {need / 2**30:.1f} GiB "
-                          f"({rows:,} rows x {cfg.embedding_dim} x 4 B, plus {cfg.optimizer} state) but only "
-                          f"{have / 2**30:.1f} GiB of memory is available; use a machine with more memory "
-                          f"or a smaller max_ind_range")
-
-
 def open_split(cfg: Config, name: str, batch_size: int, table_sizes: list[int]) -> BinaryDataset:
     if cfg.data_dir is None:
         raise ConfigError(f"{cfg.where('data_dir')}: data_dir is not set; point it at the folder with "
@@ -115,9 +93,11 @@ class Trainer:
     the data only; the logger and the progress bar only observe."""
 
     def __init__(self, cfg: Config, model: DLRM, train_data: Optional[BinaryDataset],
-                 eval_data: BinaryDataset, log: MLPerfLogger, out=sys.stderr):
+                 eval_data: BinaryDataset, log: MLPerfLogger, out=sys.stderr, parallel=None):
         self.cfg = cfg
-        self.device = torch.device(cfg.device)
+        # One process or one rank of several: reads, losses and metrics go through it.
+        self.parallel = parallel if parallel is not None else runtime.SingleProcess(cfg)
+        self.device = self.parallel.device
         self.model = model.to(self.device)
         self.train_data = train_data
         self.eval_data = eval_data
@@ -127,7 +107,6 @@ class Trainer:
                                          cfg.adagrad_lr_decay)
         self.schedule = PolyWarmupSchedule.from_config(cfg)
         self.position = Position()
-        self.loss_fn = torch.nn.BCEWithLogitsLoss()
 
     # --- pieces -----------------------------------------------------------
     def eval_interval(self) -> int:
@@ -143,21 +122,23 @@ class Trainer:
         set_learning_rate(self.optimizer, self.schedule(self.position.step))
         self.optimizer.zero_grad(set_to_none=True)
         batch = batch.to(self.device)
-        loss = self.loss_fn(self.model(batch.dense, batch.ids), batch.labels)
-        loss.backward()
+        logits = self.model(batch.dense, batch.ids)
+        # This process's share of the global batch mean: summed over ranks it is the mean.
+        loss = F.binary_cross_entropy_with_logits(logits, batch.labels, reduction="sum") / batch.global_size
+        value = self.parallel.backward(loss, self.position.step)
         self.optimizer.step()
-        return loss.item()
+        return value
 
     @torch.no_grad()
     def evaluate(self) -> dict:
         self.model.eval()
         logits, labels = [], []
-        for batch in self.eval_data:
-            on_device = batch.to(self.device)
-            logits.append(self.model(on_device.dense, on_device.ids).cpu())
+        for i in range(self.eval_data.num_batches):
+            batch = self.parallel.batch(self.eval_data, i).to(self.device)
+            logits.append(self.model(batch.dense, batch.ids))
             labels.append(batch.labels)
         self.model.train()
-        return evaluate_scores(torch.cat(logits), torch.cat(labels))
+        return self.parallel.metrics(torch.cat(logits), torch.cat(labels))
 
     def reached_target(self, metrics: dict) -> bool:
         cfg = self.cfg
@@ -202,8 +183,9 @@ class Trainer:
         log.event(C.EVAL_ACCURACY, metrics["auc"], epoch_num=epoch_num)
         metrics.update(step=self.position.step, epoch_num=epoch_num)
         result.evaluations.append(metrics)
-        bar.write(f"eval @ epoch {epoch_num:.3f} (step {self.position.step}): AUC {metrics['auc']:.5f} "
-                  f"accuracy {metrics['accuracy']:.5f} log loss {metrics['log_loss']:.5f}", file=self.out)
+        if self.parallel.is_root:
+            bar.write(f"eval @ epoch {epoch_num:.3f} (step {self.position.step}): AUC {metrics['auc']:.5f} "
+                      f"accuracy {metrics['accuracy']:.5f} log loss {metrics['log_loss']:.5f}", file=self.out)
         return self.reached_target(metrics)
 
     def fit(self) -> RunResult:
@@ -216,6 +198,7 @@ class Trainer:
         interval = self.eval_interval()
         nb = data.num_batches
         samples = 0
+        self.parallel.barrier()  # every rank starts the clock together
         # The time to train is run_stop minus run_start as logged, so take both from one clock.
         run_start_ms = int(time.time() * 1000)
         log.start(C.RUN_START, time_ms=run_start_ms)
@@ -226,7 +209,7 @@ class Trainer:
             order = data.batch_order(epoch, cfg.shuffle_batches, cfg.seed)
             log.start(C.EPOCH_START, epoch_num=epoch + 1)
             bar = tqdm(total=nb, initial=self.position.batch_in_epoch, desc=f"epoch {epoch + 1}",
-                       file=self.out, disable=not cfg.progress, unit="it", dynamic_ncols=True,
+                       file=self.out, disable=not (cfg.progress and self.parallel.is_root), unit="it", dynamic_ncols=True,
                        mininterval=0.5 if self.out.isatty() else 30)
             window_loss, window_n, window_start = 0.0, 0, time.time()
             while self.position.batch_in_epoch < nb and not stop:
@@ -235,10 +218,10 @@ class Trainer:
                     block_first = epoch + 1 + i / nb
                     log.start(C.BLOCK_START, first_epoch_num=block_first,
                               epoch_count=(self._next_eval(i, nb, interval) - i) / nb)
-                batch = data.batch(int(order[i]))
+                batch = self.parallel.batch(data, int(order[i]))
                 loss = self.train_step(batch)
                 self.position.batch_in_epoch = i = i + 1
-                samples += len(batch)
+                samples += batch.global_size
                 result.losses.append(loss)
                 window_loss, window_n = window_loss + loss, window_n + 1
                 bar.update(1)
@@ -278,7 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m reference.train",
         description="Train DLRM on MLPerf binary Criteo data (or evaluate a checkpoint), writing an "
-                    "MLPerf log. Options come from --config and key=value overrides.",
+                    "MLPerf log. Options come from --config and key=value overrides. Under torchrun, "
+                    "mpirun or srun every process is one rank: tables are split across ranks, the MLPs "
+                    "replicated.",
         epilog=help_text(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML file in configs/ (default: the built-in defaults)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="override a configuration key")
@@ -288,20 +273,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="CKPT", help="same as resume=CKPT")
     p.add_argument("--load-checkpoint", metavar="CKPT", help="same as load_checkpoint=CKPT")
     p.add_argument("--inference-only", action="store_true", help="same as inference_only=true")
+    p.add_argument("--dist-backend", help="same as dist_backend=NAME (auto, gloo, nccl, mpi)")
+    p.add_argument("--plan-only", action="store_true",
+                   help="print where each embedding table goes and the memory per rank, then exit "
+                        "(allocates nothing; runs without a launcher)")
+    p.add_argument("--world-size", type=int, metavar="N",
+                   help="with --plan-only: the number of ranks to plan for (default: the launcher's, or 1)")
     return p
 
 
-def config_from_args(argv=None) -> Config:
+def config_from_args(argv=None) -> tuple[Config, argparse.Namespace]:
     args = build_parser().parse_intermixed_args(argv)
     overrides = list(args.overrides)
     for flag, key in (("data_dir", "data_dir"), ("results_dir", "results_dir"), ("seed", "seed"),
-                      ("resume", "resume"), ("load_checkpoint", "load_checkpoint")):
+                      ("resume", "resume"), ("load_checkpoint", "load_checkpoint"),
+                      ("dist_backend", "dist_backend")):
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={value}")
     if args.inference_only:
         overrides.append("inference_only=true")
-    return Config.from_sources(args.config, overrides)
+    if args.world_size is not None and not args.plan_only:
+        raise ConfigError("command line: --world-size only goes with --plan-only; a run takes its world "
+                          "size from the launcher (torchrun, mpirun, srun)")
+    if args.world_size is not None and args.world_size < 1:
+        raise ConfigError(f"command line: --world-size must be >= 1, got {args.world_size}")
+    return Config.from_sources(args.config, overrides), args
 
 
 def output_paths(cfg: Config) -> tuple[str, str]:
@@ -314,9 +311,9 @@ def output_paths(cfg: Config) -> tuple[str, str]:
     return os.path.join(cfg.results_dir, stem + ".log"), os.path.join(cfg.results_dir, stem + ".json")
 
 
-def write_summary(path: str, cfg: Config, result: RunResult, table_sizes: list[int]) -> None:
+def write_summary(path: str, cfg: Config, result: RunResult, table_sizes: list[int], world_size: int = 1) -> None:
     summary = {
-        "config": cfg.as_dict(), "config_name": cfg.name, "table_sizes": table_sizes,
+        "config": cfg.as_dict(), "config_name": cfg.name, "table_sizes": table_sizes, "world_size": world_size,
         "converged": result.converged, "status": result.status, "steps": result.steps,
         "epoch_num": result.epoch_num, "run_seconds": result.run_seconds,
         "samples_per_second": result.samples_per_second, "evaluations": result.evaluations,
@@ -328,29 +325,34 @@ def write_summary(path: str, cfg: Config, result: RunResult, table_sizes: list[i
     os.replace(tmp, path)
 
 
-def run(cfg: Config, out=sys.stderr) -> RunResult:
+def run(cfg: Config, out=sys.stderr, parallel=None) -> RunResult:
     """Everything between the command line and the result: the MLPerf
-    init phase (data, model), the timed run, and the outputs."""
+    init phase (data, model), the timed run, and the outputs. With several
+    ranks only rank 0 writes the log, the summary and the progress."""
+    parallel = parallel if parallel is not None else runtime.SingleProcess(cfg)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    log_path, summary_path = output_paths(cfg)
+    root = parallel.is_root
+    log_path, summary_path = output_paths(cfg) if root else (None, None)
     log = MLPerfLogger(None if cfg.inference_only else log_path)
     try:
         log.event(C.CACHE_CLEAR, cfg.cache_cleared)
         log.start(C.INIT_START)
         log_submission(log, cfg)
+        log.event("world_size", parallel.world_size)
         table_sizes = resolve_table_sizes(cfg)
-        check_table_memory(cfg, table_sizes)
+        parallel.check_memory(cfg, table_sizes)
         eval_data = open_split(cfg, cfg.eval_file, cfg.eval_batch_size, table_sizes)
         train_data = None if cfg.inference_only else open_split(cfg, cfg.train_file, cfg.batch_size, table_sizes)
+        parallel.check_data(train_data, eval_data)
         meta = read_meta(cfg.data_dir)
-        if meta is not None and "best_auc_test" in meta:
+        if root and meta is not None and "best_auc_test" in meta:
             print(f"synthetic data: the teacher's AUC on the test split (the best achievable) is "
                   f"{meta['best_auc_test']:.4f}", file=out)
-        model = DLRM.from_config(cfg, table_sizes)
+        model = parallel.build_model(cfg, table_sizes)
         for name in model.mlperf_tensor_names():
             log.event(C.WEIGHTS_INITIALIZATION, tensor=name)
-        trainer = Trainer(cfg, model, train_data, eval_data, log, out=out)
+        trainer = Trainer(cfg, model, train_data, eval_data, log, out=out, parallel=parallel)
         source = cfg.resume or cfg.load_checkpoint
         if source is not None:
             data = checkpoint.load_weights(source, model)
@@ -362,32 +364,65 @@ def run(cfg: Config, out=sys.stderr) -> RunResult:
             started = time.time()
             metrics = trainer.evaluate()
             metrics["seconds"] = time.time() - started
-            print(json.dumps(metrics), file=sys.stdout)
+            if root:
+                print(json.dumps(metrics), file=sys.stdout)
             return RunResult(converged=trainer.reached_target(metrics), status="inference",
                              evaluations=[metrics])
         log_hyperparameters(log, cfg, train_data.num_samples, eval_data.num_samples)
         log.end(C.INIT_STOP)
         result = trainer.fit()
-        result.log_path, result.summary_path = log_path, summary_path
-        write_summary(summary_path, cfg, result, table_sizes)
+        if root:
+            result.log_path, result.summary_path = log_path, summary_path
+            write_summary(summary_path, cfg, result, table_sizes, parallel.world_size)
         return result
     finally:
         log.close()
 
 
+def plan_only(cfg: Config, world_size: Optional[int], out=sys.stdout) -> None:
+    info = detect()
+    if world_size is None:
+        world_size = info.world_size if info is not None else 1
+    table_sizes = resolve_table_sizes(cfg)
+    plan = runtime.make_plan(cfg, table_sizes, world_size)
+    if info is None or info.rank == 0:  # under a launcher, one copy of the plan
+        print(format_plan(plan, cfg.batch_size, DLRM.dense_parameter_count(cfg, len(table_sizes))), file=out)
+
+
 def main(argv=None) -> int:
     try:
-        cfg = config_from_args(argv)
-        result = run(cfg)
-    except (ConfigError, DataError, checkpoint.CheckpointError) as e:
+        cfg, args = config_from_args(argv)
+        if args.plan_only:
+            plan_only(cfg, args.world_size)
+            return 0
+        parallel = runtime.start(cfg)
+    except (ConfigError, DataError, LaunchError, DistributedError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    try:
+        result = run(cfg, parallel=parallel)
+        parallel.close()
+    except (ConfigError, DataError, checkpoint.CheckpointError, LaunchError) as e:
+        message = f"rank {parallel.rank}: {e}" if parallel.world_size > 1 else str(e)
+        print(f"error: {message}", file=sys.stderr)
+        parallel.fail(message)
+        if parallel.world_size > 1:
+            parallel.abort(2)  # the other ranks may be inside a collective: do not wait for them
+        return 2
+    except DistributedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        parallel.fail(str(e))
+        parallel.abort(1)
+        return 1
+    if not parallel.is_root:
+        return 0 if result.status in ("success", "inference") else 1
     if result.status == "inference":
         return 0
     final = result.final
     print(f"RESULT: status={result.status} converged={result.converged} steps={result.steps} "
           f"epoch={result.epoch_num:.3f} auc={final.get('auc', float('nan')):.5f} "
-          f"time_to_train_s={result.run_seconds:.1f} samples_per_s={result.samples_per_second:,.0f}")
+          f"time_to_train_s={result.run_seconds:.1f} samples_per_s={result.samples_per_second:,.0f} "
+          f"ranks={parallel.world_size}")
     print(f"MLPerf log: {result.log_path}")
     print(f"summary:    {result.summary_path}")
     return 0 if result.status == "success" else 1

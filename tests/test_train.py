@@ -104,7 +104,7 @@ def test_tables_too_large_for_memory_rejected_before_allocating(easy_data, tmp_p
 
 def test_cli_accepts_overrides_before_and_after_options():
     from reference.train import config_from_args
-    cfg = config_from_args(["batch_size=64", "--seed", "3", "epochs=2", "--data-dir", "/d", "learning_rate=0.5"])
+    cfg, _ = config_from_args(["batch_size=64", "--seed", "3", "epochs=2", "--data-dir", "/d", "learning_rate=0.5"])
     assert (cfg.batch_size, cfg.seed, cfg.epochs, cfg.data_dir, cfg.learning_rate) == (64, 3, 2, "/d", 0.5)
 
 

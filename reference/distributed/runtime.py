@@ -1,0 +1,240 @@
+"""How the trainer runs: as one process, or as one of several ranks.
+
+The Trainer talks to one of these two objects and never branches on the world
+size itself: they build the model, read this process's part of a batch, turn
+a local loss into a global one with its gradients, and turn this process's
+evaluation scores into the global metrics.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Optional
+
+import torch
+
+from ..config import Config, ConfigError
+from ..data.binary import BinaryDataset, DataError
+from ..metrics import evaluate_scores
+from ..model import DLRM
+from .comm import HEARTBEAT_SECONDS, Communicator, FaultMonitor, build_communicator, join, open_store
+from .data_parallel import GradientReducer
+from .launch import LaunchInfo, detect
+from .planner import Plan, PlanError, plan_tables, state_bytes_per_row
+from .sharded import ShardedDLRM
+
+GIB = 2 ** 30
+
+
+def available_memory_bytes() -> Optional[int]:
+    """MemAvailable from /proc/meminfo; None where that is not known."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_table_memory(cfg: Config, rows: int, processes_here: int = 1, what: str = "the embedding tables") -> None:
+    """Refuse, before allocating, tables that cannot fit: the weights are
+    allocated lazily, so the failure would otherwise be an OOM kill mid-run."""
+    per_row = cfg.embedding_dim * 4 + state_bytes_per_row(cfg.optimizer, cfg.embedding_dim)
+    need = rows * per_row
+    have = available_memory_bytes()
+    if have is not None and need * processes_here > have:
+        share = f" ({processes_here} ranks on this machine)" if processes_here > 1 else ""
+        raise ConfigError(f"{cfg.where('table_sizes')}: {what} need {need / GIB:.1f} GiB "
+                          f"({rows:,} rows x {cfg.embedding_dim} x 4 B, plus {cfg.optimizer} state) but only "
+                          f"{have / GIB:.1f} GiB of memory is available{share}; use a machine with more "
+                          f"memory, more ranks or a smaller max_ind_range")
+
+
+def make_plan(cfg: Config, table_sizes: list[int], world_size: int) -> Plan:
+    budget = None if cfg.embedding_memory_per_rank is None else int(cfg.embedding_memory_per_rank * GIB)
+    try:
+        return plan_tables(table_sizes, world_size, cfg.embedding_dim, cfg.optimizer, budget)
+    except PlanError as e:
+        raise ConfigError(f"{cfg.where('embedding_memory_per_rank')}: {e}") from None
+
+
+class SingleProcess:
+    """The whole batch and the whole model in this process."""
+
+    rank, world_size, is_root = 0, 1, True
+
+    def __init__(self, cfg: Config):
+        self.device = torch.device(cfg.device)
+
+    def check_memory(self, cfg: Config, table_sizes: list[int]) -> None:
+        check_table_memory(cfg, sum(table_sizes))
+
+    def check_data(self, *datasets: Optional[BinaryDataset]) -> None:
+        pass
+
+    def build_model(self, cfg: Config, table_sizes: list[int]) -> DLRM:
+        return DLRM.from_config(cfg, table_sizes)
+
+    def batch(self, data: BinaryDataset, index: int):
+        return data.batch(index)
+
+    def backward(self, loss: torch.Tensor, step: int) -> float:
+        loss.backward()
+        return loss.item()
+
+    def metrics(self, logits: torch.Tensor, labels: torch.Tensor) -> dict:
+        return evaluate_scores(logits.cpu(), labels.cpu())
+
+    def barrier(self) -> None:
+        pass
+
+    def fail(self, message: str) -> None:
+        pass
+
+    def abort(self, code: int) -> None:
+        sys.exit(code)
+
+    def close(self) -> None:
+        pass
+
+
+def resolve_backend(cfg: Config) -> str:
+    if cfg.dist_backend != "auto":
+        return cfg.dist_backend
+    return "nccl" if cfg.device.startswith("cuda") else "gloo"
+
+
+class MultiProcess:
+    """One rank of several: this rank's table shards for the global batch,
+    its share of the samples for the MLPs (see reference/distributed/)."""
+
+    def __init__(self, cfg: Config, info: LaunchInfo, comm: Communicator, device: torch.device):
+        self.cfg, self.info, self.comm, self.device = cfg, info, comm, device
+        self.rank, self.world_size, self.is_root = info.rank, info.world_size, info.rank == 0
+        self.plan: Optional[Plan] = None
+        self.columns: list[int] = []
+        self.reducer: Optional[GradientReducer] = None
+
+    @classmethod
+    def start(cls, cfg: Config, info: LaunchInfo) -> "MultiProcess":
+        for key in ("checkpoint_path", "resume", "load_checkpoint"):
+            if getattr(cfg, key) is not None:
+                raise ConfigError(f"{cfg.where(key)}: {key}: checkpoints are single-process only for now "
+                                  f"(this run has {info.world_size} ranks)")
+        backend = resolve_backend(cfg)
+        if cfg.device.startswith("cuda"):
+            device = torch.device("cuda", info.local_rank % max(1, torch.cuda.device_count()))
+            torch.cuda.set_device(device)
+        else:
+            device = torch.device("cpu")
+        if cfg.num_threads == 0:  # launchers set one thread per process; use this machine's share of cores
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // info.local_world_size))
+        store = open_store(info, cfg.dist_timeout)
+        settings = {k: v for k, v in cfg.as_dict().items() if k != "run_name"}
+        join(store, info, settings, cfg.dist_timeout)
+        monitor = FaultMonitor(store, info.rank, info.world_size, cfg.dist_timeout)
+        comm = build_communicator(backend, info, store, cfg.dist_timeout, device, monitor)
+        runtime = cls(cfg, info, comm, device)
+        monitor.on_peer_failure = runtime._peer_failed
+        runtime._store = store  # rank 0 hosts it: keep it alive as long as the run
+        return runtime
+
+    def check_memory(self, cfg: Config, table_sizes: list[int]) -> None:
+        self.plan = make_plan(cfg, table_sizes, self.world_size)
+        rows = sum(s.rows for s in self.plan.shards_of(self.rank))
+        check_table_memory(cfg, rows, self.info.local_world_size, what=f"rank {self.rank}'s table shards")
+
+    def check_data(self, *datasets: Optional[BinaryDataset]) -> None:
+        cfg = self.cfg
+        if cfg.batch_size % self.world_size:
+            raise ConfigError(f"{cfg.where('batch_size')}: batch_size {cfg.batch_size} does not divide by the "
+                              f"world size {self.world_size}; every rank must compute on the same number of "
+                              f"samples")
+        for data in datasets:
+            if data is not None and data.num_samples < self.world_size:
+                raise DataError(f"{data.path}: {data.num_samples} samples for {self.world_size} ranks; "
+                                f"every rank needs at least one")
+
+    def build_model(self, cfg: Config, table_sizes: list[int]) -> DLRM:
+        if self.plan is None:
+            self.plan = make_plan(cfg, table_sizes, self.world_size)
+        model = ShardedDLRM(cfg, table_sizes, self.plan, self.comm).to(self.device)
+        self.columns = model.embeddings.columns
+        self.reducer = GradientReducer(model.dense_parameters(), self.comm)
+        return model
+
+    def batch(self, data: BinaryDataset, index: int):
+        return data.batch_part(index, self.rank, self.world_size, self.columns)
+
+    def backward(self, loss: torch.Tensor, step: int) -> float:
+        self.comm.monitor.progress = step
+        total = loss.detach().reshape(1).clone()
+        work = self.comm.all_reduce(total, "loss all-reduce")
+        self.reducer.start()
+        loss.backward()
+        self.reducer.finish()
+        work.wait()
+        return total.item()
+
+    def metrics(self, logits: torch.Tensor, labels: torch.Tensor) -> dict:
+        """Scores and labels of every rank to rank 0 only, which computes the
+        exact metrics once; every rank gets the result (to stop together)."""
+        counts = self.comm_counts(labels.numel())
+        local = torch.stack([logits.float(), labels.float()], dim=1).reshape(-1).contiguous()
+        root = self.is_root
+        gathered = local.new_empty(2 * sum(counts) if root else 0)
+        self.comm.all_to_all(gathered, local, [2 * c for c in counts] if root else [0] * self.world_size,
+                             [local.numel() if q == 0 else 0 for q in range(self.world_size)],
+                             "evaluation gather").wait()
+        result = torch.zeros(4, dtype=torch.float64, device=self.device)
+        if root:
+            pairs = gathered.view(-1, 2).cpu()
+            m = evaluate_scores(pairs[:, 0].contiguous(), pairs[:, 1].contiguous())
+            result = torch.tensor([m["auc"], m["accuracy"], m["log_loss"], m["samples"]], dtype=torch.float64,
+                                  device=self.device)
+        self.comm.broadcast(result, 0, "evaluation result broadcast")
+        auc, accuracy, log_loss, samples = result.cpu().tolist()
+        return {"auc": auc, "accuracy": accuracy, "log_loss": log_loss, "samples": int(samples)}
+
+    def comm_counts(self, mine: int) -> list[int]:
+        """Evaluation samples held by every rank."""
+        counts = torch.zeros(self.world_size, dtype=torch.int64, device=self.device)
+        counts[self.rank] = mine
+        self.comm.all_reduce(counts, "evaluation counts").wait()
+        return counts.cpu().tolist()
+
+    def barrier(self) -> None:
+        self.comm.barrier()
+
+    def fail(self, message: str) -> None:
+        """Tell the other ranks (their heartbeat threads end them with this message)."""
+        self.comm.monitor.report_failure(message)
+
+    def _peer_failed(self, message: str) -> None:
+        print(f"error: {message}", file=sys.stderr)
+        self.abort(1)
+
+    def abort(self, code: int) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if self.rank == 0:  # it may host the store: let the others read why before it goes
+            time.sleep(2 * HEARTBEAT_SECONDS)
+        self.comm.abort(code)
+        os._exit(code)
+
+    def close(self) -> None:
+        self.comm.barrier("end-of-run barrier")
+        self.comm.close()
+
+
+def start(cfg: Config, info: Optional[LaunchInfo] = None):
+    """The runtime for this process, from the launcher's environment."""
+    info = info if info is not None else detect()
+    if info is None or info.world_size == 1:
+        return SingleProcess(cfg)
+    return MultiProcess.start(cfg, info)
+

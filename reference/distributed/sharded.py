@@ -1,0 +1,151 @@
+"""Model-parallel embeddings: each rank holds some shards (row ranges of
+tables) and looks them up for the whole global batch; one all-to-all (the
+"butterfly shuffle") then hands every rank the pooled vectors of its own
+samples, and the backward pass sends the gradients back the same way.
+
+Exactness with one process: a row-split table is looked up on every shard
+owner with the ids outside its range giving zero vectors, and the receiver
+sums the shards, so each sample gets exactly its row. Gradients travel
+unscaled (the loss is already divided by the global batch size), so the
+owner applies the same update one process would.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.binary import split_sizes
+from ..embeddings import init_table_rows
+from ..hugepages import advise_huge_pages
+from ..model import DLRM
+from .comm import Communicator, Work
+from .planner import Plan
+
+
+class ShardedEmbeddings(nn.Module):
+    """This rank's shards in one fused weight. Input: the ids of the global
+    batch for the tables in ``columns``; output: (batch, shards, dim)."""
+
+    def __init__(self, plan: Plan, rank: int, seed: int):
+        super().__init__()
+        self.table_sizes = list(plan.table_sizes)
+        self.shards = plan.shards_of(rank)
+        self.dim = plan.dim
+        self.columns = sorted({s.table for s in self.shards})
+        position = {t: i for i, t in enumerate(self.columns)}
+        offsets, total = [], 0
+        for s in self.shards:
+            offsets.append(total)
+            total += s.rows
+        as_long = lambda values: torch.tensor(values, dtype=torch.int64)  # noqa: E731
+        self.register_buffer("shard_column", as_long([position[s.table] for s in self.shards]), persistent=False)
+        self.register_buffer("shard_lo", as_long([s.lo for s in self.shards]), persistent=False)
+        self.register_buffer("shard_rows", as_long([s.rows for s in self.shards]), persistent=False)
+        self.register_buffer("shard_offset", as_long(offsets), persistent=False)
+        self.whole = all(s.rows == self.table_sizes[s.table] for s in self.shards)
+        weight = torch.empty(total, self.dim)
+        advise_huge_pages(weight)
+        with torch.no_grad():
+            for s, offset in zip(self.shards, offsets):
+                init_table_rows(weight[offset:offset + s.rows], seed, s.table, self.table_sizes[s.table], s.lo)
+        self.weight = nn.Parameter(weight)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if ids.dim() != 2 or ids.shape[1] != len(self.columns):
+            raise ValueError(f"expected ids of shape (batch, {len(self.columns)}), got {tuple(ids.shape)}")
+        batch, count = ids.shape[0], len(self.shards)
+        local = ids.long().index_select(1, self.shard_column) - self.shard_lo
+        if self.whole:
+            return F.embedding(local + self.shard_offset, self.weight, sparse=True)
+        valid = ((local >= 0) & (local < self.shard_rows)).view(-1).nonzero().squeeze(1)
+        rows = (local + self.shard_offset).view(-1).index_select(0, valid)
+        found = F.embedding(rows, self.weight, sparse=True)
+        # Only the rows held here enter the (sparse) gradient; the others are zeros the receiver adds.
+        return self.weight.new_zeros(batch * count, self.dim).index_put((valid,), found).view(batch, count, self.dim)
+
+
+class _Exchange(torch.autograd.Function):
+    """Arranges the values the forward all-to-all delivered; its backward is
+    the reverse all-to-all of the gradients to the shards' owners."""
+
+    @staticmethod
+    def forward(ctx, pooled, exchange, received, mine):
+        ctx.exchange, ctx.batch = exchange, pooled.shape[0]
+        return exchange.arrange(received, mine)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return ctx.exchange.backward(grad.contiguous(), ctx.batch), None, None, None
+
+
+class ButterflyExchange:
+    """The all-to-all between the owners of shards and the owners of samples."""
+
+    def __init__(self, comm: Communicator, plan: Plan):
+        self.comm, self.dim = comm, plan.dim
+        self.counts = [len(plan.shards_of(r)) for r in range(plan.world_size)]
+        self.mine = self.counts[comm.rank]
+        ordered = plan.ordered_shards()
+        self.num_tables = len(plan.table_sizes)
+        self.shard_table = torch.tensor([s.table for s in ordered], dtype=torch.int64)
+        # Without split tables the shards are a permutation of the tables: gather instead of sum.
+        self.permutation = None
+        if len(ordered) == self.num_tables:
+            self.permutation = torch.argsort(self.shard_table)
+
+    def start(self, pooled: torch.Tensor) -> tuple[Work, torch.Tensor, list[int]]:
+        """Send every rank its samples' rows of ``pooled`` (global batch, my shards, dim)."""
+        sizes = split_sizes(pooled.shape[0], self.comm.world_size)
+        mine = sizes[self.comm.rank]
+        received = pooled.new_empty(mine * sum(self.counts) * self.dim)
+        work = self.comm.all_to_all(received, pooled.detach().contiguous().view(-1),
+                                    [mine * c * self.dim for c in self.counts],
+                                    [n * self.mine * self.dim for n in sizes], "embedding all-to-all (forward)")
+        return work, received, sizes
+
+    def finish(self, pending, pooled: torch.Tensor) -> torch.Tensor:
+        """Wait for :meth:`start`; the (my samples, tables, dim) input of the interaction."""
+        work, received, sizes = pending
+        work.wait()
+        shards = _Exchange.apply(pooled, self, received, sizes[self.comm.rank])
+        if self.permutation is not None:
+            return shards.index_select(1, self.permutation.to(shards.device))
+        out = shards.new_zeros(shards.shape[0], self.num_tables, self.dim)
+        return out.index_add(1, self.shard_table.to(shards.device), shards)
+
+    def arrange(self, received: torch.Tensor, mine: int) -> torch.Tensor:
+        """Flat blocks (rank r's block: my samples x r's shards x dim) -> (my samples, all shards, dim)."""
+        blocks, at = [], 0
+        for c in self.counts:
+            blocks.append(received[at:at + mine * c * self.dim].view(mine, c, self.dim))
+            at += mine * c * self.dim
+        return torch.cat(blocks, dim=1)
+
+    def backward(self, grad: torch.Tensor, batch: int) -> torch.Tensor:
+        """Gradients of my samples for every shard -> gradients of the global batch for my shards."""
+        sizes = split_sizes(batch, self.comm.world_size)
+        mine = sizes[self.comm.rank]
+        send = torch.cat([part.reshape(-1) for part in torch.split(grad, self.counts, dim=1)])
+        out = grad.new_empty(batch * self.mine * self.dim)
+        self.comm.all_to_all(out, send, [n * self.mine * self.dim for n in sizes],
+                             [mine * c * self.dim for c in self.counts], "embedding all-to-all (backward)").wait()
+        return out.view(batch, self.mine, self.dim)
+
+
+class ShardedDLRM(DLRM):
+    """DLRM with model-parallel tables and replicated MLPs. ``dense`` holds
+    this rank's samples; ``ids`` the whole global batch, for this rank's tables."""
+
+    def __init__(self, cfg, table_sizes: list[int], plan: Plan, comm: Communicator):
+        super().__init__(table_sizes, cfg.embedding_dim, cfg.bottom_mlp, cfg.top_mlp, cfg.interaction,
+                         cfg.self_interaction, cfg.seed, embeddings=ShardedEmbeddings(plan, comm.rank, cfg.seed))
+        self.exchange = ButterflyExchange(comm, plan)
+
+    def forward(self, dense: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        pooled = self.embeddings(ids)
+        pending = self.exchange.start(pooled)
+        x = self.bottom_mlp(dense)  # overlaps the all-to-all
+        e = self.exchange.finish(pending, pooled)
+        return self.top_mlp(self.interaction(x, e)).squeeze(1)
