@@ -42,6 +42,12 @@ def test_run_and_time_embedded_default_converges_with_a_compliant_log(tmp_path):
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert "is up to date" in again.stdout
     assert again.returncode == 1  # one step does not reach the target: not converged
+    # NPROC=2: the data is made (here: found) once, then two ranks train under torchrun.
+    two = subprocess.run(["./run_and_time.sh", "--results-dir", str(tmp_path / "results2"), "max_steps=2"],
+                         cwd=ROOT, env=dict(env, NPROC="2"), capture_output=True, text=True, timeout=300)
+    assert two.returncode == 1 and "ranks=2" in two.stdout, two.stdout + two.stderr
+    assert "torch.distributed.run --nproc-per-node 2" in two.stderr
+    assert len(list((tmp_path / "results2").glob("*.log"))) == 1  # one log, by rank 0
 
 
 def test_run_and_time_rejects_bad_input(tmp_path):
@@ -51,6 +57,9 @@ def test_run_and_time_rejects_bad_input(tmp_path):
     no_data = subprocess.run(["./run_and_time.sh", "--config", "configs/mlperf_closed.yaml"], cwd=ROOT, env=env,
                              capture_output=True, text=True)
     assert no_data.returncode == 2 and "--data-dir (or DATA_DIR) is required" in no_data.stderr
+    bad_nproc = subprocess.run(["./run_and_time.sh", "--nproc", "two"], cwd=ROOT, env=env, capture_output=True,
+                               text=True)
+    assert bad_nproc.returncode == 2 and "NPROC (--nproc) must be a whole number >= 1, got 'two'" in bad_nproc.stderr
 
 
 def test_readme_documents_every_config_key_and_file():
