@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,7 +25,9 @@ def init_block_rows(dim: int) -> int:
 
 
 def block_generator(seed: int, table: int, block: int) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + 7919 * (table + 1)) * 65_537 + block)
+    # SeedSequence mixes any seed size into 63 bits (manual_seed takes at most 2**63 - 1).
+    state = np.random.SeedSequence([seed, table, block]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) >> 1)
 
 
 @torch.no_grad()

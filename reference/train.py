@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -412,6 +413,17 @@ def main(argv=None) -> int:
     except DistributedError as e:
         print(f"error: {e}", file=sys.stderr)
         parallel.fail(str(e))
+        parallel.abort(1)
+        return 1
+    except Exception as e:
+        if parallel.world_size == 1:
+            raise
+        # Anything else on one rank (out of memory, a full disk...) would leave the others
+        # waiting in a collective: tell them, and end the job.
+        traceback.print_exc()
+        message = f"rank {parallel.rank}: {type(e).__name__}: {e}"
+        print(f"error: {message}", file=sys.stderr)
+        parallel.fail(message)
         parallel.abort(1)
         return 1
     if not parallel.is_root:

@@ -43,8 +43,9 @@ TABLES = [2000, 3, 25, 7, 60, 3, 12, 5, 9, 50, 30, 20, 4, 11, 18, 6, 4, 8, 5, 45
      "MPICH / Intel MPI", 1, 4, 1, 2, None),
     ({"MV2_COMM_WORLD_RANK": "0", "MV2_COMM_WORLD_SIZE": "2", "MV2_COMM_WORLD_LOCAL_RANK": "0"},
      "MVAPICH", 0, 2, 0, 1, None),
-    ({"SLURM_PROCID": "7", "SLURM_NTASKS": "16", "SLURM_LOCALID": "3", "SLURM_NTASKS_PER_NODE": "4(x4)",
-      "SLURM_JOB_NODELIST": "gpu[03-06],cpu1", "SLURM_JOB_ID": "4242"}, "SLURM", 7, 16, 3, 4, "gpu03"),
+    ({"SLURM_PROCID": "7", "SLURM_STEP_NUM_TASKS": "11", "SLURM_LOCALID": "3", "SLURM_NODEID": "1",
+      "SLURM_STEP_TASKS_PER_NODE": "4(x2),3", "SLURM_JOB_NODELIST": "gpu[03-06],cpu1", "SLURM_JOB_ID": "4242"},
+     "SLURM", 7, 11, 3, 4, "gpu03"),
 ])
 def test_every_launcher_is_detected(env, launcher, rank, world, local, local_world, addr):
     info = detect(env)
@@ -57,8 +58,10 @@ def test_no_launcher_means_one_process_and_bad_variables_are_named():
     # torchrun's variables win over the MPI ones (torchrun under mpirun).
     assert detect({"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "h", "OMPI_COMM_WORLD_RANK": "0",
                    "OMPI_COMM_WORLD_SIZE": "1"}).launcher == "torchrun"
-    assert detect({"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_JOB_NODELIST": "a1",
+    assert detect({"SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "2", "SLURM_JOB_NODELIST": "a1",
                    "SLURM_JOB_ID": "17"}).master_port == 29517
+    # Inside an sbatch script but outside srun: one plain process, not rank 0 of the job.
+    assert detect({"SLURM_PROCID": "0", "SLURM_NTASKS": "8", "SLURM_JOB_ID": "17"}) is None
     with pytest.raises(LaunchError, match="OMPI_COMM_WORLD_RANK='x'"):
         detect({"OMPI_COMM_WORLD_RANK": "x", "OMPI_COMM_WORLD_SIZE": "2"})
     with pytest.raises(LaunchError, match="RANK=2 is not a rank of WORLD_SIZE=2"):
@@ -139,6 +142,48 @@ def test_table_rows_do_not_depend_on_how_the_table_is_split(monkeypatch):
     assert torch.equal(other, whole.table(1))
     bound = (1 / 50) ** 0.5
     assert whole.table(0).abs().max() <= bound and not torch.equal(whole.table(0)[:7], whole.table(0)[7:14])
+
+
+def test_seeds_of_any_size_initialise():
+    for seed in (0, 1_700_000_000, 2**62):  # a timestamp, and near the top of the range
+        a, b = FusedEmbeddingBag([10, 5], 4, seed=seed), FusedEmbeddingBag([10, 5], 4, seed=seed)
+        assert torch.equal(a.weight, b.weight)
+    assert not torch.equal(FusedEmbeddingBag([10], 4, seed=1).weight, FusedEmbeddingBag([10], 4, seed=2).weight)
+
+
+def test_ranks_that_disagree_all_get_the_same_error():
+    """Two ranks in threads against one store: differing table sizes (say, another copy of the
+    counts file on one machine) stop both, naming the difference; equal ones pass."""
+    import threading
+
+    import torch.distributed as dist
+
+    from reference.distributed.comm import agree
+    from reference.distributed.launch import LaunchInfo
+
+    port = free_port()
+    master = dist.TCPStore("127.0.0.1", port, 2, is_master=True, wait_for_workers=False)
+    stores = [master, dist.TCPStore("127.0.0.1", port, 2, is_master=False, wait_for_workers=False)]
+    for name, values in (("same", [[3, 4], [3, 4]]), ("differ", [[3, 4], [3, 5]])):
+        errors = [None, None]
+
+        def rank(r):
+            info = LaunchInfo("test", r, 2, r, 2, "127.0.0.1", port)
+            try:
+                agree(stores[r], info, name, {"table_sizes": values[r]}, 10, "same counts file please")
+            except LaunchError as e:
+                errors[r] = str(e)
+
+        threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        if name == "same":
+            assert errors == [None, None]
+        else:
+            assert errors[0] == errors[1]
+            assert "(table_sizes: rank 0 has [3, 4], rank 1 has [3, 5]); same counts file please" in errors[0]
 
 
 def test_split_sizes_cover_the_batch():

@@ -246,6 +246,20 @@ def test_synthetic_raw_days_round_trip_through_preprocessing(tmp_path):
         assert len(pairs) == len({a for a, _ in pairs}) == len({b for _, b in pairs})
     manifest = json.load(open(tmp_path / "out" / "manifest.json"))
     assert manifest["splits"]["train"] == 2002 and manifest["inputs"][1]["path"].endswith("day_1.gz")
+    # Read the way the original reference's CriteoBinDataset does (seek to idx x batch bytes,
+    # np.frombuffer(int32) viewed as (-1, 40), log(x + 1) of columns 1..13): same values as our loader.
+    for name in (NAMES["train"], NAMES["test"]):
+        path = tmp_path / "out" / name
+        ours = BinaryDataset(str(path), 256, manifest["table_sizes"])
+        with open(path, "rb") as f:
+            for idx in range(ours.num_batches):
+                f.seek(idx * 256 * 40 * 4)
+                original = np.frombuffer(f.read(256 * 40 * 4), dtype=np.int32).reshape(-1, 40)
+                batch = ours.batch(idx)
+                assert (original[:, 0] == batch.labels.numpy()).all()
+                assert np.allclose(np.log(original[:, 1:14].astype(np.float32) + 1), batch.dense.numpy())
+                assert (original[:, 14:] == batch.ids.numpy()).all()
+                assert (original[:, 14:] < np.asarray(manifest["table_sizes"])).all()
 
 
 def test_kaggle_train_txt_is_split_into_days_like_the_seed(tmp_path):

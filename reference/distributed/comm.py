@@ -57,14 +57,24 @@ def open_store(info: LaunchInfo, timeout: float, env=os.environ) -> dist.Store:
 def _open_tcp_store(info: LaunchInfo, timeout: float, agent_hosted: bool) -> dist.TCPStore:
     addr, port = info.master_addr, info.master_port
     if addr is None:
-        from mpi4py import MPI  # only here: single-process and torchrun runs do not need MPI
-
-        store = None
+        try:
+            from mpi4py import MPI  # only here: single-process and torchrun runs do not need MPI
+        except ImportError:
+            raise LaunchError(f"{info.launcher} launch without MASTER_ADDR: rank 0's address is agreed through "
+                              f"MPI, which needs mpi4py (pip install mpi4py), or set MASTER_ADDR and "
+                              f"MASTER_PORT") from None
+        store, failure = None, None
         if info.rank == 0:
             addr = socket.getfqdn()
-            store = _listen(addr, 0, info, timeout)
-            port = store.port
-        addr, port = MPI.COMM_WORLD.bcast((addr, port), root=0)
+            try:
+                store = _listen(addr, 0, info, timeout)
+                port = store.port
+            except LaunchError as e:
+                failure = str(e)
+        # Rank 0 sends its address, or why it has none, so no rank waits in the broadcast forever.
+        addr, port, failure = MPI.COMM_WORLD.bcast((addr, port, failure), root=0)
+        if failure is not None:
+            raise LaunchError(failure if info.rank == 0 else f"rank {info.rank}: rank 0 failed: {failure}")
         if store is not None:
             return store
     elif info.rank == 0 and not agent_hosted:
@@ -95,9 +105,7 @@ def _first_line(e: BaseException) -> str:
 
 
 def join(store: dist.Store, info: LaunchInfo, settings: dict, timeout: float) -> None:
-    """Check in, wait for every rank, and check they all run the same settings.
-    Every rank raises the same error, so none is left waiting; rank 0, which
-    hosts the store, leaves last so the others can still read it."""
+    """Check in, wait for every rank, and check they all run the same settings."""
     try:
         _join(store, info, settings, timeout)
     except (RuntimeError, dist.DistStoreError) as e:
@@ -110,10 +118,26 @@ def join(store: dist.Store, info: LaunchInfo, settings: dict, timeout: float) ->
 def _join(store: dist.Store, info: LaunchInfo, settings: dict, timeout: float) -> None:
     if store.add(f"join/{info.rank}", 1) > 1:
         raise LaunchError(f"two processes started as rank {info.rank}; check the launcher's rank variables")
-    mine = dict(settings, world_size=info.world_size)
-    store.set(f"settings/{info.rank}", json.dumps(mine, sort_keys=True, default=str))
-    keys = [f"settings/{r}" for r in range(info.world_size)]
-    # Rank 0 gives up last: the others read the store to say who is missing.
+    agree(store, info, "settings", dict(settings, world_size=info.world_size), timeout,
+          "every rank must get the same config and overrides")
+
+
+def agree(store: dist.Store, info: LaunchInfo, name: str, values: dict, timeout: float, advice: str) -> None:
+    """Every rank publishes ``values``; all raise the same error when a rank
+    is missing or any value differs from rank 0's. Rank 0 (the store's host
+    outside torchrun) leaves last, so the others can still read the store."""
+    try:
+        _agree(store, info, name, values, timeout, advice)
+    except (RuntimeError, dist.DistStoreError) as e:
+        if isinstance(e, LaunchError):
+            raise
+        raise LaunchError(f"rank {info.rank}: lost the rendezvous with rank 0 while comparing {name} "
+                          f"({_first_line(e)}); see rank 0's error") from None
+
+
+def _agree(store: dist.Store, info: LaunchInfo, name: str, values: dict, timeout: float, advice: str) -> None:
+    store.set(f"{name}/{info.rank}", json.dumps(values, sort_keys=True, default=str))
+    keys = [f"{name}/{r}" for r in range(info.world_size)]
     deadline = time.time() + timeout + (2 * HEARTBEAT_SECONDS if info.rank == 0 else 0)
     while not store.check(keys):
         if time.time() > deadline:
@@ -128,17 +152,21 @@ def _join(store: dist.Store, info: LaunchInfo, settings: dict, timeout: float) -
         theirs = json.loads(store.get(keys[r]))
         diff = sorted(k for k in set(reference) | set(theirs) if reference.get(k) != theirs.get(k))
         if diff and problem is None:
-            shown = "; ".join(f"{k}: rank 0 has {reference.get(k)!r}, rank {r} has {theirs.get(k)!r}"
+            shown = "; ".join(f"{k}: rank 0 has {_short(reference.get(k))}, rank {r} has {_short(theirs.get(k))}"
                               for k in diff[:5])
-            problem = (f"the ranks were started with different settings ({shown}); every rank "
-                       f"must get the same config and overrides")
-    store.set(f"checked/{info.rank}", "1")
+            problem = f"the ranks disagree on their {name} ({shown}); {advice}"
+    store.set(f"{name}-checked/{info.rank}", "1")
     if info.rank == 0:
-        checked = [f"checked/{r}" for r in range(info.world_size)]
+        checked = [f"{name}-checked/{r}" for r in range(info.world_size)]
         while not store.check(checked) and time.time() < deadline + timeout:
             time.sleep(0.05)
     if problem is not None:
         raise LaunchError(problem)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _ranks(ranks: list[int]) -> str:
@@ -186,8 +214,8 @@ class FaultMonitor:
     def report_failure(self, message: str) -> None:
         """Tell the other ranks why this one is about to exit."""
         try:
-            self._client.set(f"failed/{self.rank}", message[:2000])
-            self._client.add("failures", 1)
+            order = self._client.add("failures", 1)  # the first failure is the cause; the rest follow from it
+            self._client.set(f"failed/{self.rank}", f"{order}\t{message[:2000]}")
         except Exception:
             pass
 
@@ -212,10 +240,11 @@ class FaultMonitor:
                 client.set_timeout(_timedelta(3 * HEARTBEAT_SECONDS))
             for r in range(self.world_size):
                 if r != self.rank and client.check([f"failed/{r}"]):
-                    out[r] = client.get(f"failed/{r}").decode()
+                    order, message = client.get(f"failed/{r}").decode().split("\t", 1)
+                    out[r] = (int(order), message)
         except Exception:
             pass
-        return out
+        return {r: message for r, (_, message) in sorted(out.items(), key=lambda item: item[1][0])}
 
     def failure(self, what: str, cause: BaseException) -> DistributedError:
         """The error to raise after ``what`` failed with ``cause``: which rank, and why."""
@@ -263,32 +292,46 @@ class Work:
 
 
 class Communicator:
-    """Collectives over all ranks. Tensors are flat and contiguous; splits count elements."""
+    """Collectives over all ranks. Tensors are flat and contiguous; splits count elements.
+
+    Every rank must issue the same collectives in the same order (they are
+    matched by order, not by name): the trainer's forward, backward and
+    evaluation do, since nothing in them branches on the rank."""
 
     backend: str
     rank: int
     world_size: int
-    bytes_all_to_all = 0   # sent by this rank, for the benchmark
-    bytes_all_reduce = 0
+    device: torch.device
 
     def __init__(self, monitor: Optional[FaultMonitor], timeout: float):
         self.monitor, self.timeout = monitor, timeout
+        self.bytes_all_to_all = 0   # sent by this rank, for the benchmark
+        self.bytes_all_reduce = 0
 
     def all_to_all(self, output: torch.Tensor, input: torch.Tensor, output_splits: list[int],
                    input_splits: list[int], what: str = "all-to-all") -> Work:
         self.bytes_all_to_all += (sum(input_splits) - input_splits[self.rank]) * input.element_size()
-        return self._all_to_all(output, input, output_splits, input_splits, what)
+        return self._issue(what, self._all_to_all, output, input, output_splits, input_splits, what)
 
     def all_reduce(self, tensor: torch.Tensor, what: str = "all-reduce") -> Work:
         """Sum over ranks, in place."""
         self.bytes_all_reduce += tensor.numel() * tensor.element_size()
-        return self._all_reduce(tensor, what)
+        return self._issue(what, self._all_reduce, tensor, what)
 
     def broadcast(self, tensor: torch.Tensor, root: int = 0, what: str = "broadcast") -> None:
-        self._broadcast(tensor, root, what).wait()
+        self._issue(what, self._broadcast, tensor, root, what).wait()
 
     def barrier(self, what: str = "barrier") -> None:
-        self.all_reduce(torch.zeros(1), what).wait()
+        self.all_reduce(torch.zeros(1, device=self.device), what).wait()
+
+    def _issue(self, what: str, start, *args) -> Work:
+        """Start a collective; a failure to even start it (a peer already gone) is diagnosed too."""
+        try:
+            return start(*args)
+        except RuntimeError as e:
+            if isinstance(e, DistributedError):
+                raise
+            raise self._fail(what, e) from None
 
     def _fail(self, what: str, cause: BaseException) -> DistributedError:
         if self.monitor is None:
@@ -350,8 +393,9 @@ class MPI4PyCommunicator(Communicator):
 
     backend = "mpi"
 
-    def __init__(self, timeout: float, monitor: Optional[FaultMonitor]):
+    def __init__(self, timeout: float, monitor: Optional[FaultMonitor], device: torch.device):
         super().__init__(monitor, timeout)
+        self.device = device
         from mpi4py import MPI
 
         self.MPI = MPI
@@ -427,7 +471,7 @@ def build_communicator(backend: str, info: LaunchInfo, store, timeout: float, de
         if dist.is_mpi_available():
             return TorchCommunicator("mpi", None, info.rank, info.world_size, timeout, monitor, device)
         try:
-            comm = MPI4PyCommunicator(timeout, monitor)
+            comm = MPI4PyCommunicator(timeout, monitor, device)
         except ImportError:
             raise LaunchError("dist_backend mpi: this PyTorch has no MPI backend and mpi4py is not "
                               "installed (pip install mpi4py)") from None

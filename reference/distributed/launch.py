@@ -21,7 +21,9 @@ _SCHEMES = (
     ("MVAPICH", "MV2_COMM_WORLD_RANK", "MV2_COMM_WORLD_SIZE", "MV2_COMM_WORLD_LOCAL_RANK",
      "MV2_COMM_WORLD_LOCAL_SIZE"),
     ("MPICH / Intel MPI", "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS"),
-    ("SLURM", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE"),
+    # srun's per-step variables: the batch script itself also has SLURM_PROCID and SLURM_NTASKS,
+    # but is one process, not rank 0 of the job.
+    ("SLURM", "SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_LOCALID", "SLURM_STEP_TASKS_PER_NODE"),
 )
 MPI_LAUNCHERS = ("Open MPI", "MVAPICH", "MPICH / Intel MPI")
 
@@ -62,6 +64,18 @@ def _slurm_first_host(nodelist: str) -> str:
     return prefix if ranges is None else prefix + ranges.split(",")[0].split("-")[0]
 
 
+def _slurm_tasks_here(tasks_per_node: str, nodelist, nodename, node_id) -> int:
+    """This node's entry of SLURM_STEP_TASKS_PER_NODE ("4(x2),3" = 4, 4, 3 tasks on nodes 0, 1, 2)."""
+    counts = []
+    for part in tasks_per_node.split(","):
+        m = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", part.strip())
+        if not m:
+            raise LaunchError(f"SLURM: cannot read SLURM_STEP_TASKS_PER_NODE={tasks_per_node!r}")
+        counts += [int(m.group(1))] * int(m.group(2) or 1)
+    index = int(node_id) if node_id is not None and node_id.isdigit() else 0
+    return counts[index] if index < len(counts) else counts[0]
+
+
 def detect(env: Mapping[str, str] = os.environ) -> Optional[LaunchInfo]:
     """The launch, or None for a plain single-process run."""
     for launcher, rank_var, size_var, local_var, local_size_var in _SCHEMES:
@@ -72,8 +86,8 @@ def detect(env: Mapping[str, str] = os.environ) -> Optional[LaunchInfo]:
             raise LaunchError(f"{launcher}: {rank_var}={rank} is not a rank of {size_var}={world}")
         local = _int(env, local_var, launcher) if local_var in env else 0
         if launcher == "SLURM" and local_size_var in env:
-            # SLURM_NTASKS_PER_NODE may read "4" or "4(x2)"
-            local_world = int(re.match(r"\d+", env[local_size_var]).group(0))
+            local_world = _slurm_tasks_here(env[local_size_var], env.get("SLURM_STEP_NODELIST"),
+                                            env.get("SLURMD_NODENAME"), env.get("SLURM_NODEID"))
         elif local_size_var in env:
             local_world = _int(env, local_size_var, launcher)
         else:

@@ -19,9 +19,9 @@ from ..config import Config, ConfigError
 from ..data.binary import BinaryDataset, DataError
 from ..metrics import evaluate_scores
 from ..model import DLRM
-from .comm import HEARTBEAT_SECONDS, Communicator, FaultMonitor, build_communicator, join, open_store
+from .comm import HEARTBEAT_SECONDS, Communicator, FaultMonitor, agree, build_communicator, join, open_store
 from .data_parallel import GradientReducer
-from .launch import LaunchInfo, detect
+from .launch import LaunchError, LaunchInfo, detect
 from .planner import Plan, PlanError, plan_tables, state_bytes_per_row
 from .sharded import ShardedDLRM
 
@@ -127,8 +127,15 @@ class MultiProcess:
                                   f"(this run has {info.world_size} ranks)")
         backend = resolve_backend(cfg)
         if cfg.device.startswith("cuda"):
-            device = torch.device("cuda", info.local_rank % max(1, torch.cuda.device_count()))
-            torch.cuda.set_device(device)
+            gpus = torch.cuda.device_count()
+            if backend == "nccl" and info.local_world_size > gpus:
+                raise LaunchError(f"{info.local_world_size} ranks on this machine but {gpus} GPU(s): NCCL needs "
+                                  f"a GPU per rank; start at most {gpus} ranks per machine")
+            device = torch.device("cuda", info.local_rank % gpus)
+            try:
+                torch.cuda.set_device(device)
+            except RuntimeError as e:
+                raise LaunchError(f"rank {info.rank}: cannot use {device}: {e}") from None
         else:
             device = torch.device("cpu")
         if cfg.num_threads == 0:  # launchers set one thread per process; use this machine's share of cores
@@ -137,13 +144,21 @@ class MultiProcess:
         settings = {k: v for k, v in cfg.as_dict().items() if k != "run_name"}
         join(store, info, settings, cfg.dist_timeout)
         monitor = FaultMonitor(store, info.rank, info.world_size, cfg.dist_timeout)
-        comm = build_communicator(backend, info, store, cfg.dist_timeout, device, monitor)
+        try:
+            comm = build_communicator(backend, info, store, cfg.dist_timeout, device, monitor)
+        except Exception as e:  # the others would wait in the process group's setup until the timeout
+            monitor.report_failure(f"rank {info.rank}: {e}")
+            raise
         runtime = cls(cfg, info, comm, device)
         monitor.on_peer_failure = runtime._peer_failed
         runtime._store = store  # rank 0 hosts it: keep it alive as long as the run
         return runtime
 
     def check_memory(self, cfg: Config, table_sizes: list[int]) -> None:
+        # Table sizes may come from each machine's own counts file: a different copy
+        # would give a different plan, and all-to-alls of mismatched sizes.
+        agree(self._store, self.info, "table sizes", {"table_sizes": table_sizes}, cfg.dist_timeout,
+              f"every rank must read the same counts file ({cfg.counts_file}) or table_sizes")
         self.plan = make_plan(cfg, table_sizes, self.world_size)
         rows = sum(s.rows for s in self.plan.shards_of(self.rank))
         check_table_memory(cfg, rows, self.info.local_world_size, what=f"rank {self.rank}'s table shards")
