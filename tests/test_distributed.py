@@ -205,6 +205,23 @@ def test_each_rank_reads_its_samples_and_its_tables_columns(tmp_path):
             assert part.global_size == len(full)
 
 
+def test_batches_that_cannot_be_shared_out_are_refused(tmp_path):
+    from reference.data.binary import DataError, write_binary
+    from reference.distributed.launch import LaunchInfo
+    from reference.distributed.runtime import MultiProcess
+
+    path = str(tmp_path / "two.bin")
+    write_binary(path, iter([np.zeros((2, 40), dtype=np.int32)]))
+    cfg = Config()
+    cfg.update({"batch_size": 2048}, origin="c.yaml")
+    three = MultiProcess(cfg, LaunchInfo("test", 0, 3, 0, 3, "h", 1), comm=None, device=torch.device("cpu"))
+    with pytest.raises(ConfigError, match="c.yaml: batch_size 2048 does not divide by the world size 3"):
+        three.check_data(BinaryDataset(path, 2048))
+    cfg.update({"batch_size": 2049}, origin="c.yaml")
+    with pytest.raises(DataError, match="two.bin: 2 samples for 3 ranks; every rank needs at least one"):
+        three.check_data(BinaryDataset(path, 2049))
+
+
 def test_distributed_config_keys_are_validated():
     cfg = Config()
     cfg.update({"dist_backend": "ucx"}, origin="x.yaml")

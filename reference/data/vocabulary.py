@@ -66,12 +66,28 @@ class Vocabulary:
         out = np.empty(values.shape, dtype=np.int32)
         for c in range(self.num_columns):
             column = values[:, c]
+            if self.max_ind_range > 0:
+                out[:, c] = self._map_dense(c, column)
+                continue
             unique, first = np.unique(column, return_index=True)
             unseen = self._lookup(c, unique) < 0
             if unseen.any():
                 self._add(c, unique[unseen][np.argsort(first[unseen], kind="stable")])
             out[:, c] = self._lookup(c, column)
         return out
+
+    def _map_dense(self, c: int, column: np.ndarray) -> np.ndarray:
+        """One gather finds the values already known; only the rest (few, once
+        the first days are in) are sorted to number them by first appearance."""
+        dense = self._dense[c]
+        ids = dense[column]  # id + 1, or 0 for unseen
+        new_rows = np.flatnonzero(ids == 0)
+        if new_rows.size:
+            new_values = column[new_rows]
+            unique, first = np.unique(new_values, return_index=True)
+            self._add(c, unique[np.argsort(first, kind="stable")])
+            ids[new_rows] = dense[new_values]
+        return ids - 1
 
     def added_since(self, marks: list[int]) -> list[np.ndarray]:
         """Values added after each column had ``marks[c]`` blocks of additions
