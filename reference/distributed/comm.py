@@ -174,11 +174,15 @@ def _ranks(ranks: list[int]) -> str:
 
 
 class FaultMonitor:
-    """Heartbeats in the rendezvous store, read only when something failed.
+    """Heartbeats in the rendezvous store.
 
     A background thread bumps this rank's counter every second and publishes
     the step it is at. A rank whose counter stops moving has died or is
-    stopped; a rank whose counter moves but whose step lags is stuck."""
+    stopped; a rank whose counter moves but whose step lags is stuck. The
+    thread also watches the others: a peer silent for half of ``dist_timeout``
+    (at least 5 s) is named and the job ended, even where a collective would
+    not fail by itself first (NCCL runs asynchronously, and its watchdog
+    does not say which rank is gone)."""
 
     def __init__(self, store: dist.Store, rank: int, world_size: int, timeout: float,
                  on_peer_failure: Optional[Callable[[str], None]] = None):
@@ -194,6 +198,8 @@ class FaultMonitor:
         """Publish this rank's heartbeat; end the process when another rank reported
         a failure, since this one may be blocked in a collective that never completes."""
         beats = 0
+        keys = [f"heartbeat/{r}" for r in range(self.world_size)]
+        seen: dict[int, tuple[bytes, float]] = {}  # rank -> (its last heartbeat, when it changed)
         while not self._stop.is_set():
             beats += 1
             try:
@@ -204,9 +210,34 @@ class FaultMonitor:
                     r, why = next(iter(failed.items()))
                     self.on_peer_failure(f"rank {self.rank}: stopping because rank {r} failed: {why}")
                     return
+                silent = self._silent_peers(keys, seen)
+                if silent and self.on_peer_failure is not None and not self._stop.is_set():
+                    message = (f"rank {self.rank}: rank(s) {_ranks(silent)} stopped answering (no heartbeat for "
+                               f"{self.silence_limit:.0f} s: died, killed or suspended)")
+                    self.report_failure(message)
+                    self.on_peer_failure(message)
+                    return
             except Exception:
                 return  # the store is gone: rank 0 ended; whoever waits on it will diagnose
             self._stop.wait(HEARTBEAT_SECONDS)
+
+    @property
+    def silence_limit(self) -> float:
+        return max(5 * HEARTBEAT_SECONDS, self.timeout / 2)
+
+    def _silent_peers(self, keys: list[str], seen: dict) -> list[int]:
+        if not self._client.check(keys):  # some rank has not beaten yet: still starting
+            return []
+        now = time.monotonic()
+        silent = []
+        for r, value in enumerate(self._client.multi_get(keys)):
+            if r == self.rank:
+                continue
+            if r not in seen or seen[r][0] != value:
+                seen[r] = (value, now)
+            elif now - seen[r][1] > self.silence_limit:
+                silent.append(r)
+        return silent
 
     def close(self) -> None:
         self._stop.set()
