@@ -112,8 +112,9 @@ class MultiProcess:
     """One rank of several: this rank's table shards for the global batch,
     its share of the samples for the MLPs (see reference/distributed/)."""
 
-    def __init__(self, cfg: Config, info: LaunchInfo, comm: Communicator, device: torch.device):
+    def __init__(self, cfg: Config, info: LaunchInfo, comm: Communicator, device: torch.device, store=None):
         self.cfg, self.info, self.comm, self.device = cfg, info, comm, device
+        self.store = store  # the rendezvous store (rank 0 hosts it outside torchrun: alive as long as the run)
         self.rank, self.world_size, self.is_root = info.rank, info.world_size, info.rank == 0
         self.plan: Optional[Plan] = None
         self.columns: list[int] = []
@@ -149,15 +150,14 @@ class MultiProcess:
         except Exception as e:  # the others would wait in the process group's setup until the timeout
             monitor.report_failure(f"rank {info.rank}: {e}")
             raise
-        runtime = cls(cfg, info, comm, device)
+        runtime = cls(cfg, info, comm, device, store)
         monitor.on_peer_failure = runtime._peer_failed
-        runtime._store = store  # rank 0 hosts it: keep it alive as long as the run
         return runtime
 
     def check_memory(self, cfg: Config, table_sizes: list[int]) -> None:
         # Table sizes may come from each machine's own counts file: a different copy
         # would give a different plan, and all-to-alls of mismatched sizes.
-        agree(self._store, self.info, "table sizes", {"table_sizes": table_sizes}, cfg.dist_timeout,
+        agree(self.store, self.info, "table sizes", {"table_sizes": table_sizes}, cfg.dist_timeout,
               f"every rank must read the same counts file ({cfg.counts_file}) or table_sizes")
         self.plan = make_plan(cfg, table_sizes, self.world_size)
         rows = sum(s.rows for s in self.plan.shards_of(self.rank))
