@@ -44,6 +44,7 @@ from tqdm import tqdm
 from .data.binary import COLUMNS, RECORD_BYTES, write_counts
 from .data.criteo_raw import NUM_SPARSE, RawFormatError, parse_block
 from .data.vocabulary import Vocabulary
+from .malloc import keep_freed_memory
 
 BLOCK_BYTES = 32 << 20
 BUCKET_BYTES = 512 << 20        # target size of one shuffle bucket (memory of stage 2)
@@ -521,6 +522,7 @@ def main(argv=None) -> int:
         p.error("--max-ind-range must be >= 0")
     if args.workers < 0:
         p.error("--workers must be >= 0")
+    keep_freed_memory()  # blocks reuse their pages instead of faulting them in again (reference/malloc.py)
     try:
         inputs = find_inputs(args.dataset, args.raw, days)
         buckets = args.buckets if args.buckets is not None else default_buckets(inputs[:-1])

@@ -50,3 +50,4 @@ def test_saved_additions_replay_to_the_same_state():
 def test_out_of_range_values_rejected():
     with pytest.raises(ValueError, match=r"values must lie in \[0, 10\)"):
         Vocabulary(1, 10).map(np.array([[10]]))
+
