@@ -33,7 +33,7 @@ import yaml
 
 from benchmarks.train_throughput import random_file
 from reference.config import Config
-from reference.data.binary import BinaryDataset
+from reference.data.loader import BinaryDataset
 from reference.distributed import runtime
 from reference.distributed.launch import detect
 from reference.distributed.planner import plan_tables

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from reference.config import Config
-from reference.data.binary import BinaryDataset, write_binary
+from reference.data.binary import write_binary
+from reference.data.loader import BinaryDataset
 from reference.mlperf_log import MLPerfLogger
 from reference.model import DLRM
 from reference.train import Trainer

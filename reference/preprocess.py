@@ -42,11 +42,11 @@ import numpy as np
 from tqdm import tqdm
 
 from .data.binary import COLUMNS, RECORD_BYTES, write_counts
-from .data.criteo_raw import NUM_SPARSE, RawFormatError, parse_block
+from .data.criteo_raw import NUM_DENSE, NUM_SPARSE, RawFormatError, parse_block
 from .data.vocabulary import Vocabulary
 from .malloc import keep_freed_memory
 
-BLOCK_BYTES = 32 << 20
+BLOCK_BYTES = 8 << 20    # input read and parsed at a time; its arrays stay under glibc's mmap threshold (reused, not refaulted)
 BUCKET_BYTES = 512 << 20        # target size of one shuffle bucket (memory of stage 2)
 # While a bucket is rewritten into the training file its files still exist: with at least
 # 4 buckets that extra copy is at most a quarter of the training data (disk <= 1.25x outputs).
@@ -363,24 +363,22 @@ class Pipeline:
         for parsed, position in blocks:
             lines += parsed.lines
             skipped += parsed.skipped
-            keep = np.ones(len(parsed), dtype=bool)
+            records, categorical = parsed.records, parsed.categorical
             if is_train and self.o.sub_sample_rate > 0:
                 keep = (parsed.labels == 1) | (keep_rng.random(len(parsed)) >= self.o.sub_sample_rate)
-            rows = np.empty((int(keep.sum()), COLUMNS), dtype="<i4")
-            rows[:, 0] = parsed.labels[keep]
-            rows[:, 1:14] = parsed.dense[keep]
-            rows[:, 14:] = self.vocab.map(parsed.categorical[keep])
-            kept += rows.shape[0]
+                records, categorical = records[keep], categorical[keep]
+            self.vocab.map(categorical, out=records[:, 1 + NUM_DENSE:])
+            kept += records.shape[0]
             if is_train:
-                which = bucket_rng.integers(0, self.o.buckets, rows.shape[0])
+                which = bucket_rng.integers(0, self.o.buckets, records.shape[0])
                 order = np.argsort(which, kind="stable")
                 bounds = np.searchsorted(which[order], np.arange(self.o.buckets + 1))
+                grouped = records[order]
                 for k in range(self.o.buckets):
-                    part = rows[order[bounds[k]:bounds[k + 1]]]
-                    buckets[k].write(part.tobytes())
-                    counts[k] += part.shape[0]
+                    buckets[k].write(grouped[bounds[k]:bounds[k + 1]])
+                counts += np.diff(bounds)
             else:
-                rows_out.write(rows.tobytes())
+                rows_out.write(records)
             bar.update(position - seen)
             seen = position
             bar.set_postfix(day=day, rows_per_s=f"{kept / max(time.time() - started, 1e-9):,.0f}")

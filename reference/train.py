@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from . import checkpoint
 from .config import Config, ConfigError, help_text
-from .data.binary import BinaryDataset, DataError, load_counts
+from .data.binary import DataError, load_counts
+from .data.loader import BinaryDataset
 from .data.synthetic import read_meta
 from .distributed import runtime
 from .distributed.comm import DistributedError

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from reference.data.binary import BinaryDataset, DataError, load_counts, write_binary, write_counts
+from reference.data.binary import DataError, load_counts, write_binary, write_counts
+from reference.data.loader import BinaryDataset
 
 
 def make_rows(n, seed=0):

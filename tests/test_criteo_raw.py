@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from reference.data.criteo_raw import NUM_FIELDS, RawFormatError, field_name, parse_block
+from reference.data.criteo_raw import NUM_FIELDS, RawFormatError, field_name, parse_block, parse_checked
 
 EMPTY_CATS = [""] * 26
 
@@ -95,3 +95,53 @@ def test_agrees_with_a_line_by_line_reading_of_the_rules():
     b = parse_block("".join(lines).encode(), max_ind_range=1000)
     got = np.concatenate([b.labels[:, None], b.dense, b.categorical], axis=1)
     assert got.tolist() == expected
+
+
+def _random_lines(rng, count):
+    out = []
+    for _ in range(count):
+        ints = [rng.choice(["", str(rng.integers(-10 ** 6, 10 ** 12)), "0", "-0", "9" * 18]) for _ in range(13)]
+        cats = [rng.choice(["", f"{rng.integers(0, 2 ** 32):08x}", f"{rng.integers(0, 2 ** 63):X}", "f" * 16])
+                for _ in range(26)]
+        out.append(line(str(rng.integers(0, 2)), ints, cats))
+    return out
+
+
+# Damage that breaks one rule each (or none: a '0' inserted between digits is still an integer).
+EDITS = ["\r", "\t", "\n", "-", "+", " ", "g", "G", ".", "x", "0", "9" * 19, "a" * 17, "2", "\x00", "\xff"]
+
+
+def _compare(text: bytes, max_ind_range: int, on_bad_line: str) -> None:
+    def run(parse):
+        try:
+            b = parse(text, "day_3", 11, max_ind_range, on_bad_line)
+        except RawFormatError as e:
+            return str(e)
+        return b.records[:, :14].tolist(), b.categorical.tolist(), b.lines, b.skipped
+    assert run(parse_block) == run(parse_checked)
+
+
+@pytest.mark.parametrize("max_ind_range", [0, 40_000_000])
+def test_compiled_pass_agrees_with_the_checked_parser(max_ind_range):
+    """The fast path must accept only what the numpy parser accepts, with the
+    same values; anything else falls back, so errors and skips are the same."""
+    rng = np.random.default_rng(1)
+    clean = "".join(_random_lines(rng, 200)).encode()
+    b = parse_block(clean, max_ind_range=max_ind_range)
+    assert len(b) == 200
+    _compare(clean, max_ind_range, "error")
+    for trial in range(300):
+        text = bytearray(clean[: rng.integers(1, len(clean))] if trial % 10 == 0 else clean)  # cut mid-line too
+        at = int(rng.integers(0, len(text)))
+        edit = EDITS[trial % len(EDITS)].encode("latin-1")
+        if trial % 3 == 0:
+            text[at:at + 1] = b""              # a character lost
+        else:
+            text[at:at] = edit                 # a character (or run) inserted
+        for mode in ("error", "skip"):
+            _compare(bytes(text), max_ind_range, mode)
+
+
+def test_values_beyond_63_bits_wrap_like_the_checked_parser():
+    text = line("1", cats=["ffffffffffffffff", "8000000000000000"] + [""] * 24).encode()
+    assert parse_block(text).categorical[0, :2].tolist() == parse_checked(text).categorical[0, :2].tolist() == [-1, -2 ** 63]

@@ -17,7 +17,7 @@ import yaml
 
 from reference import embeddings
 from reference.config import Config, ConfigError
-from reference.data.binary import BinaryDataset, sample_range, split_sizes
+from reference.data.loader import BinaryDataset, sample_range, split_sizes
 from reference.data.synthetic import SyntheticSpec, generate
 from reference.distributed.launch import LaunchError, detect
 from reference.distributed.planner import PlanError, plan_tables

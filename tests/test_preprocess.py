@@ -10,7 +10,8 @@ import pytest
 
 from conftest import ROOT
 from reference import preprocess
-from reference.data.binary import BinaryDataset, load_counts
+from reference.data.binary import load_counts
+from reference.data.loader import BinaryDataset
 
 NAMES = preprocess.output_names("terabyte")
 

@@ -51,3 +51,53 @@ def test_out_of_range_values_rejected():
     with pytest.raises(ValueError, match=r"values must lie in \[0, 10\)"):
         Vocabulary(1, 10).map(np.array([[10]]))
 
+
+
+def _python_ids(blocks):
+    dicts = [{} for _ in range(blocks[0].shape[1])]
+    return [[dicts[c].setdefault(int(x), len(dicts[c])) for c, x in enumerate(row)] for row in np.concatenate(blocks)]
+
+
+@pytest.mark.parametrize("max_ind_range", [0, 100_000])
+def test_tables_grow_and_become_dense_with_the_same_ids(max_ind_range):
+    """Column 0 passes several rehashes (and, with a range, the switch to the
+    dense array); column 1 keeps three values in the smallest table."""
+    rng = np.random.default_rng(2)
+    blocks = [np.stack([rng.integers(0, 100_000, 20_000), rng.integers(0, 3, 20_000)], axis=1) for _ in range(3)]
+    v = Vocabulary(2, max_ind_range)
+    got = np.concatenate([v.map(b) for b in blocks])
+    assert got.tolist() == _python_ids(blocks)
+    dense = v._columns[0].dense is not None
+    assert dense == (max_ind_range > 0)
+    assert v._columns[1].nbytes == 1024 * 12  # three values: the first, smallest table
+    if dense:  # the dense array is the bound: a hash table is never kept once it would be larger
+        assert v._columns[0].nbytes == 4 * max_ind_range
+
+
+def test_values_beyond_63_bits_are_keys_like_any_other():
+    v = Vocabulary(1, 0)
+    assert v.map(np.array([[-1], [-2 ** 63], [-1], [5]]))[:, 0].tolist() == [0, 1, 0, 2]
+
+
+@pytest.mark.parametrize("values", [[[3], [-1]], [[3], [10]]])
+def test_out_of_range_values_rejected_in_both_table_kinds(values):
+    hashed, dense = Vocabulary(1, 10), Vocabulary(1, 10)
+    dense.map(np.arange(5)[:, None])
+    dense._columns[0]._grow()  # 10 values never fill a table of 1024: switch by hand
+    assert dense._columns[0].dense is not None
+    for v in (hashed, dense):
+        with pytest.raises(ValueError, match=r"values must lie in \[0, 10\), got"):
+            v.map(np.array(values))
+
+
+def test_replaying_known_values_is_an_error():
+    v = Vocabulary(1, 0)
+    v.map(np.array([[4], [5]]))
+    with pytest.raises(ValueError, match="column 0: saved additions repeat 1 known values"):
+        v.extend([np.array([5, 6])])
+
+
+def test_ids_are_written_into_a_view_of_the_records():
+    records = np.zeros((3, 5), dtype=np.int32)
+    Vocabulary(2, 0).map(np.array([[9, 9], [8, 9], [9, 7]]), out=records[:, 3:])
+    assert records[:, 3:].tolist() == [[0, 0], [1, 0], [0, 1]] and not records[:, :3].any()

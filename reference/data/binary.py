@@ -1,18 +1,16 @@
-"""Reader of the MLPerf DLRM binary format.
-
-Each sample is 40 little-endian int32: label, 13 dense integer features, 26
-categorical ids. A batch is one contiguous slice of a memory-mapped file (the
-file is never loaded whole); dense features become float32 log(x + 1).
+"""The MLPerf DLRM binary format, shared by the writers (preprocessing,
+synthetic data) and the loader: each sample is 40 little-endian int32
+(label, 13 dense integer features, 26 categorical ids), with the table sizes
+in a ``*_fea_count.npz`` counts file (key ``counts``). No torch here, so the
+preprocessing does not pay for importing it.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Iterator
 
 import numpy as np
-import torch
 
 NUM_DENSE = 13
 NUM_SPARSE = 26
@@ -22,40 +20,6 @@ RECORD_BYTES = 4 * COLUMNS
 
 class DataError(ValueError):
     """A data file is missing, malformed, or disagrees with the model."""
-
-
-def split_sizes(n: int, world_size: int) -> list[int]:
-    """Samples of a batch of ``n`` per rank: contiguous, the first ranks one more when uneven."""
-    base, extra = divmod(n, world_size)
-    return [base + (r < extra) for r in range(world_size)]
-
-
-def sample_range(n: int, world_size: int, rank: int) -> tuple[int, int]:
-    """The samples ``lo .. hi - 1`` of a batch of ``n`` that ``rank`` computes on."""
-    sizes = split_sizes(n, world_size)
-    lo = sum(sizes[:rank])
-    return lo, lo + sizes[rank]
-
-
-@dataclass
-class Batch:
-    dense: torch.Tensor   # (B, 13) float32, log(x + 1)
-    ids: torch.Tensor     # (B, 26) int64; with several ranks (global batch, this rank's tables)
-    labels: torch.Tensor  # (B,) float32, 0 or 1
-    global_size: int = -1  # samples in the whole (global) batch; -1: this batch is all of it
-
-    def __post_init__(self):
-        if self.global_size < 0:
-            self.global_size = len(self)
-
-    def __len__(self) -> int:
-        return self.labels.shape[0]
-
-    def to(self, device: torch.device) -> "Batch":
-        if device.type == "cpu":
-            return self
-        return Batch(self.dense.to(device, non_blocking=True), self.ids.to(device, non_blocking=True),
-                     self.labels.to(device, non_blocking=True), self.global_size)
 
 
 def load_counts(path: str) -> list[int]:
@@ -75,99 +39,6 @@ def write_counts(path: str, counts: list[int]) -> None:
     tmp = path + ".tmp.npz"
     np.savez(tmp, counts=np.asarray(counts, dtype=np.int32))
     os.replace(tmp, path)
-
-
-class BinaryDataset:
-    """Batches of one MLPerf binary file.
-
-    ``table_sizes`` (optional) is checked against every batch read: an id
-    outside its table would otherwise silently read another table's row.
-    """
-
-    def __init__(self, path: str, batch_size: int, table_sizes: Optional[list[int]] = None):
-        if not os.path.isfile(path):
-            raise DataError(f"{path}: binary data file not found")
-        size = os.path.getsize(path)
-        if size % RECORD_BYTES:
-            raise DataError(f"{path}: size {size} bytes is not a multiple of {RECORD_BYTES} "
-                            f"(40 int32 per sample); the file is truncated or not in the MLPerf binary format")
-        if size == 0:
-            raise DataError(f"{path}: file holds no samples")
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be > 0, got {batch_size}")
-        self.path = path
-        self.batch_size = batch_size
-        self.num_samples = size // RECORD_BYTES
-        self.num_batches = -(-self.num_samples // batch_size)
-        self._data = np.memmap(path, dtype="<i4", mode="r", shape=(self.num_samples, COLUMNS))
-        self._limits = None
-        if table_sizes is not None:
-            if len(table_sizes) != NUM_SPARSE:
-                raise DataError(f"{path}: the model has {len(table_sizes)} tables but the file holds "
-                                f"{NUM_SPARSE} categorical columns")
-            self._limits = np.asarray(table_sizes, dtype=np.int64)
-
-    def __len__(self) -> int:
-        return self.num_batches
-
-    def batch_order(self, epoch: int, shuffle: bool, seed: int) -> np.ndarray:
-        """The order of batches in ``epoch``: a pure function of (seed, epoch),
-        so a resumed run sees the same order without saving RNG state."""
-        if not shuffle:
-            return np.arange(self.num_batches)
-        return np.random.default_rng([seed, epoch]).permutation(self.num_batches)
-
-    def rows(self, start: int, stop: int) -> np.ndarray:
-        return np.asarray(self._data[start:stop])
-
-    def batch(self, index: int) -> Batch:
-        start, stop = self._bounds(index)
-        raw = self.rows(start, stop)
-        return self._make_batch(raw, raw[:, 1 + NUM_DENSE:], start, stop - start, np.arange(NUM_SPARSE))
-
-    def batch_part(self, index: int, rank: int, world_size: int, columns: list[int]) -> Batch:
-        """What one of ``world_size`` ranks reads of batch ``index``: dense
-        features and labels of its samples (:func:`sample_range`), and the
-        ids of the whole batch for the tables in ``columns`` only."""
-        start, stop = self._bounds(index)
-        lo, hi = sample_range(stop - start, world_size, rank)
-        raw = self.rows(start + lo, start + hi)
-        cols = np.asarray(columns, dtype=np.int64)
-        ids = self._data[start:stop][:, 1 + NUM_DENSE + cols]
-        return self._make_batch(raw, ids, start, stop - start, cols, dense_start=start + lo)
-
-    def _bounds(self, index: int) -> tuple[int, int]:
-        if not 0 <= index < self.num_batches:
-            raise IndexError(f"batch {index} out of range 0..{self.num_batches - 1}")
-        start = index * self.batch_size
-        return start, min(start + self.batch_size, self.num_samples)
-
-    def _make_batch(self, raw: np.ndarray, ids: np.ndarray, start: int, global_size: int, columns: np.ndarray,
-                    dense_start: Optional[int] = None) -> Batch:
-        ids = ids.astype(np.int64)
-        if self._limits is not None:
-            self._check_ids(ids, start, columns)
-        dense = raw[:, 1:1 + NUM_DENSE]
-        if (dense < 0).any():
-            row = (start if dense_start is None else dense_start) + int(np.argwhere(dense < 0)[0, 0])
-            raise DataError(f"{self.path}: sample {row} has a negative dense feature; "
-                            f"the binary format stores them clamped at 0")
-        return Batch(dense=torch.from_numpy(np.log1p(dense, dtype=np.float32)),
-                     ids=torch.from_numpy(ids),
-                     labels=torch.from_numpy(raw[:, 0].astype(np.float32)), global_size=global_size)
-
-    def _check_ids(self, ids: np.ndarray, start: int, columns: np.ndarray) -> None:
-        limits = self._limits[columns]
-        bad = (ids < 0) | (ids >= limits)
-        if bad.any():
-            r, c = np.argwhere(bad)[0]
-            raise DataError(f"{self.path}: sample {start + r}, categorical column {columns[c]}: id {ids[r, c]} "
-                            f"is outside its table of {limits[c]} rows (wrong counts file or "
-                            f"max_ind_range?)")
-
-    def __iter__(self) -> Iterator[Batch]:
-        for i in range(self.num_batches):
-            yield self.batch(i)
 
 
 def write_binary(path: str, chunks: Iterator[np.ndarray]) -> int:

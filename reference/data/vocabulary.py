@@ -1,93 +1,175 @@
 """Per-column dictionaries from categorical values to contiguous ids, numbered
 in order of first appearance (the original reference's rule: day 0's first
-line first). Blocks must be mapped in file order; within a block the order is
-found with ``np.unique(return_index=True)``, so there is no Python loop per row.
+line first). Blocks must be mapped in file order.
 
-With ``max_ind_range > 0`` each column is a dense array of that many int32
-holding id + 1 (0: unseen), allocated zeroed so the operating system maps
-pages only as values land in them: at most 26 x 40M x 4 B = 4.2 GB for
-Criteo 1TB, whatever the number of rows.
-Without it (raw 32-bit values) each column keeps its known values sorted and
-looks them up with ``searchsorted``.
+Each column starts as an open-addressing hash table (linear probing, at most
+half full, 12 bytes a slot) sized to the values seen so far, so a column with
+a handful of values costs kilobytes. With ``max_ind_range > 0`` a column
+whose table would outgrow a dense array of ``max_ind_range`` int32 (id + 1,
+0: unseen) becomes that array: one random access per lookup, and at most
+26 x 40M x 4 B = 4.2 GB for Criteo 1TB whatever the number of rows. Without
+it (Kaggle's raw 32-bit values) columns stay hash tables, sized by their
+distinct values.
+
+Lookups run in compiled loops (numba): one pass per column in row order, an
+unseen value taking the next id as it is met, which is exactly the
+first-appearance rule with no sorting.
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from ..hugepages import advise_huge_pages
 
+_FIRST_CAPACITY = 1 << 10
+_SLOT_BYTES = 12            # int64 key + int32 id
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: the top bits of value * 2^64/phi
+
+
+class _Column:
+    def __init__(self, max_ind_range: int):
+        self.max_ind_range = max_ind_range
+        self.size = 0
+        self.keys = np.zeros(_FIRST_CAPACITY, dtype=np.int64)
+        self.ids = np.full(_FIRST_CAPACITY, -1, dtype=np.int32)
+        self.dense: np.ndarray | None = None
+
+    def map(self, values: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Write the ids of ``values`` to ``out``; return the unseen values in id order."""
+        first = self.size
+        new = np.empty(values.size, dtype=np.int64)
+        start = 0
+        while start < values.size:
+            if self.dense is not None:
+                start, self.size = _map_dense(values, start, self.dense, self.size, first, out, new)
+            else:
+                bits = self.keys.size.bit_length() - 1
+                start, self.size = _map_hashed(values, start, self.keys, self.ids, bits, self.size,
+                                               self.keys.size // 2, self.max_ind_range, first, out, new)
+            if start < 0:
+                bad = values[-start - 1]
+                raise ValueError(f"values must lie in [0, {self.max_ind_range}), got {bad}")
+            if start < values.size:
+                self._grow()
+        return new[:self.size - first]
+
+    def _grow(self) -> None:
+        """Double the hash table, or switch to the dense array once it is no larger."""
+        capacity = 2 * self.keys.size
+        if self.max_ind_range > 0 and capacity * _SLOT_BYTES >= self.max_ind_range * 4:
+            self.dense = np.zeros(self.max_ind_range, dtype=np.int32)
+            advise_huge_pages(self.dense)  # random first touches: 2 MB pages fault 512x less often
+            used = self.ids >= 0
+            self.dense[self.keys[used]] = self.ids[used] + 1
+            self.keys = self.ids = None
+            return
+        keys, ids = np.zeros(capacity, dtype=np.int64), np.full(capacity, -1, dtype=np.int32)
+        _rehash(self.keys, self.ids, keys, ids, capacity.bit_length() - 1)
+        self.keys, self.ids = keys, ids
+
+    @property
+    def nbytes(self) -> int:
+        return self.dense.nbytes if self.dense is not None else self.keys.nbytes + self.ids.nbytes
+
+
+@numba.njit(nogil=True, cache=True)
+def _slot(value, bits):  # pragma: no cover (compiled)
+    return np.int64((np.uint64(value) * _GOLDEN) >> np.uint64(64 - bits))
+
+
+@numba.njit(nogil=True, cache=True)
+def _map_hashed(values, start, keys, ids, bits, size, limit, max_ind_range, first, out,
+                new):  # pragma: no cover (compiled)
+    """Map values[start:] until done or until one more id would pass ``limit``
+    (the table's half); returns (where it stopped, ids given), or
+    (-(i + 1), size) at a value outside [0, max_ind_range)."""
+    mask = keys.size - 1
+    for i in range(start, values.size):
+        value = values[i]
+        if max_ind_range > 0 and (value < 0 or value >= max_ind_range):
+            return -(i + 1), size
+        slot = _slot(value, bits)
+        while ids[slot] >= 0 and keys[slot] != value:
+            slot = (slot + 1) & mask
+        if ids[slot] < 0:
+            if size >= limit:
+                return i, size
+            keys[slot] = value
+            ids[slot] = size
+            new[size - first] = value
+            size += 1
+        out[i] = ids[slot]
+    return values.size, size
+
+
+@numba.njit(nogil=True, cache=True)
+def _map_dense(values, start, dense, size, first, out, new):  # pragma: no cover (compiled)
+    """As _map_hashed, on the dense array of id + 1."""
+    for i in range(start, values.size):
+        value = values[i]
+        if value < 0 or value >= dense.size:
+            return -(i + 1), size
+        known = dense[value]
+        if known == 0:
+            size += 1
+            known = size
+            dense[value] = known
+            new[size - 1 - first] = value
+        out[i] = known - 1
+    return values.size, size
+
+
+@numba.njit(nogil=True, cache=True)
+def _rehash(keys, ids, new_keys, new_ids, bits):  # pragma: no cover (compiled)
+    mask = new_keys.size - 1
+    for j in range(keys.size):
+        if ids[j] >= 0:
+            slot = _slot(keys[j], bits)
+            while new_ids[slot] >= 0:
+                slot = (slot + 1) & mask
+            new_keys[slot] = keys[j]
+            new_ids[slot] = ids[j]
+
 
 class Vocabulary:
     def __init__(self, num_columns: int, max_ind_range: int):
+        if max_ind_range < 0:
+            raise ValueError(f"max_ind_range must be >= 0, got {max_ind_range}")
         self.max_ind_range = max_ind_range
+        self._columns = [_Column(max_ind_range) for _ in range(num_columns)]
         self.order: list[list[np.ndarray]] = [[] for _ in range(num_columns)]  # values in id order, by block
-        self.sizes = [0] * num_columns
-        if max_ind_range > 0:
-            self._dense = [np.zeros(max_ind_range, dtype=np.int32) for _ in range(num_columns)]
-            for column in self._dense:  # random first touches: 2 MB pages fault 512x less often
-                advise_huge_pages(column)
-        else:
-            self._keys = [np.zeros(0, dtype=np.int64) for _ in range(num_columns)]
-            self._ids = [np.zeros(0, dtype=np.int32) for _ in range(num_columns)]
 
     @property
     def num_columns(self) -> int:
-        return len(self.sizes)
+        return len(self._columns)
 
-    def _lookup(self, c: int, values: np.ndarray) -> np.ndarray:
-        if self.max_ind_range > 0:
-            return self._dense[c][values] - 1
-        keys = self._keys[c]
-        if keys.size == 0:
-            return np.full(values.shape, -1, dtype=np.int32)
-        pos = np.minimum(np.searchsorted(keys, values), keys.size - 1)
-        return np.where(keys[pos] == values, self._ids[c][pos], -1).astype(np.int32)
+    @property
+    def sizes(self) -> list[int]:
+        return [column.size for column in self._columns]
 
-    def _add(self, c: int, new_values: np.ndarray) -> None:
-        """Give ids to values not seen before, in the order given."""
-        ids = np.arange(self.sizes[c], self.sizes[c] + new_values.size, dtype=np.int32)
-        if self.max_ind_range > 0:
-            self._dense[c][new_values] = ids + 1
-        else:
-            keys = np.concatenate([self._keys[c], new_values])
-            all_ids = np.concatenate([self._ids[c], ids])
-            order = np.argsort(keys, kind="stable")
-            self._keys[c], self._ids[c] = keys[order], all_ids[order]
-        self.sizes[c] += new_values.size
-        self.order[c].append(new_values)
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the dictionaries (what peak RSS is made of, besides one block)."""
+        return sum(column.nbytes for column in self._columns)
 
-    def map(self, values: np.ndarray) -> np.ndarray:
-        """Ids for a block of values (n, num_columns), adding the unseen ones."""
+    def map(self, values: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Ids for a block of values (n, num_columns), adding the unseen ones;
+        written to ``out`` (n, num_columns) int32 when given (a view into the
+        output records, say)."""
         if values.ndim != 2 or values.shape[1] != self.num_columns:
             raise ValueError(f"expected (n, {self.num_columns}) values, got {values.shape}")
-        if self.max_ind_range > 0 and values.size and (values.min() < 0 or values.max() >= self.max_ind_range):
-            raise ValueError(f"values must lie in [0, {self.max_ind_range})")
-        out = np.empty(values.shape, dtype=np.int32)
-        for c in range(self.num_columns):
-            column = values[:, c]
-            if self.max_ind_range > 0:
-                out[:, c] = self._map_dense(c, column)
-                continue
-            unique, first = np.unique(column, return_index=True)
-            unseen = self._lookup(c, unique) < 0
-            if unseen.any():
-                self._add(c, unique[unseen][np.argsort(first[unseen], kind="stable")])
-            out[:, c] = self._lookup(c, column)
+        if out is None:
+            out = np.empty(values.shape, dtype=np.int32)
+        if out.shape != values.shape or out.dtype != np.int32:
+            raise ValueError(f"out must be int32 of shape {values.shape}, got {out.dtype} {out.shape}")
+        values = values.astype(np.int64, copy=False)
+        for c, column in enumerate(self._columns):
+            new = column.map(values[:, c], out[:, c])
+            if new.size:
+                self.order[c].append(new)
         return out
-
-    def _map_dense(self, c: int, column: np.ndarray) -> np.ndarray:
-        """One gather finds the values already known; only the rest (few, once
-        the first days are in) are sorted to number them by first appearance."""
-        dense = self._dense[c]
-        ids = dense[column]  # id + 1, or 0 for unseen
-        new_rows = np.flatnonzero(ids == 0)
-        if new_rows.size:
-            new_values = column[new_rows]
-            unique, first = np.unique(new_values, return_index=True)
-            self._add(c, unique[np.argsort(first, kind="stable")])
-            ids[new_rows] = dense[new_values]
-        return ids - 1
 
     def added_since(self, marks: list[int]) -> list[np.ndarray]:
         """Values added after each column had ``marks[c]`` blocks of additions
@@ -101,5 +183,10 @@ class Vocabulary:
     def extend(self, additions: list[np.ndarray]) -> None:
         """Replay additions saved with :meth:`added_since` (ids follow in order)."""
         for c, values in enumerate(additions):
-            if values.size:
-                self._add(c, np.asarray(values, dtype=np.int64))
+            values = np.asarray(values, dtype=np.int64)
+            if not values.size:
+                continue
+            new = self._columns[c].map(values, np.empty(values.size, dtype=np.int32))
+            if new.size != values.size:
+                raise ValueError(f"column {c}: saved additions repeat {values.size - new.size} known values")
+            self.order[c].append(new)

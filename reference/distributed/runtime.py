@@ -16,7 +16,8 @@ from typing import Optional
 import torch
 
 from ..config import Config, ConfigError
-from ..data.binary import BinaryDataset, DataError
+from ..data.binary import DataError
+from ..data.loader import BinaryDataset
 from ..metrics import evaluate_scores
 from ..model import DLRM
 from .comm import HEARTBEAT_SECONDS, Communicator, FaultMonitor, agree, build_communicator, join, open_store

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.binary import split_sizes
+from ..data.loader import split_sizes
 from ..embeddings import init_table_rows
 from ..hugepages import advise_huge_pages
 from ..model import DLRM
