@@ -36,6 +36,7 @@ import shutil
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -46,7 +47,9 @@ from .data.criteo_raw import NUM_DENSE, NUM_SPARSE, RawFormatError, parse_block
 from .data.vocabulary import Vocabulary
 from .malloc import keep_freed_memory
 
-BLOCK_BYTES = 8 << 20    # input read and parsed at a time; its arrays stay under glibc's mmap threshold (reused, not refaulted)
+# Input read and parsed at a time: small enough that a block's arrays stay under glibc's mmap
+# threshold, so freed ones are reused instead of faulted in again (reference/malloc.py).
+BLOCK_BYTES = 8 << 20
 BUCKET_BYTES = 512 << 20        # target size of one shuffle bucket (memory of stage 2)
 # While a bucket is rewritten into the training file its files still exist: with at least
 # 4 buckets that extra copy is at most a quarter of the training data (disk <= 1.25x outputs).
@@ -247,11 +250,83 @@ class ParseAhead:
             self._start_more()
 
 
+class _DayWriter:
+    """Writes a day's mapped records from a thread of its own, block by block
+    in order: a training day's rows scattered into ``buckets`` files by a
+    seeded draw per row, the last day's rows to rows.bin (``buckets`` = 0).
+    The draw happens here, in block order, so the files do not depend on
+    timing; the mapping thread only hands blocks over (a bounded queue)."""
+
+    def __init__(self, folder: str, buckets: int, rng: np.random.Generator):
+        self.buckets, self.rng = buckets, rng
+        names = [f"bucket_{k}.bin" for k in range(buckets)] if buckets else ["rows.bin"]
+        self.files = [open(os.path.join(folder, name), "wb") for name in names]
+        self.counts = np.zeros(buckets, dtype=np.int64)
+        self.error: BaseException | None = None
+        self.queue: queue.Queue = queue.Queue(maxsize=4)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def put(self, records: np.ndarray) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put(records)
+
+    def close(self) -> np.ndarray:
+        """Wait for the writes; the rows per bucket (none for rows.bin)."""
+        self.queue.put(None)
+        self.thread.join()
+        for f in self.files:
+            f.close()
+        if self.error is not None:
+            raise self.error
+        return self.counts
+
+    def _run(self) -> None:
+        try:
+            while (records := self.queue.get()) is not None:
+                self._write(records)
+        except BaseException as e:  # raised in the mapping thread at its next put or at close
+            self.error = e
+            while self.queue.get() is not None:  # keep taking blocks so the producer never blocks
+                pass
+
+    def _write(self, records: np.ndarray) -> None:
+        if not self.buckets:
+            self.files[0].write(records)
+            return
+        which = self.rng.integers(0, self.buckets, records.shape[0])
+        order = np.argsort(which, kind="stable")
+        bounds = np.searchsorted(which[order], np.arange(self.buckets + 1))
+        grouped = records[order]
+        for k in range(self.buckets):
+            self.files[k].write(grouped[bounds[k]:bounds[k + 1]])
+        self.counts += np.diff(bounds)
+
+
 def _write_json(path: str, data) -> None:
     tmp = path + ".partial"
     with open(tmp, "w") as f:
         json.dump(data, f, indent=1)
     os.replace(tmp, path)
+
+
+def _pwrite_all(fd: int, data: np.ndarray, offset: int) -> None:
+    view = memoryview(data.reshape(-1).view(np.uint8))
+    while view:  # one pwrite moves at most ~2 GB on Linux
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def _hash_range(digest, path: str, start: int, length: int) -> None:
+    with open(path, "rb") as f:
+        f.seek(start)
+        while length:
+            chunk = f.read(min(length, 16 << 20))
+            if not chunk:
+                raise PreprocessError(f"{path}: ends before byte {start + length}; remove it and rerun")
+            digest.update(chunk)
+            length -= len(chunk)
 
 
 def _sha256(path: str) -> str:
@@ -267,12 +342,14 @@ class Pipeline:
                  workers: int = 0):
         self.o = options
         self.workers = workers
+        self.threads = max(1, workers)  # for the shuffle's gather and write
         self.inputs = inputs
         self.out = out
         self.work = os.path.join(out, "work")
         self.names = output_names(options.dataset)
         self.progress = progress
         self.vocab = Vocabulary(NUM_SPARSE, options.max_ind_range)
+        self.checksums: dict[str, str] = {}  # sha256 of outputs taken while writing them
 
     # --- checks before any work ------------------------------------------
     def check_before_start(self) -> None:
@@ -352,43 +429,34 @@ class Pipeline:
     def _map_day(self, day: int, source: DaySource, folder: str, is_train: bool, bar, blocks) -> dict:
         mark = self.vocab.marks()
         keep_rng = np.random.default_rng([self.o.seed, day, 0])
-        bucket_rng = np.random.default_rng([self.o.seed, day, 1])
-        buckets = [open(os.path.join(folder, f"bucket_{k}.bin"), "wb") for k in range(self.o.buckets)] \
-            if is_train else None
-        rows_out = open(os.path.join(folder, "rows.bin"), "wb") if not is_train else None
-        counts = np.zeros(self.o.buckets, dtype=np.int64)
+        writer = _DayWriter(folder, self.o.buckets if is_train else 0, np.random.default_rng([self.o.seed, day, 1]))
         lines = skipped = kept = 0
         seen = 0
         started = time.time()
-        for parsed, position in blocks:
-            lines += parsed.lines
-            skipped += parsed.skipped
-            records, categorical = parsed.records, parsed.categorical
-            if is_train and self.o.sub_sample_rate > 0:
-                keep = (parsed.labels == 1) | (keep_rng.random(len(parsed)) >= self.o.sub_sample_rate)
-                records, categorical = records[keep], categorical[keep]
-            self.vocab.map(categorical, out=records[:, 1 + NUM_DENSE:])
-            kept += records.shape[0]
-            if is_train:
-                which = bucket_rng.integers(0, self.o.buckets, records.shape[0])
-                order = np.argsort(which, kind="stable")
-                bounds = np.searchsorted(which[order], np.arange(self.o.buckets + 1))
-                grouped = records[order]
-                for k in range(self.o.buckets):
-                    buckets[k].write(grouped[bounds[k]:bounds[k + 1]])
-                counts += np.diff(bounds)
-            else:
-                rows_out.write(records)
-            bar.update(position - seen)
-            seen = position
-            bar.set_postfix(day=day, rows_per_s=f"{kept / max(time.time() - started, 1e-9):,.0f}")
-        for handle in (buckets or []) + ([rows_out] if rows_out else []):
-            handle.close()
+        busy = 0.0  # this thread's in-order work, without the waits for parsed blocks
+        try:
+            for parsed, position in blocks:
+                work_started = time.perf_counter()
+                lines += parsed.lines
+                skipped += parsed.skipped
+                records, categorical = parsed.records, parsed.categorical
+                if is_train and self.o.sub_sample_rate > 0:
+                    keep = (parsed.labels == 1) | (keep_rng.random(len(parsed)) >= self.o.sub_sample_rate)
+                    records, categorical = records[keep], categorical[keep]
+                self.vocab.map(categorical, out=records[:, 1 + NUM_DENSE:])
+                kept += records.shape[0]
+                writer.put(records)
+                bar.update(position - seen)
+                seen = position
+                bar.set_postfix(day=day, rows_per_s=f"{kept / max(time.time() - started, 1e-9):,.0f}")
+                busy += time.perf_counter() - work_started
+        finally:
+            counts = writer.close()
         additions = self.vocab.added_since(mark)
         np.savez(os.path.join(folder, "vocabulary.npz"), **{f"c{c}": a for c, a in enumerate(additions)})
         record = {"day": day, "path": source.label, "source": source.signature(), "lines": lines,
-                  "skipped": skipped, "kept": kept,
-                  "train": is_train, "buckets": counts.tolist()}
+                  "skipped": skipped, "kept": kept, "train": is_train, "buckets": counts.tolist(),
+                  "in_order_seconds": round(busy, 3)}
         _write_json(os.path.join(folder, "record.json"), record)
         return record
 
@@ -407,34 +475,59 @@ class Pipeline:
                 f.truncate(total * RECORD_BYTES)
         bar = tqdm(total=self.o.buckets, desc="2/3 shuffle", unit="bucket", disable=not self.progress,
                    file=sys.stderr)
-        for k in range(self.o.buckets):
-            done = os.path.join(self.work, f"bucket_{k}.done")
-            if not os.path.isfile(done):
-                self._shuffle_bucket(k, train_days, int(offsets[k]), partial)
-                open(done, "w").close()  # only after the rows are on disk at their offset
-            for r in train_days:  # this bucket is in the training file now: free its disk
-                part = os.path.join(self.work, f"day_{r['day']}", f"bucket_{k}.bin")
-                if os.path.exists(part):
-                    os.remove(part)
-            bar.update(1)
+        largest = int(sizes.max(initial=0))  # two buffers of the largest bucket, reused
+        buffers = (np.empty((largest, COLUMNS), dtype="<i4"), np.empty((largest, COLUMNS), dtype="<i4"))
+        # Buckets are written in file order, so the file's checksum is taken on the way
+        # (saves reading it again); buckets done before a resume are read back for it.
+        digest = hashlib.sha256()
+        with ThreadPoolExecutor(self.threads) as pool:
+            for k in range(self.o.buckets):
+                done = os.path.join(self.work, f"bucket_{k}.done")
+                if not os.path.isfile(done):
+                    self._shuffle_bucket(k, train_days, int(offsets[k]), partial, buffers, pool, digest)
+                    open(done, "w").close()  # only after the rows are on disk at their offset
+                else:
+                    _hash_range(digest, partial, int(offsets[k]) * RECORD_BYTES, int(sizes[k]) * RECORD_BYTES)
+                for r in train_days:  # this bucket is in the training file now: free its disk
+                    part = os.path.join(self.work, f"day_{r['day']}", f"bucket_{k}.bin")
+                    if os.path.exists(part):
+                        os.remove(part)
+                bar.update(1)
         bar.close()
         os.replace(partial, final)
+        self.checksums[final] = digest.hexdigest()
         return total
 
-    def _shuffle_bucket(self, k: int, train_days: list[dict], offset: int, partial: str) -> None:
+    def _shuffle_bucket(self, k: int, train_days: list[dict], offset: int, partial: str, buffers: tuple,
+                        pool: ThreadPoolExecutor, digest) -> None:
         """Bucket k of every training day, shuffled with its own seed, written at
-        its offset (rewriting it whole, so a half-written bucket heals on resume)."""
-        parts = []
-        for r in train_days:
-            with open(os.path.join(self.work, f"day_{r['day']}", f"bucket_{k}.bin"), "rb") as f:
-                parts.append(np.frombuffer(f.read(), dtype="<i4").reshape(-1, COLUMNS))
-        rows = np.concatenate(parts) if parts else np.zeros((0, COLUMNS), "<i4")
-        rows = rows[np.random.default_rng([self.o.seed, 10_000 + k]).permutation(rows.shape[0])]
-        with open(partial, "r+b") as f:
-            f.seek(offset * RECORD_BYTES)
-            f.write(rows.tobytes())
-            f.flush()
-            os.fsync(f.fileno())
+        its offset (rewriting it whole, so a half-written bucket heals on resume).
+        The gather and the write are split in contiguous parts, one per thread;
+        then the flush to disk and the checksum of the rows run side by side."""
+        parts = [(os.path.join(self.work, f"day_{r['day']}", f"bucket_{k}.bin"), r["buckets"][k]) for r in train_days]
+        n = sum(count for _, count in parts)
+        rows, shuffled = buffers[0][:n], buffers[1][:n]
+        at = 0
+        for path, count in parts:
+            with open(path, "rb") as f:
+                got = f.readinto(rows[at:at + count])
+            if got != count * RECORD_BYTES:
+                raise PreprocessError(f"{path}: {got} bytes, expected {count * RECORD_BYTES} (the work folder was "
+                                      f"changed); remove {self.work} and rerun")
+            at += count
+        order = np.random.default_rng([self.o.seed, 10_000 + k]).permutation(n)
+        fd = os.open(partial, os.O_WRONLY)
+        try:
+            def gather_and_write(lo: int, hi: int) -> None:
+                np.take(rows, order[lo:hi], axis=0, out=shuffled[lo:hi], mode="clip")  # "raise" would copy first
+                _pwrite_all(fd, shuffled[lo:hi], (offset + lo) * RECORD_BYTES)
+            bounds = np.linspace(0, n, self.threads + 1).astype(int)
+            list(pool.map(gather_and_write, bounds[:-1], bounds[1:]))  # list(): raise what a thread raised
+            flushed = pool.submit(os.fsync, fd)
+            digest.update(shuffled)  # hashlib lets go of the GIL for large buffers
+            flushed.result()
+        finally:
+            os.close(fd)
 
     # --- stage 3 ----------------------------------------------------------
     def split_last_day(self, records: list[dict]) -> tuple[int, int]:
@@ -466,21 +559,32 @@ class Pipeline:
         os.makedirs(self.work, exist_ok=True)
         _write_json(os.path.join(self.work, "options.json"), asdict(self.o))
         started = time.time()
+        stages = {}
         records = self.map_days()
+        stages["map"] = time.time() - started
+        table_sizes = self.vocab.sizes
+        self.vocab = None  # up to 4.2 GB of dictionaries: freed before the shuffle's buffers
         train = self.shuffle_train(records)
+        stages["shuffle"] = time.time() - started - sum(stages.values())
         test, val = self.split_last_day(records)
         counts_path = os.path.join(self.out, self.names["counts"])
-        write_counts(counts_path, self.vocab.sizes)
+        write_counts(counts_path, table_sizes)
+        stages["split"] = time.time() - started - sum(stages.values())
         files = {}
         for key in ("train", "test", "val", "counts"):
             path = os.path.join(self.out, self.names[key])
-            files[self.names[key]] = {"bytes": os.path.getsize(path), "sha256": _sha256(path)}
+            checksum = self.checksums.get(path) or _sha256(path)
+            files[self.names[key]] = {"bytes": os.path.getsize(path), "sha256": checksum}
+        stages["checksums"] = time.time() - started - sum(stages.values())
         manifest = {
             "format": "MLPerf DLRM binary: 40 little-endian int32 per sample (label, 13 dense, 26 ids)",
             "options": asdict(self.o), "splits": {"train": train, "test": test, "val": val},
-            "table_sizes": self.vocab.sizes,
+            "table_sizes": table_sizes,
             "inputs": [{k: r[k] for k in ("path", "lines", "skipped", "kept")} for r in records],
             "files": files, "seconds": round(time.time() - started, 1),
+            "stage_seconds": {k: round(v, 1) for k, v in stages.items()},
+            # the serial part of the map stage (ids in day order): what more cores cannot shorten
+            "map_in_order_seconds": round(sum(r.get("in_order_seconds", 0) for r in records), 1),
         }
         _write_json(manifest_path, manifest)
         shutil.rmtree(self.work, ignore_errors=True)
@@ -504,9 +608,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--on-bad-line", choices=["error", "skip"], default="error")
     p.add_argument("--buckets", type=int, default=None, help="shuffle buckets (default: ~512 MB each, at least 4)")
-    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1),
-                   help="parse threads running ahead of the in-order id assignment (0: parse inline; "
-                        "default: cores - 1); the outputs do not depend on it")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="threads: days parsed ahead of the in-order id assignment, and parts of each shuffle "
+                        "bucket (0: parse inline, one thread; default: cores); the outputs do not depend on it")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     kaggle = args.dataset == "kaggle"
