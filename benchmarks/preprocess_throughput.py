@@ -2,11 +2,14 @@
 text, as reference.data.synthetic writes them) -> the three .bin files.
 
 For each size it reports rows/s from raw text to the outputs (wall time of
-`python -m reference.preprocess`), the peak RSS of that process, and the peak
-disk allocated in the output folder relative to the final outputs (so temporary
-disk included).
+`python -m reference.preprocess`), its CPU time, peak RSS, the seconds of each
+stage and of the in-order id assignment (from the manifest), and the peak disk
+allocated in the output folder relative to the final outputs (so temporary disk
+included). Then per-core rates measured in this process (parsing, id lookups in
+dictionaries of the real data's size, gunzip) and, from them, the projected time
+for the full Criteo 1TB (4.37 billion lines) on 32 cores.
 
-    python -m benchmarks.preprocess_throughput [--rows 1000000 4000000] [--days 24]
+    python -m benchmarks.preprocess_throughput [--rows 1000000 4000000] [--days 24] [--no-projection]
 """
 
 from __future__ import annotations
@@ -22,9 +25,14 @@ import time
 from reference.data.synthetic import SyntheticSpec, write_raw_days
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Runs the command and prints the peak RSS of it alone (a fresh parent per measurement).
+# Runs the command and prints its peak RSS and CPU seconds (a fresh parent per measurement).
 PEAK_RSS = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
-            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(rc)")
+            "u = resource.getrusage(resource.RUSAGE_CHILDREN); "
+            "print(u.ru_maxrss, u.ru_utime + u.ru_stime); sys.exit(rc)")
+CRITEO_LINES = 4_370_000_000
+CRITEO_TEXT_BYTES = 1.3e12
+RECORD_BYTES = 160
+DISK_BYTES_PER_S = 2e9  # storage assumed for the projection: a common NVMe drive, sequential
 
 
 def folder_bytes(path: str, allocated: bool = False) -> int:
@@ -68,15 +76,67 @@ def measure(rows: int, days: int, cache: str) -> dict:
     watcher.join()
     if proc.returncode != 0:
         raise SystemExit(proc.stderr)
-    peak_rss_kb = int(proc.stdout.strip().splitlines()[-1])
+    peak_rss_kb, cpu_seconds = proc.stdout.strip().splitlines()[-1].split()
     manifest = json.load(open(os.path.join(out, "manifest.json")))
     outputs = sum(f["bytes"] for f in manifest["files"].values())
     total_rows = sum(manifest["splits"].values())
     raw_bytes = folder_bytes(raw)
     return {"rows": total_rows, "days": days, "raw_mb": round(raw_bytes / 1e6), "seconds": round(seconds, 1),
             "rows_per_s": round(total_rows / seconds), "raw_mb_per_s": round(raw_bytes / 1e6 / seconds, 1),
-            "peak_rss_mb": round(peak_rss_kb / 1024), "output_mb": round(outputs / 1e6),
-            "peak_disk_over_output": round(peak_disk[0] / outputs, 2)}
+            "cpu_seconds": round(float(cpu_seconds), 1), "peak_rss_mb": round(int(peak_rss_kb) / 1024),
+            "output_mb": round(outputs / 1e6), "peak_disk_over_output": round(peak_disk[0] / outputs, 2),
+            "stage_seconds": manifest["stage_seconds"], "in_order_seconds": manifest["map_in_order_seconds"],
+            "raw": raw}
+
+
+def per_core_rates(raw: str) -> dict:
+    """Single-thread rates: the compiled parser on one day file, id lookups in
+    dense dictionaries of Criteo 1TB's size (the worst case: values spread
+    over 40M, each lookup a cache miss), and gunzip of Criteo-format text."""
+    import gzip
+
+    import numpy as np
+
+    from reference.data.criteo_raw import parse_block
+    from reference.data.vocabulary import Vocabulary
+
+    text = open(os.path.join(raw, "day_0"), "rb").read()
+    parse_block(text[:100_000].rsplit(b"\n", 1)[0] + b"\n", max_ind_range=40_000_000)  # load the compiled code
+    started = time.perf_counter()
+    rows = len(parse_block(text, max_ind_range=40_000_000))
+    parse_seconds = time.perf_counter() - started
+    columns, rng = 4, np.random.default_rng(0)
+    vocab = Vocabulary(columns, 40_000_000)
+    for _ in range(10):  # ~9M values per column: past the switch to the dense array, as Criteo 1TB's large columns
+        vocab.map(rng.integers(0, 40_000_000, (1_000_000, columns)))
+    values = rng.integers(0, 40_000_000, (1_000_000, columns))
+    vocab.map(values)
+    started = time.perf_counter()
+    vocab.map(values)
+    lookup_ns = (time.perf_counter() - started) / values.size * 1e9
+    packed = gzip.compress(text, 6)
+    started = time.perf_counter()
+    gzip.decompress(packed)
+    gunzip_mb_s = len(text) / (time.perf_counter() - started) / 1e6
+    return {"parse_rows_per_s": round(rows / parse_seconds), "parse_mb_per_s": round(len(text) / parse_seconds / 1e6),
+            "dense_lookup_ns": round(lookup_ns, 1), "gunzip_mb_per_s": round(gunzip_mb_s)}
+
+
+def projection(run: dict, rates: dict, cores: int = 32) -> dict:
+    """Hours for Criteo 1TB on ``cores`` cores: the largest of the CPU work
+    spread over the cores (CPU seconds per row of the run, plus gunzip for .gz
+    days), the one thread assigning ids in day order (26 lookups per row at the
+    worst-case cost), and the disk traffic (text read once, the training rows
+    written to buckets, read back and written shuffled) at DISK_BYTES_PER_S."""
+    cpu = run["cpu_seconds"] / run["rows"] * CRITEO_LINES / cores
+    gunzip = CRITEO_TEXT_BYTES / (rates["gunzip_mb_per_s"] * 1e6) / cores
+    serial = 26 * rates["dense_lookup_ns"] * 1e-9 * CRITEO_LINES
+    disk = (CRITEO_TEXT_BYTES + 3 * CRITEO_LINES * RECORD_BYTES) / DISK_BYTES_PER_S
+    bounds = {"cpu_plain": cpu, "cpu_gz": cpu + gunzip, "in_order_ids": serial, "disk": disk}
+    hours = {k: round(v / 3600, 2) for k, v in bounds.items()}
+    hours["projected_plain"] = round(max(cpu, serial, disk) / 3600, 2)
+    hours["projected_gz"] = round(max(cpu + gunzip, serial, disk) / 3600, 2)
+    return hours
 
 
 def main(argv=None) -> int:
@@ -84,14 +144,24 @@ def main(argv=None) -> int:
     p.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 4_000_000])
     p.add_argument("--days", type=int, default=24)
     p.add_argument("--cache", default=os.path.join(ROOT, ".cache", "bench_preprocess"))
+    p.add_argument("--no-projection", action="store_true", help="skip the per-core rates and the projection")
     args = p.parse_args(argv)
     results = [measure(rows, args.days, args.cache) for rows in args.rows]
-    print(f"{'rows':>10} {'raw MB':>7} {'seconds':>8} {'rows/s':>9} {'MB/s':>6} {'peak RSS MB':>12} "
-          f"{'peak disk / output':>19}")
+    print(f"{'rows':>10} {'raw MB':>7} {'seconds':>8} {'rows/s':>9} {'MB/s':>6} {'CPU s':>6} {'peak RSS MB':>12} "
+          f"{'peak disk / output':>19}  stages (s)")
     for r in results:
         print(f"{r['rows']:>10,} {r['raw_mb']:>7} {r['seconds']:>8} {r['rows_per_s']:>9,} {r['raw_mb_per_s']:>6} "
-              f"{r['peak_rss_mb']:>12} {r['peak_disk_over_output']:>19}")
-    print(json.dumps(results))
+              f"{r['cpu_seconds']:>6} {r['peak_rss_mb']:>12} {r['peak_disk_over_output']:>19}  "
+              f"{r['stage_seconds']}, ids in order {r['in_order_seconds']}")
+    report = {"runs": results}
+    if not args.no_projection:
+        largest = max(results, key=lambda r: r["rows"])
+        report["rates"] = per_core_rates(largest["raw"])
+        report["projection_hours_32_cores"] = projection(largest, report["rates"])
+        print(f"per core: {report['rates']}")
+        print(f"Criteo 1TB on 32 cores (hours; disk at {DISK_BYTES_PER_S / 1e9:.0f} GB/s): "
+              f"{report['projection_hours_32_cores']}")
+    print(json.dumps(report))
     return 0
 
 

@@ -163,44 +163,59 @@ def estimated_rows(sources: list[DaySource]) -> int:
     return sum(s.size() * (GZIP_RATIO if s.path.endswith(".gz") else 1) // RAW_BYTES_PER_ROW for s in sources)
 
 
-def read_blocks(source: DaySource, on_bad_line: str):
-    """Yield (bytes of whole lines, number of the first line, input bytes consumed so far)."""
+class _UnreadableInput(Exception):
+    pass
+
+
+def read_blocks(source: DaySource):
+    """Yield (whole lines of the day, input bytes consumed so far). The lines
+    are a view of one buffer that the next read overwrites: use each block
+    before asking for the next. The day's last line may lack its newline."""
     path = source.path
     opener = gzip.open if path.endswith(".gz") else open
-    line_no = source.first_line
-    carry = b""
     left = None if source.end is None else source.end - source.start
+    buffer = bytearray(BLOCK_BYTES)
+    filled = 0  # bytes at the front of the buffer: the carried-over start of a line
     try:
         with opener(path, "rb") as f:
             raw_handle = f.fileobj if path.endswith(".gz") else f
             f.seek(source.start)
             while left is None or left > 0:
-                chunk = f.read(BLOCK_BYTES if left is None else min(BLOCK_BYTES, left))
-                if not chunk:
+                if filled == len(buffer):  # one line longer than the buffer: a bigger one (the caller
+                    bigger = bytearray(2 * len(buffer))  # may still hold a view, so no resizing)
+                    bigger[:filled] = buffer
+                    buffer = bigger
+                room = len(buffer) - filled if left is None else min(len(buffer) - filled, left)
+                got = f.readinto(memoryview(buffer)[filled:filled + room])
+                if not got:
                     break
                 if left is not None:
-                    left -= len(chunk)
-                data = carry + chunk
-                cut = data.rfind(b"\n") + 1
-                if cut == 0:
-                    carry = data
-                    continue
-                block, carry = data[:cut], data[cut:]
-                yield block, line_no, raw_handle.tell() - source.start
-                line_no += block.count(b"\n")
+                    left -= got
+                filled += got
+                cut = buffer.rfind(b"\n", 0, filled) + 1
+                if cut:
+                    yield memoryview(buffer)[:cut], raw_handle.tell() - source.start
+                    buffer[:filled - cut] = buffer[cut:filled]
+                    filled -= cut
     except (EOFError, gzip.BadGzipFile, OSError) as e:
-        raise RawFormatError(f"{path}:{line_no}: cannot read past this line: {e} (truncated or corrupt gzip?)") \
-            from None
-    if carry:
-        yield carry, line_no, source.size()
-    if line_no == source.first_line and not carry and on_bad_line == "error":
-        raise RawFormatError(f"{path}: the file is empty")
+        raise _UnreadableInput(e) from None
+    if filled:
+        yield memoryview(buffer)[:filled], source.size()
 
 
 def parse_day(source: DaySource, max_ind_range: int, on_bad_line: str):
     """Yield (parsed block, input bytes consumed so far) for one day, in order."""
-    for block, first_line, position in read_blocks(source, on_bad_line):
-        yield parse_block(block, source.path, first_line, max_ind_range, on_bad_line), position
+    line = source.first_line
+    try:
+        for block, position in read_blocks(source):
+            parsed = parse_block(block, source.path, line, max_ind_range, on_bad_line)
+            line += parsed.lines
+            yield parsed, position
+    except _UnreadableInput as e:
+        raise RawFormatError(f"{source.path}:{line}: cannot read past this line: {e.args[0]} "
+                             f"(truncated or corrupt gzip?)") from None
+    if line == source.first_line and on_bad_line == "error":
+        raise RawFormatError(f"{source.path}: the file is empty")
 
 
 def _parse_worker(source: DaySource, max_ind_range: int, on_bad_line: str, out: queue.Queue) -> None:
@@ -348,7 +363,7 @@ class Pipeline:
         self.work = os.path.join(out, "work")
         self.names = output_names(options.dataset)
         self.progress = progress
-        self.vocab = Vocabulary(NUM_SPARSE, options.max_ind_range)
+        self.vocab = Vocabulary(NUM_SPARSE, options.max_ind_range, threads=self.threads)
         self.checksums: dict[str, str] = {}  # sha256 of outputs taken while writing them
 
     # --- checks before any work ------------------------------------------
@@ -635,6 +650,9 @@ def main(argv=None) -> int:
         manifest = Pipeline(options, inputs, args.out, progress=not args.no_progress, workers=args.workers).run()
     except (PreprocessError, RawFormatError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk, say: what is complete is kept
+        print(f"error: {e}\nrerun the same command to resume once this is fixed", file=sys.stderr)
         return 2
     splits = manifest["splits"]
     skipped = sum(i["skipped"] for i in manifest["inputs"])

@@ -286,6 +286,31 @@ def test_kaggle_train_txt_is_split_into_days_like_the_seed(tmp_path):
     assert [i["lines"] for i in manifest["inputs"]] == [3, 2, 2, 2, 2, 2, 2]
 
 
+@pytest.mark.parametrize("dataset", ["terabyte", "kaggle"])
+def test_blocks_smaller_than_a_line_give_the_same_outputs(tmp_path, monkeypatch, dataset):
+    """Reading in blocks of 64 bytes: lines straddle blocks, and a long line after
+    short ones grows the buffer while the previous block is still held; gzip days
+    and Kaggle's byte ranges of one file included."""
+    rng = np.random.default_rng(4)
+    long = line(1, [str(v) for v in rng.integers(0, 10 ** 6, 13)], [f"{v:08x}" for v in rng.integers(0, 2 ** 32, 26)])
+    days = [[line(d % 2), line(1, ["5"], ["a"]), long, line(0, ["7"], [format(d, "x")]), long] for d in range(4)]
+    raw = write_days(tmp_path / "raw", days, gz={1})
+    if dataset == "kaggle":
+        text = b"".join("".join(day).encode() for day in days)
+        (tmp_path / "train.txt").write_bytes(text[:-1])  # the last line without its newline
+        raw = tmp_path / "train.txt"
+
+    def make(out):
+        return preprocess.main(["--dataset", dataset, "--raw", str(raw), "--out", str(out), "--days", "4",
+                                "--buckets", "2", "--no-progress"])
+    assert make(tmp_path / "ref") == 0
+    monkeypatch.setattr(preprocess, "BLOCK_BYTES", 64)
+    assert make(tmp_path / "small") == 0
+    names = preprocess.output_names(dataset)
+    for key in ("train", "test", "val", "counts"):
+        assert (tmp_path / "small" / names[key]).read_bytes() == (tmp_path / "ref" / names[key]).read_bytes()
+
+
 def test_resume_redoes_days_whose_input_changed(tmp_path, capsys):
     raw = write_days(tmp_path / "raw", [[line(0, [], ["a"])], [line(1, [], ["b"]), "bad line\n"], [line(0)] * 2])
     assert run(raw, tmp_path / "out", days=3, max_ind_range=100) == 2  # stops at day 1; day 0 is complete
@@ -313,6 +338,29 @@ def test_an_error_in_a_parse_worker_reaches_the_caller(tmp_path, capsys):
     raw = write_days(tmp_path / "raw", [[line(0)] * 3, [line(0), line(7)], [line(0)] * 2])
     assert run(raw, tmp_path / "out", days=3, workers=2) == 2
     assert "day_1:2: label (field 1 of 40): must be 0 or 1, got '7'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stage", ["map", "shuffle"])
+def test_a_failed_write_in_a_writer_thread_stops_the_run_and_a_rerun_resumes(tmp_path, monkeypatch, capsys, stage):
+    raw = synthetic_raw(tmp_path, days=4, per_day=300)
+    assert run(raw, tmp_path / "clean", days=4, buckets=3, max_ind_range=1000) == 0
+    calls = []
+
+    def disk_full(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device", "bucket")
+        return original(*args)
+    target = (preprocess._DayWriter, "_write") if stage == "map" else (preprocess, "_pwrite_all")
+    original = getattr(*target)
+    monkeypatch.setattr(*target, disk_full)
+    assert run(raw, tmp_path / "out", days=4, buckets=3, max_ind_range=1000, workers=2) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "rerun the same command to resume" in err
+    monkeypatch.setattr(*target, original)
+    assert run(raw, tmp_path / "out", days=4, buckets=3, max_ind_range=1000, workers=2) == 0
+    for key in ("train", "test", "val", "counts"):
+        assert open(tmp_path / "out" / NAMES[key], "rb").read() == open(tmp_path / "clean" / NAMES[key], "rb").read()
 
 
 # sha256 prefixes of the outputs of the numpy-only pipeline (commit 54ef3bf), before the compiled

@@ -101,3 +101,15 @@ def test_ids_are_written_into_a_view_of_the_records():
     records = np.zeros((3, 5), dtype=np.int32)
     Vocabulary(2, 0).map(np.array([[9, 9], [8, 9], [9, 7]]), out=records[:, 3:])
     assert records[:, 3:].tolist() == [[0, 0], [1, 0], [0, 1]] and not records[:, :3].any()
+
+
+def test_columns_mapped_in_threads_get_the_same_ids():
+    rng = np.random.default_rng(5)
+    blocks = [rng.integers(0, 5000, (3000, 7)) for _ in range(4)]
+    one, three = Vocabulary(7, 10_000, threads=1), Vocabulary(7, 10_000, threads=3)
+    for b in blocks:
+        assert one.map(b).tolist() == three.map(b).tolist()
+    assert one.sizes == three.sizes
+    assert [a.tolist() for a in one.added_since([0] * 7)] == [a.tolist() for a in three.added_since([0] * 7)]
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        Vocabulary(1, 0, threads=0)

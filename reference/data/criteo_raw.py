@@ -119,17 +119,17 @@ def _digits(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray, max_width:
     return values, bad
 
 
-def parse_block(data: bytes, path: str = "<data>", first_line: int = 1, max_ind_range: int = 0,
+def parse_block(data, path: str = "<data>", first_line: int = 1, max_ind_range: int = 0,
                 on_bad_line: str = "error") -> ParsedBlock:
-    """Parse whole lines (``data`` ends with a newline, or holds the file's
-    last line without one). ``first_line`` is the 1-based number of the
+    """Parse whole lines (``data``, bytes or any buffer, ends with a newline,
+    or holds the file's last line without one). ``first_line`` is the 1-based number of the
     block's first line in its file, for error messages."""
     if on_bad_line not in ("error", "skip"):
         raise ValueError(f"on_bad_line must be 'error' or 'skip', got {on_bad_line!r}")
     if max_ind_range < 0:
         raise ValueError(f"max_ind_range must be >= 0, got {max_ind_range}")
     buf = np.frombuffer(data, dtype=np.uint8)
-    n = data.count(b"\n")
+    n = int(np.count_nonzero(buf == 10))
     if buf.size and buf[-1] != 10:
         buf = np.append(buf, np.uint8(10))
         n += 1
@@ -195,7 +195,7 @@ def _parse_clean(buf, max_ind_range, records, categorical):  # pragma: no cover 
     return n
 
 
-def parse_checked(data: bytes, path: str = "<data>", first_line: int = 1, max_ind_range: int = 0,
+def parse_checked(data, path: str = "<data>", first_line: int = 1, max_ind_range: int = 0,
                   on_bad_line: str = "error") -> ParsedBlock:
     """The vectorised numpy parser: slower, but it finds every malformed line
     and names the first one's field (or drops them all with "skip")."""

@@ -13,10 +13,14 @@ distinct values.
 
 Lookups run in compiled loops (numba): one pass per column in row order, an
 unseen value taking the next id as it is met, which is exactly the
-first-appearance rule with no sorting.
+first-appearance rule with no sorting. Columns are independent, so with
+``threads > 1`` groups of columns are mapped at once (the loops let go of the
+GIL); ids do not depend on it.
 """
 
 from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
@@ -134,12 +138,17 @@ def _rehash(keys, ids, new_keys, new_ids, bits):  # pragma: no cover (compiled)
 
 
 class Vocabulary:
-    def __init__(self, num_columns: int, max_ind_range: int):
+    def __init__(self, num_columns: int, max_ind_range: int, threads: int = 1):
         if max_ind_range < 0:
             raise ValueError(f"max_ind_range must be >= 0, got {max_ind_range}")
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
         self.max_ind_range = max_ind_range
         self._columns = [_Column(max_ind_range) for _ in range(num_columns)]
         self.order: list[list[np.ndarray]] = [[] for _ in range(num_columns)]  # values in id order, by block
+        # Column c goes to group c mod threads: the large columns of Criteo spread over the groups.
+        self._groups = [list(range(g, num_columns, threads)) for g in range(min(threads, num_columns))]
+        self._pool = ThreadPoolExecutor(len(self._groups)) if len(self._groups) > 1 else None
 
     @property
     def num_columns(self) -> int:
@@ -165,10 +174,17 @@ class Vocabulary:
         if out.shape != values.shape or out.dtype != np.int32:
             raise ValueError(f"out must be int32 of shape {values.shape}, got {out.dtype} {out.shape}")
         values = values.astype(np.int64, copy=False)
-        for c, column in enumerate(self._columns):
-            new = column.map(values[:, c], out[:, c])
-            if new.size:
-                self.order[c].append(new)
+
+        def map_group(columns: list[int]) -> list[np.ndarray]:
+            return [self._columns[c].map(values[:, c], out[:, c]) for c in columns]
+        if self._pool is None:
+            results = [map_group(self._groups[0])] if self._groups else []
+        else:
+            results = list(self._pool.map(map_group, self._groups))  # raises what a thread raised
+        for columns, news in zip(self._groups, results):
+            for c, new in zip(columns, news):
+                if new.size:
+                    self.order[c].append(new)
         return out
 
     def added_since(self, marks: list[int]) -> list[np.ndarray]:
