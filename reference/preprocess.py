@@ -2,7 +2,7 @@
 
     python -m reference.preprocess --dataset {terabyte,kaggle} --raw PATH --out DIR
         [--max-ind-range 40000000] [--sub-sample-rate R] [--days N] [--seed S]
-        [--on-bad-line {error,skip}] [--buckets K]
+        [--on-bad-line {error,skip}] [--buckets K] [--workers N]
 
 Semantics of the original reference (REFERENCE.md): empty -> 0, negative
 integers -> 0, categorical = hex mod max-ind-range, one dictionary per column
@@ -19,8 +19,14 @@ kill -9 skips what is complete and writes byte-identical outputs):
               offset in the training file, so no split is ever held whole;
   3. split:   the last day becomes the test and val files;
   4. finish:  counts file and manifest (rows, table sizes, options, sha256).
-Memory: the dictionaries (26 x max-ind-range x 4 B: 4.2 GB at 40M), one block
-of input, one bucket. Temporary disk: about the size of the training output.
+Threads (``--workers``, default: cores) do what does not depend on order:
+parsing the next days, the dictionary columns of a block, the gather and
+write of a shuffle bucket; a writer thread scatters each day's rows into the
+buckets in block order. The outputs do not depend on the number of threads.
+Memory: the dictionaries (hash tables sized to the values seen, at most
+26 x max-ind-range x 4 B: 4.2 GB at 40M; freed before the shuffle), a few
+8 MB blocks per thread, then two buckets (at most about 512 MB each).
+Temporary disk: at most a quarter of the training output besides the outputs.
 """
 
 from __future__ import annotations
@@ -229,8 +235,8 @@ def _parse_worker(source: DaySource, max_ind_range: int, on_bad_line: str, out: 
 
 class ParseAhead:
     """Parses the next ``workers`` days in threads while the caller maps the
-    current one (numpy releases the GIL in the vectorised parsing, and threads
-    die with the process: a killed run leaves nothing behind). Everything
+    current one (the compiled parser and file reads let go of the GIL, and
+    threads die with the process: a killed run leaves nothing behind). Everything
     order-dependent (sub-sampling draws, id assignment, bucket scatter) stays in
     the caller, so the outputs do not depend on the number of workers. Queues
     are bounded: memory stays at a few blocks per worker."""
