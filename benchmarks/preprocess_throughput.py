@@ -49,13 +49,47 @@ def folder_bytes(path: str, allocated: bool = False) -> int:
     return total
 
 
-def measure(rows: int, days: int, cache: str) -> dict:
-    raw = os.path.join(cache, f"raw_{rows}_{days}")
+def write_uniform_days(folder: str, days: int, rows_per_day: int, seed: int = 0) -> None:
+    """The dictionaries' worst case: every categorical a uniform 32-bit value
+    (8 hex digits), so nearly every value is new until a column holds millions
+    and its dictionary turns dense; dense fields 5 digits. Fixed-width lines,
+    built as one byte array per day."""
+    import numpy as np
+
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    digits, hexdigits = np.frombuffer(b"0123456789", np.uint8), np.frombuffer(b"0123456789abcdef", np.uint8)
+    width = 2 + 13 * 6 + 26 * 9
+    for d in range(days):
+        line = np.empty((rows_per_day, width), dtype=np.uint8)
+        line[:, 0] = 48 + rng.integers(0, 2, rows_per_day)
+        line[:, 1] = 9
+        dense = rng.integers(0, 100_000, (rows_per_day, 13))
+        for f in range(13):
+            at = 2 + 6 * f
+            for k in range(5):
+                line[:, at + k] = digits[dense[:, f] // 10 ** (4 - k) % 10]
+            line[:, at + 5] = 9
+        cats = rng.integers(0, 2 ** 32, (rows_per_day, 26), dtype=np.uint64)
+        for f in range(26):
+            at = 2 + 13 * 6 + 9 * f
+            for k in range(8):
+                line[:, at + k] = hexdigits[(cats[:, f] >> np.uint64(4 * (7 - k))) & np.uint64(15)]
+            line[:, at + 8] = 10 if f == 25 else 9
+        line.tofile(os.path.join(folder, f"day_{d}"))
+
+
+def measure(rows: int, days: int, cache: str, uniform: bool = False) -> dict:
+    kind = "uniform" if uniform else "raw"
+    raw = os.path.join(cache, f"{kind}_{rows}_{days}")
     if not os.path.isfile(os.path.join(raw, f"day_{days - 1}")):
         started = time.time()
-        write_raw_days(raw, SyntheticSpec(seed=11), days, rows // days)
+        if uniform:
+            write_uniform_days(raw, days, rows // days)
+        else:
+            write_raw_days(raw, SyntheticSpec(seed=11), days, rows // days)
         print(f"wrote {rows:,} raw rows in {time.time() - started:.0f} s to {raw}", file=sys.stderr)
-    out = os.path.join(cache, f"out_{rows}_{days}")
+    out = os.path.join(cache, f"out_{kind}_{rows}_{days}")
     subprocess.run(["rm", "-rf", out], check=True)
     peak_disk = [0]
     stop = threading.Event()
@@ -81,7 +115,7 @@ def measure(rows: int, days: int, cache: str) -> dict:
     outputs = sum(f["bytes"] for f in manifest["files"].values())
     total_rows = sum(manifest["splits"].values())
     raw_bytes = folder_bytes(raw)
-    return {"rows": total_rows, "days": days, "raw_mb": round(raw_bytes / 1e6), "seconds": round(seconds, 1),
+    return {"data": "uniform" if uniform else "synthetic", "rows": total_rows, "days": days, "raw_mb": round(raw_bytes / 1e6), "seconds": round(seconds, 1),
             "rows_per_s": round(total_rows / seconds), "raw_mb_per_s": round(raw_bytes / 1e6 / seconds, 1),
             "cpu_seconds": round(float(cpu_seconds), 1), "peak_rss_mb": round(int(peak_rss_kb) / 1024),
             "output_mb": round(outputs / 1e6), "peak_disk_over_output": round(peak_disk[0] / outputs, 2),
@@ -171,24 +205,28 @@ def projection(run: dict, rates: dict, cores: int = 32) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 4_000_000])
+    p.add_argument("--rows", type=int, nargs="*", default=[1_000_000, 4_000_000])
     p.add_argument("--days", type=int, default=24)
     p.add_argument("--cache", default=os.path.join(ROOT, ".cache", "bench_preprocess"))
+    p.add_argument("--uniform-rows", type=int, nargs="*", default=[],
+                   help="also run on days of uniformly random categoricals (the dictionaries' worst case: "
+                        "8M rows fill them to their dense 4.2 GB bound)")
     p.add_argument("--no-projection", action="store_true", help="skip the per-core rates and the projection")
     args = p.parse_args(argv)
     # The first run compiles the parser and the dictionaries' loops (about 3 s, then cached):
     # pay it here, so the timed runs are what every later run costs.
     measure(args.days * 100, args.days, args.cache)
     results = [measure(rows, args.days, args.cache) for rows in args.rows]
-    print(f"{'rows':>10} {'raw MB':>7} {'seconds':>8} {'rows/s':>9} {'MB/s':>6} {'CPU s':>6} {'peak RSS MB':>12} "
+    results += [measure(rows, args.days, args.cache, uniform=True) for rows in args.uniform_rows]
+    print(f"{'data':>9} {'rows':>10} {'raw MB':>7} {'seconds':>8} {'rows/s':>9} {'MB/s':>6} {'CPU s':>6} {'peak RSS MB':>12} "
           f"{'peak disk / output':>19}  stages (s)")
     for r in results:
-        print(f"{r['rows']:>10,} {r['raw_mb']:>7} {r['seconds']:>8} {r['rows_per_s']:>9,} {r['raw_mb_per_s']:>6} "
+        print(f"{r['data']:>9} {r['rows']:>10,} {r['raw_mb']:>7} {r['seconds']:>8} {r['rows_per_s']:>9,} {r['raw_mb_per_s']:>6} "
               f"{r['cpu_seconds']:>6} {r['peak_rss_mb']:>12} {r['peak_disk_over_output']:>19}  "
               f"{r['stage_seconds']}, ids in order {r['in_order_seconds']}")
     report = {"runs": results}
     if not args.no_projection:
-        largest = max(results, key=lambda r: r["rows"])
+        largest = max((r for r in results if r["data"] == "synthetic"), key=lambda r: r["rows"])
         report["rates"] = per_core_rates(largest["raw"])
         report["projection_hours_32_cores"] = projection(largest, report["rates"])
         print(f"per core: {report['rates']}")

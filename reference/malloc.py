@@ -18,15 +18,31 @@ _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 _INT_MAX = 2**31 - 1
 
 
+def _libc_function(name: str):
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
+    except (OSError, AttributeError):
+        return None
+
+
 def keep_freed_memory() -> bool:
     """Apply the settings; False where the C library is not glibc (nothing changes)."""
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = _libc_function("mallopt")
+    if mallopt is None:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # mallopt returns 1 on success; 32 MB is glibc's largest mmap threshold on 64-bit.
     return all(mallopt(option, value) == 1 for option, value in
                ((_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, _INT_MAX), (_M_TOP_PAD, 256 << 20)))
+
+
+def release_freed_memory() -> bool:
+    """Give the heap's free memory back to the system now (glibc malloc_trim),
+    for when large buffers were freed for good: with the settings above the
+    heap would otherwise keep them. False where there is no malloc_trim."""
+    trim = _libc_function("malloc_trim")
+    if trim is None:
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    trim(0)
+    return True

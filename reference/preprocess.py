@@ -448,7 +448,6 @@ class Pipeline:
                     os.remove(path)
 
     def _map_day(self, day: int, source: DaySource, folder: str, is_train: bool, bar, blocks) -> dict:
-        mark = self.vocab.marks()
         keep_rng = np.random.default_rng([self.o.seed, day, 0])
         writer = _DayWriter(folder, self.o.buckets if is_train else 0, np.random.default_rng([self.o.seed, day, 1]))
         lines = skipped = kept = 0
@@ -473,7 +472,9 @@ class Pipeline:
                 busy += time.perf_counter() - work_started
         finally:
             counts = writer.close()
-        additions = self.vocab.added_since(mark)
+        additions = self.vocab.take_additions()
+        if 0 < self.o.max_ind_range <= 2 ** 31:  # values below max_ind_range: half the disk as int32
+            additions = [a.astype(np.int32) for a in additions]
         np.savez(os.path.join(folder, "vocabulary.npz"), **{f"c{c}": a for c, a in enumerate(additions)})
         record = {"day": day, "path": source.label, "source": source.signature(), "lines": lines,
                   "skipped": skipped, "kept": kept, "train": is_train, "buckets": counts.tolist(),

@@ -26,6 +26,7 @@ import numba
 import numpy as np
 
 from ..hugepages import advise_huge_pages
+from ..malloc import release_freed_memory
 
 _FIRST_CAPACITY = 1 << 10
 _SLOT_BYTES = 12            # int64 key + int32 id
@@ -68,6 +69,7 @@ class _Column:
             used = self.ids >= 0
             self.dense[self.keys[used]] = self.ids[used] + 1
             self.keys = self.ids = None
+            release_freed_memory()  # the outgrown tables, which the heap would keep (reference/malloc.py)
             return
         keys, ids = np.zeros(capacity, dtype=np.int64), np.full(capacity, -1, dtype=np.int32)
         _rehash(self.keys, self.ids, keys, ids, capacity.bit_length() - 1)
@@ -145,7 +147,8 @@ class Vocabulary:
             raise ValueError(f"threads must be >= 1, got {threads}")
         self.max_ind_range = max_ind_range
         self._columns = [_Column(max_ind_range) for _ in range(num_columns)]
-        self.order: list[list[np.ndarray]] = [[] for _ in range(num_columns)]  # values in id order, by block
+        # Values added since the last take_additions(), in id order, by block: a day's worth at most.
+        self._added: list[list[np.ndarray]] = [[] for _ in range(num_columns)]
         # Column c goes to group c mod threads: the large columns of Criteo spread over the groups.
         self._groups = [list(range(g, num_columns, threads)) for g in range(min(threads, num_columns))]
         self._pool = ThreadPoolExecutor(len(self._groups)) if len(self._groups) > 1 else None
@@ -184,20 +187,18 @@ class Vocabulary:
         for columns, news in zip(self._groups, results):
             for c, new in zip(columns, news):
                 if new.size:
-                    self.order[c].append(new)
+                    self._added[c].append(new)
         return out
 
-    def added_since(self, marks: list[int]) -> list[np.ndarray]:
-        """Values added after each column had ``marks[c]`` blocks of additions
-        (for saving a day's additions and replaying them on resume)."""
-        return [np.concatenate(self.order[c][marks[c]:]) if self.order[c][marks[c]:] else np.zeros(0, np.int64)
-                for c in range(self.num_columns)]
-
-    def marks(self) -> list[int]:
-        return [len(blocks) for blocks in self.order]
+    def take_additions(self) -> list[np.ndarray]:
+        """The values added since the last call, per column in id order (a
+        day's new entries, saved for resume), and forget them."""
+        additions = [np.concatenate(blocks) if blocks else np.zeros(0, np.int64) for blocks in self._added]
+        self._added = [[] for _ in self._columns]
+        return additions
 
     def extend(self, additions: list[np.ndarray]) -> None:
-        """Replay additions saved with :meth:`added_since` (ids follow in order)."""
+        """Replay additions saved from :meth:`take_additions` (ids follow in order)."""
         for c, values in enumerate(additions):
             values = np.asarray(values, dtype=np.int64)
             if not values.size:
@@ -205,4 +206,3 @@ class Vocabulary:
             new = self._columns[c].map(values, np.empty(values.size, dtype=np.int32))
             if new.size != values.size:
                 raise ValueError(f"column {c}: saved additions repeat {values.size - new.size} known values")
-            self.order[c].append(new)
