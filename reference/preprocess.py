@@ -51,7 +51,7 @@ from tqdm import tqdm
 from .data.binary import COLUMNS, RECORD_BYTES, write_counts
 from .data.criteo_raw import NUM_DENSE, NUM_SPARSE, RawFormatError, parse_block
 from .data.vocabulary import Vocabulary
-from .malloc import keep_freed_memory
+from .malloc import keep_freed_memory, release_freed_memory
 
 # Input read and parsed at a time: small enough that a block's arrays stay under glibc's mmap
 # threshold, so freed ones are reused instead of faulted in again (reference/malloc.py).
@@ -363,7 +363,7 @@ class Pipeline:
                  workers: int = 0):
         self.o = options
         self.workers = workers
-        self.threads = max(1, workers)  # for the shuffle's gather and write
+        self.threads = max(1, workers)  # dictionary columns mapped at once; parts of a shuffle bucket
         self.inputs = inputs
         self.out = out
         self.work = os.path.join(out, "work")
@@ -586,6 +586,7 @@ class Pipeline:
         stages["map"] = time.time() - started
         table_sizes = self.vocab.sizes
         self.vocab = None  # up to 4.2 GB of dictionaries: freed before the shuffle's buffers
+        release_freed_memory()
         train = self.shuffle_train(records)
         stages["shuffle"] = time.time() - started - sum(stages.values())
         test, val = self.split_last_day(records)
