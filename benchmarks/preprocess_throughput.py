@@ -181,6 +181,34 @@ def per_core_rates(raw: str) -> dict:
             "gunzip_mb_per_s": round(gunzip_mb_s), "block_mb": BLOCK_BYTES >> 20}
 
 
+def pyarrow_comparison(raw: str) -> dict:
+    """The issue's alternative to our parser: pyarrow's C++ CSV reader, one
+    thread, on one day file, against our whole parse (label, dense, hex and
+    mod). pyarrow is not a dependency: install it to run this."""
+    import pyarrow as pa
+    import pyarrow.csv as csv
+
+    from reference.data.criteo_raw import parse_block
+
+    text = open(os.path.join(raw, "day_0"), "rb").read()
+    names = ["label"] + [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]
+    types = {n: pa.int64() if i < 14 else pa.string() for i, n in enumerate(names)}
+    parse_block(text[:100_000].rsplit(b"\n", 1)[0] + b"\n", max_ind_range=40_000_000)  # load the compiled code
+    ours, arrow = [], []
+    for _ in range(3):
+        started = time.perf_counter()
+        parse_block(text, max_ind_range=40_000_000)
+        ours.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        csv.read_csv(pa.py_buffer(text), read_options=csv.ReadOptions(column_names=names, use_threads=False),
+                     parse_options=csv.ParseOptions(delimiter="\t"),
+                     convert_options=csv.ConvertOptions(column_types=types))
+        arrow.append(time.perf_counter() - started)
+    return {"pyarrow": pa.__version__, "ours_s": round(min(ours), 3),
+            "pyarrow_read_csv_s (hex left as strings)": round(min(arrow), 3),
+            "pyarrow_over_ours": round(min(arrow) / min(ours), 2)}
+
+
 def projection(run: dict, rates: dict, cores: int = 32) -> dict:
     """Hours for Criteo 1TB on ``cores`` cores (``--workers`` = cores): the
     largest of
@@ -212,7 +240,13 @@ def main(argv=None) -> int:
                    help="also run on days of uniformly random categoricals (the dictionaries' worst case: "
                         "8M rows fill them to their dense 4.2 GB bound)")
     p.add_argument("--no-projection", action="store_true", help="skip the per-core rates and the projection")
+    p.add_argument("--compare-pyarrow", action="store_true",
+                   help="only compare the parser with pyarrow's CSV reader on one day of the first --rows size "
+                        "(needs pyarrow installed)")
     args = p.parse_args(argv)
+    if args.compare_pyarrow:
+        print(json.dumps(pyarrow_comparison(os.path.join(args.cache, f"raw_{args.rows[0]}_{args.days}"))))
+        return 0
     # The first run compiles the parser and the dictionaries' loops (about 3 s, then cached):
     # pay it here, so the timed runs are what every later run costs.
     measure(args.days * 100, args.days, args.cache)
