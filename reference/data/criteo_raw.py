@@ -148,6 +148,19 @@ def _count_lines(buf):  # pragma: no cover (compiled)
     return n
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def _digits_at(buf, i, table, base):  # pragma: no cover (compiled)
+    """The value (uint64, wrapping when too long) of the digits from buf[i] in
+    ``base``, by ``table`` (-1: not a digit), and where they end."""
+    value = np.uint64(0)
+    while True:
+        digit = table[buf[i]]
+        if digit < 0:
+            return value, i
+        value = value * np.uint64(base) + np.uint64(digit)
+        i += 1
+
+
 @numba.njit(nogil=True, cache=True)
 def _parse_clean(buf, max_ind_range, records, categorical):  # pragma: no cover (compiled)
     """Fill ``records`` (label and dense columns) and ``categorical`` from
@@ -171,29 +184,16 @@ def _parse_clean(buf, max_ind_range, records, categorical):  # pragma: no cover 
             negative = buf[i] == 45
             if negative:
                 i += 1
-            value = np.int64(0)
-            start = i
-            while True:
-                digit = _DECIMAL[buf[i]]
-                if digit < 0:
-                    break
-                value = value * 10 + digit
-                i += 1
-            width = i - start
+            value, end = _digits_at(buf, i, _DECIMAL, 10)
+            width, i = end - i, end
             if buf[i] != 9 or width > MAX_DENSE_DIGITS or (negative and width == 0):
                 return n
             i += 1
-            records[n, 1 + f] = 0 if negative else min(value, INT32_MAX)
+            records[n, 1 + f] = 0 if negative else min(np.int64(value), INT32_MAX)
         for f in range(NUM_SPARSE):
-            value = np.uint64(0)
-            start = i
-            while True:
-                digit = _HEXADECIMAL[buf[i]]
-                if digit < 0:
-                    break
-                value = (value << np.uint64(4)) | np.uint64(digit)
-                i += 1
-            if buf[i] != (10 if f == NUM_SPARSE - 1 else 9) or i - start > MAX_HEX_DIGITS:
+            value, end = _digits_at(buf, i, _HEXADECIMAL, 16)
+            width, i = end - i, end
+            if buf[i] != (10 if f == NUM_SPARSE - 1 else 9) or width > MAX_HEX_DIGITS:
                 return n
             i += 1
             if max_ind_range > 0:
