@@ -1,14 +1,24 @@
-"""Training throughput of the MLPerf architecture, and the share of a step
-that is not the dense MLPs.
+"""Training throughput of the MLPerf architecture per dense-compute path, side
+by side in one run, and the share of each step that is not the dense MLPs.
 
-Configuration (issue #2): 26 tables of 100,000 rows, dimension 128, bottom
+Configuration: 26 tables of 100,000 rows, dimension 128, bottom
 13-512-256-128, top 1024-1024-512-256-1, batch 2048, random ids, read through
-the real binary loader. For each optimiser it times full training steps
-(loader + embeddings + interaction + MLPs + optimiser) and, interleaved in the
-same run, the dense MLP forward+backward alone on the same batch (the floor no
-implementation goes under on this CPU). Median over steps.
+the real binary loader. Paths (each a full Trainer on its own copy of the
+model):
 
-    python -m benchmarks.train_throughput [--steps 20] [--optimizers sgd rowwise_adagrad]
+- ``fp32 aten``:   precision fp32, linear_kernel=aten (plain ``nn.Linear``: torch's BLAS);
+- ``fp32 onednn``: precision fp32, linear_kernel=onednn (the exact oneDNN kernel);
+- ``bf16``:        precision bf16 (autocast), where the CPU has native bf16.
+
+For each optimiser the paths' training steps (loader + embeddings +
+interaction + MLPs + optimiser) are timed interleaved, step by step, so a busy
+machine slows all of them alike; after each step the same path's MLP
+forward+backward alone on the same batch (its floor: what is left is dense
+compute) is timed too. Medians over steps; every ratio compares figures of
+this run. The header names the CPU, its relevant flags, and which kernel
+``linear_kernel=auto`` picks here.
+
+    python -m benchmarks.train_throughput [--steps 20] [--optimizers sgd rowwise_adagrad] [--json FILE]
 """
 
 from __future__ import annotations
@@ -16,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -28,13 +37,31 @@ import torch
 from reference.config import Config
 from reference.data.binary import write_binary
 from reference.data.loader import BinaryDataset
+from reference.linear import onednn_available
 from reference.mlperf_log import MLPerfLogger
-from reference.model import DLRM
+from reference.model import DLRM, resolve_linear_kernel
+from reference.precision import cpu_bf16_support
 from reference.train import Trainer
 
-# The seed (dlrm_s_pytorch.py) on this configuration and machine type: ~700 ms
-# per iteration, ~2,900 samples/s (../shared/REFERENCE.md, "Measured here").
-SEED_SAMPLES_PER_S = 2900
+PATHS = {"fp32 aten": dict(precision="fp32", linear_kernel="aten"),
+         "fp32 onednn": dict(precision="fp32", linear_kernel="onednn"),
+         "bf16": dict(precision="bf16")}
+FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx_vnni")
+
+
+def cpu_description() -> dict:
+    model, flags = "unknown", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and model == "unknown":
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return {"cpu": model, "flags": [name for name in FLAGS if name in flags],
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def random_file(path: str, rows: int, table_rows: int, seed: int = 0) -> None:
@@ -46,41 +73,66 @@ def random_file(path: str, rows: int, table_rows: int, seed: int = 0) -> None:
     write_binary(path, iter([data]))
 
 
-def mlp_only_step(model: DLRM, batch, pairs: torch.Tensor) -> None:
+def mlp_only_step(trainer: Trainer, batch, pairs: torch.Tensor) -> None:
     """Bottom and top MLP forward+backward with the interaction's output
-    replaced by a constant: what is left is the dense compute."""
+    replaced by a constant, in the trainer's precision: what is left is the
+    dense compute."""
+    model = trainer.model
     model.zero_grad(set_to_none=True)
-    x = model.bottom_mlp(batch.dense)
-    logits = model.top_mlp(torch.cat([x, pairs], dim=1)).squeeze(1)
+    with trainer.precision.autocast():
+        x = model.bottom_mlp(batch.dense)
+        logits = model.top_mlp(torch.cat([x, pairs.to(x.dtype)], dim=1)).squeeze(1)
     torch.nn.functional.binary_cross_entropy_with_logits(logits, batch.labels).backward()
 
 
-def measure(optimizer: str, path: str, args) -> dict:
+def make_trainer(optimizer: str, settings: dict, data: BinaryDataset, sizes: list[int], batch_size: int) -> Trainer:
     cfg = Config()
-    cfg.update(dict(optimizer=optimizer, batch_size=args.batch_size, learning_rate=0.01, progress=False,
-                    submission_division="open"), origin="benchmark")
+    cfg.update(dict(optimizer=optimizer, batch_size=batch_size, learning_rate=0.01, progress=False,
+                    submission_division="open", **settings), origin="benchmark")
     cfg.validate()
+    return Trainer(cfg, DLRM.from_config(cfg, sizes), data, data, MLPerfLogger(None))
+
+
+def measure(optimizer: str, paths: list[str], path: str, args) -> list[dict]:
     sizes = [args.table_rows] * 26
     data = BinaryDataset(path, args.batch_size, sizes)
-    model = DLRM.from_config(cfg, sizes)
-    trainer = Trainer(cfg, model, data, data, MLPerfLogger(None))
+    trainers = {name: make_trainer(optimizer, PATHS[name], data, sizes, args.batch_size) for name in paths}
     pairs = torch.randn(args.batch_size, 27 * 26 // 2)
-    step_ms, mlp_ms = [], []
+    step_ms = {name: [] for name in paths}
+    mlp_ms = {name: [] for name in paths}
     for i in range(args.warmup + args.steps):
         index = i % data.num_batches
-        t0 = time.perf_counter()
-        trainer.train_step(data.batch(index))  # the loader's read is part of the step
-        t1 = time.perf_counter()
-        mlp_only_step(model, data.batch(index), pairs)
-        t2 = time.perf_counter()
-        if i >= args.warmup:
-            step_ms.append((t1 - t0) * 1e3)
-            mlp_ms.append((t2 - t1) * 1e3)
-    step, mlp = statistics.median(step_ms), statistics.median(mlp_ms)
-    return {"optimizer": optimizer, "step_ms": round(step, 1), "mlp_only_ms": round(mlp, 1),
-            "samples_per_s": round(args.batch_size / step * 1e3),
-            "non_mlp_share": round(1 - mlp / step, 3),
-            "speedup_vs_seed": round(args.batch_size / step * 1e3 / SEED_SAMPLES_PER_S, 2)}
+        for name, trainer in trainers.items():
+            t0 = time.perf_counter()
+            trainer.train_step(data.batch(index)).item()  # the loader's read is part of the step
+            t1 = time.perf_counter()
+            mlp_only_step(trainer, data.batch(index), pairs)
+            t2 = time.perf_counter()
+            if i >= args.warmup:
+                step_ms[name].append((t1 - t0) * 1e3)
+                mlp_ms[name].append((t2 - t1) * 1e3)
+    base = statistics.median(step_ms[paths[0]])
+    results = []
+    for name in paths:
+        step, mlp = statistics.median(step_ms[name]), statistics.median(mlp_ms[name])
+        results.append({"optimizer": optimizer, "path": name, "step_ms": round(step, 1),
+                        "mlp_only_ms": round(mlp, 1), "samples_per_s": round(args.batch_size / step * 1e3),
+                        "non_mlp_share": round(1 - mlp / step, 3), "step_vs_floor": round(step / mlp, 2),
+                        "step_vs_fp32_aten": round(step / base, 3)})
+    return results
+
+
+def auto_verdicts(results: list[dict], auto: str) -> list[str]:
+    """Whether linear_kernel=auto's choice is the faster fp32 path on this CPU, per optimiser."""
+    notes = []
+    for optimizer in dict.fromkeys(r["optimizer"] for r in results):
+        fp32 = {r["path"]: r["step_ms"] for r in results if r["optimizer"] == optimizer and r["path"] != "bf16"}
+        if len(fp32) < 2:
+            continue
+        fastest = min(fp32, key=fp32.get)
+        verdict = "the faster" if fastest == f"fp32 {auto}" else f"not the faster ({fastest} is)"
+        notes.append(f"{optimizer}: linear_kernel=auto picks {auto}, {verdict} on this CPU")
+    return notes
 
 
 def main(argv=None) -> int:
@@ -92,21 +144,40 @@ def main(argv=None) -> int:
     p.add_argument("--optimizers", nargs="+", default=["sgd", "rowwise_adagrad"])
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
+    paths = ["fp32 aten"]
+    notes = []
+    if onednn_available():
+        paths.append("fp32 onednn")
+    else:
+        notes.append("fp32 onednn: not measured, this torch build has no oneDNN")
+    missing = cpu_bf16_support()
+    if missing is None:
+        paths.append("bf16")
+    else:
+        notes.append(f"bf16: not measured, the CPU lacks {missing}")
+    auto, reason = resolve_linear_kernel(Config().validate())
+    info = {**cpu_description(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "batch_size": args.batch_size, "table_rows": args.table_rows, "steps": args.steps,
+            "linear_kernel_auto": f"{auto} ({reason})"}
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "random.bin")
         random_file(path, 16 * args.batch_size, args.table_rows)
-        results = [measure(name, path, args) for name in args.optimizers]
-    info = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor()
-            or platform.machine(), "batch_size": args.batch_size, "table_rows": args.table_rows,
-            "steps": args.steps}
+        results = [r for name in args.optimizers for r in measure(name, paths, path, args)]
+    notes += auto_verdicts(results, auto)
     print(f"# {json.dumps(info)}")
-    print(f"{'optimizer':<16} {'step ms':>8} {'MLP-only ms':>12} {'samples/s':>10} {'non-MLP share':>14} {'vs seed':>8}")
+    for note in notes:
+        print(f"# {note}")
+    print(f"{'optimizer':<16} {'path':<12} {'step ms':>8} {'MLP-only ms':>12} {'samples/s':>10} "
+          f"{'non-MLP share':>14} {'step/floor':>11} {'vs fp32 aten':>13}")
     for r in results:
-        print(f"{r['optimizer']:<16} {r['step_ms']:>8} {r['mlp_only_ms']:>12} {r['samples_per_s']:>10,} "
-              f"{r['non_mlp_share']:>14.1%} {r['speedup_vs_seed']:>7}x")
+        print(f"{r['optimizer']:<16} {r['path']:<12} {r['step_ms']:>8} {r['mlp_only_ms']:>12} "
+              f"{r['samples_per_s']:>10,} {r['non_mlp_share']:>14.1%} {r['step_vs_floor']:>10}x "
+              f"{r['step_vs_fp32_aten']:>12}x")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"info": info, "results": results}, f, indent=1)
+        tmp_path = args.json + ".tmp"
+        with open(tmp_path, "w") as f:
+            json.dump({"info": info, "notes": notes, "results": results}, f, indent=1)
+        os.replace(tmp_path, args.json)
     return 0
 
 

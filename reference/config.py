@@ -19,6 +19,8 @@ import yaml
 INTERACTIONS = ("dot", "cat", "sum")
 OPTIMIZERS = ("sgd", "rowwise_adagrad", "adagrad")
 DIST_BACKENDS = ("auto", "gloo", "nccl", "mpi")
+PRECISIONS = ("fp32", "bf16")
+LINEAR_KERNELS = ("auto", "aten", "onednn")
 DIVISIONS = ("closed", "open")
 STATUSES = ("onprem", "cloud", "preview", "research")
 
@@ -79,7 +81,15 @@ class Config:
     num_threads: int = _doc("Torch intra-op threads (0 = torch's default).", default=0)
     device: str = _doc("cpu, cuda or cuda:N (the model, batches and optimiser state live there).",
                        default="cpu")
-    log_every: int = _doc("Progress line every N iterations.", default=50)
+    precision: str = _doc("fp32, or bf16: the MLPs and the interaction in bf16 (autocast) with fp32 weights, "
+                          "tables, loss and metrics; needs a CPU with avx512_bf16 or AMX, or a GPU.",
+                          default="fp32")
+    linear_kernel: str = _doc("GEMM kernel of the MLPs in fp32 on CPU: aten (torch's BLAS), onednn, or auto "
+                              "(onednn on x86 CPUs not made by Intel, else aten; bf16 and CUDA use torch's "
+                              "own).", default="auto")
+    prefetch_batches: int = _doc("Batches read ahead in a background thread (0 = read on the main thread; "
+                                 "the results are the same).", default=2)
+    log_every: int = _doc("Progress line (and loss read-out) every N iterations.", default=50)
     progress: bool = _doc("Show a tqdm progress bar on stderr.", default=True)
 
     # --- several processes (torchrun, mpirun, srun) ---
@@ -157,7 +167,7 @@ class Config:
     def validate(self) -> "Config":
         positive = ["embedding_dim", "batch_size", "eval_batch_size", "epochs", "log_every"]
         non_negative = ["warmup_steps", "decay_start_step", "decay_steps", "max_ind_range", "eval_every",
-                        "num_threads", "checkpoint_every", "seed", "max_steps"]
+                        "num_threads", "checkpoint_every", "seed", "max_steps", "prefetch_batches"]
         for key in positive:
             if getattr(self, key) <= 0:
                 self._fail(key, f"must be > 0, got {getattr(self, key)}")
@@ -165,7 +175,8 @@ class Config:
             if getattr(self, key) < 0:
                 self._fail(key, f"must be >= 0, got {getattr(self, key)}")
         for key, allowed in (("interaction", INTERACTIONS), ("optimizer", OPTIMIZERS),
-                             ("dist_backend", DIST_BACKENDS),
+                             ("dist_backend", DIST_BACKENDS), ("precision", PRECISIONS),
+                             ("linear_kernel", LINEAR_KERNELS),
                              ("submission_division", DIVISIONS), ("submission_status", STATUSES)):
             if getattr(self, key) not in allowed:
                 self._fail(key, f"must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
@@ -209,6 +220,10 @@ class Config:
                                     f"(set submission_division=open)")
         if self.submission_division == "closed" and self.decay_power != 2:
             self._fail("decay_power", f"the closed division requires 2, got {self.decay_power}")
+        if self.linear_kernel == "onednn" and (self.precision != "fp32" or self.device != "cpu"):
+            self._fail("linear_kernel", f"onednn is a kernel for fp32 on CPU; with precision={self.precision} "
+                                        f"on {self.device} the MLPs use torch's own GEMMs (leave linear_kernel "
+                                        f"at auto)")
         if self.device != "cpu":
             import torch  # only where a GPU is asked for: config stays cheap to import
 

@@ -14,20 +14,40 @@ class _PairwiseDots(torch.autograd.Function):
     ``bmm``: dL/dV = (G + G^T) V, with G the output gradient scattered into
     the Gram matrix's shape. Small batched GEMMs are slow on CPU, so this
     halves the interaction's share of a step (benchmarks/RESULTS.md).
+
+    Under autocast the forward ``bmm`` runs in bf16; the backward (which
+    autograd runs outside autocast) uses the same bf16 copy of the vectors,
+    so both passes compute in one precision, and returns the input's dtype.
     """
 
     @staticmethod
     def forward(ctx, vectors: torch.Tensor, flat_index: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(vectors, flat_index)
-        gram = torch.bmm(vectors, vectors.transpose(1, 2))
+        device = vectors.device.type
+        compute = vectors.to(torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device) else vectors
+        gram = torch.bmm(compute, compute.transpose(1, 2))
+        ctx.save_for_backward(compute, flat_index)
+        ctx.input_dtype = vectors.dtype
         return gram.view(gram.shape[0], -1).index_select(1, flat_index)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         vectors, flat_index = ctx.saved_tensors
         b, n, _ = vectors.shape
-        g = grad.new_zeros(b, n * n).index_copy_(1, flat_index, grad).view(b, n, n)
-        return torch.bmm(g + g.transpose(1, 2), vectors), None
+        g = vectors.new_zeros(b, n * n).index_copy_(1, flat_index, grad.to(vectors.dtype)).view(b, n, n)
+        return torch.bmm(g + g.transpose(1, 2), vectors).to(ctx.input_dtype), None
+
+
+def stack_vectors(dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+    """(B, T+1, D): the bottom output, then the T pooled embeddings, in the
+    dtype the interaction computes in (autocast's, else the embeddings').
+    Written into one buffer: under bf16, concatenating first (in fp32, the
+    promoted type) and casting after would pass over the data twice."""
+    device = sparse.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else sparse.dtype
+    vectors = sparse.new_empty((sparse.shape[0], sparse.shape[1] + 1, sparse.shape[2]), dtype=dtype)
+    vectors[:, 0] = dense
+    vectors[:, 1:] = sparse
+    return vectors
 
 
 class DotInteraction(nn.Module):
@@ -47,8 +67,7 @@ class DotInteraction(nn.Module):
         return dim + len(self.flat_index)
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        vectors = torch.cat([dense.unsqueeze(1), sparse], dim=1)  # (B, T+1, D)
-        return torch.cat([dense, _PairwiseDots.apply(vectors, self.flat_index)], dim=1)
+        return torch.cat([dense, _PairwiseDots.apply(stack_vectors(dense, sparse), self.flat_index)], dim=1)
 
 
 class CatInteraction(nn.Module):

@@ -11,15 +11,18 @@ from torch import nn
 
 from .embeddings import FusedEmbeddingBag
 from .interaction import build_interaction
+from .linear import Linear, resolve_kernel
 
 
-def mlp(widths: list[int], final_relu: bool, generator: torch.Generator) -> nn.Sequential:
+def mlp(widths: list[int], final_relu: bool, generator: torch.Generator, kernel: str = "aten") -> nn.Sequential:
     """Linear/ReLU pairs, laid out like the seed's ``create_mlp`` so layer
     ``k`` of the seed's checkpoints is index ``2k`` here too. Initialised as
-    in the seed: weights N(0, sqrt(2/(fan_in+fan_out))), biases N(0, sqrt(1/fan_out))."""
+    in the seed: weights N(0, sqrt(2/(fan_in+fan_out))), biases N(0, sqrt(1/fan_out)).
+    Without the final ReLU the last layer outputs the logits: it stays fp32 under autocast."""
     layers: list[nn.Module] = []
+    count = len(widths) - 1
     for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
-        linear = nn.Linear(fan_in, fan_out)
+        linear = Linear(fan_in, fan_out, kernel, fp32_output=not final_relu and i == count - 1)
         with torch.no_grad():
             linear.weight.normal_(0.0, math.sqrt(2.0 / (fan_in + fan_out)), generator=generator)
             linear.bias.normal_(0.0, math.sqrt(1.0 / fan_out), generator=generator)
@@ -32,22 +35,24 @@ def mlp(widths: list[int], final_relu: bool, generator: torch.Generator) -> nn.S
 class DLRM(nn.Module):
     def __init__(self, table_sizes: list[int], embedding_dim: int, bottom_mlp: list[int],
                  top_mlp: list[int], interaction: str = "dot", self_interaction: bool = False,
-                 seed: int = 0, embeddings: Optional[nn.Module] = None):
+                 seed: int = 0, embeddings: Optional[nn.Module] = None, linear_kernel: str = "aten"):
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
-        self.bottom_mlp = mlp(bottom_mlp, final_relu=True, generator=generator)
+        self.bottom_mlp = mlp(bottom_mlp, final_relu=True, generator=generator, kernel=linear_kernel)
         # The tables (or this rank's shards of them) draw from their own streams, so the
         # MLPs start from the same weights whichever embeddings module is used.
         self.embeddings = embeddings if embeddings is not None else FusedEmbeddingBag(table_sizes, embedding_dim,
                                                                                       seed=seed)
         self.interaction, width = build_interaction(interaction, len(table_sizes), embedding_dim,
                                                     bottom_mlp[-1], self_interaction)
-        self.top_mlp = mlp([width] + list(top_mlp), final_relu=False, generator=generator)
+        self.top_mlp = mlp([width] + list(top_mlp), final_relu=False, generator=generator, kernel=linear_kernel)
 
     @classmethod
-    def from_config(cls, cfg, table_sizes: list[int]) -> "DLRM":
+    def from_config(cls, cfg, table_sizes: list[int], linear_kernel: Optional[str] = None) -> "DLRM":
+        """``linear_kernel``: one already resolved (:func:`resolve_linear_kernel`); default: cfg's, resolved now."""
+        kernel = linear_kernel or resolve_linear_kernel(cfg)[0]
         return cls(table_sizes, cfg.embedding_dim, cfg.bottom_mlp, cfg.top_mlp, cfg.interaction,
-                   cfg.self_interaction, cfg.seed)
+                   cfg.self_interaction, cfg.seed, linear_kernel=kernel)
 
     def forward(self, dense: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """Returns click logits of shape (B,); sigmoid gives probabilities."""
@@ -56,12 +61,17 @@ class DLRM(nn.Module):
         return self.top_mlp(self.interaction(x, e)).squeeze(1)
 
     @staticmethod
-    def dense_parameter_count(cfg, num_tables: int) -> int:
-        """Parameters of the two MLPs (replicated on every rank), without building the model."""
+    def dense_layers(cfg, num_tables: int) -> list[tuple[int, int]]:
+        """(in, out) of every linear layer of the two MLPs, without building the model."""
         _, width = build_interaction(cfg.interaction, num_tables, cfg.embedding_dim, cfg.bottom_mlp[-1],
                                      cfg.self_interaction)
         widths = [list(cfg.bottom_mlp), [width] + list(cfg.top_mlp)]
-        return sum(i * o + o for w in widths for i, o in zip(w[:-1], w[1:]))
+        return [(i, o) for w in widths for i, o in zip(w[:-1], w[1:])]
+
+    @staticmethod
+    def dense_parameter_count(cfg, num_tables: int) -> int:
+        """Parameters of the two MLPs (replicated on every rank), without building the model."""
+        return sum(i * o + o for i, o in DLRM.dense_layers(cfg, num_tables))
 
     def dense_parameters(self) -> list[nn.Parameter]:
         return [p for name, p in self.named_parameters() if not name.startswith("embeddings.")]
@@ -75,3 +85,11 @@ class DLRM(nn.Module):
         n_top = sum(isinstance(m, nn.Linear) for m in self.top_mlp)
         return (["embeddings"] + [f"bottom_mlp_dense{i + 1}" for i in range(n_bottom)]
                 + [f"top_mlp_dense{i + 1}" for i in range(n_top)])
+
+
+def resolve_linear_kernel(cfg) -> tuple[str, str]:
+    """The MLPs' GEMM kernel for this run (``linear_kernel``, auto resolved
+    for this CPU) and why; bf16 and CUDA always use torch's own GEMMs."""
+    if cfg.precision != "fp32" or cfg.device != "cpu":
+        return "aten", f"precision {cfg.precision} on {cfg.device}: torch's GEMMs"
+    return resolve_kernel(cfg.linear_kernel)

@@ -23,11 +23,13 @@ from . import checkpoint
 from .config import Config, ConfigError, help_text
 from .data.binary import DataError, load_counts
 from .data.loader import BinaryDataset
+from .data.pipeline import Batches
 from .data.synthetic import read_meta
 from .distributed import runtime
 from .distributed.comm import DistributedError
 from .distributed.launch import LaunchError, detect
 from .distributed.planner import format_plan
+from .loss_meter import LossMeter
 from .mlperf_log import MLPerfLogger, log_hyperparameters, log_submission
 from .model import DLRM
 from .optim import build_optimizer, set_learning_rate
@@ -100,6 +102,7 @@ class Trainer:
         # One process or one rank of several: reads, losses and metrics go through it.
         self.parallel = parallel if parallel is not None else runtime.SingleProcess(cfg)
         self.device = self.parallel.device
+        self.precision = self.parallel.precision
         self.model = model.to(self.device)
         self.train_data = train_data
         self.eval_data = eval_data
@@ -119,26 +122,36 @@ class Trainer:
             return max(1, round(self.cfg.eval_every_epochs * self.train_data.num_batches))
         return 0
 
-    def train_step(self, batch) -> float:
+    def batches(self, data: BinaryDataset, indices) -> Batches:
+        """This process's part of each batch in ``indices``, read ahead and on the device."""
+        return Batches(lambda i: self.parallel.batch(data, int(i)), indices, self.cfg.prefetch_batches,
+                       self.device)
+
+    def forward(self, batch) -> torch.Tensor:
+        with self.precision.autocast():
+            return self.model(batch.dense, batch.ids)
+
+    def train_step(self, batch) -> torch.Tensor:
+        """One optimiser step; returns this process's share of the loss, unread (see LossMeter)."""
         self.position.step += 1
         set_learning_rate(self.optimizer, self.schedule(self.position.step))
         self.optimizer.zero_grad(set_to_none=True)
         batch = batch.to(self.device)
-        logits = self.model(batch.dense, batch.ids)
+        logits = self.forward(batch)
         # This process's share of the global batch mean: summed over ranks it is the mean.
         loss = F.binary_cross_entropy_with_logits(logits, batch.labels, reduction="sum") / batch.global_size
-        value = self.parallel.backward(loss, self.position.step)
+        self.parallel.backward(loss, self.position.step)
         self.optimizer.step()
-        return value
+        return loss.detach()
 
     @torch.no_grad()
     def evaluate(self) -> dict:
         self.model.eval()
         logits, labels = [], []
-        for i in range(self.eval_data.num_batches):
-            batch = self.parallel.batch(self.eval_data, i).to(self.device)
-            logits.append(self.model(batch.dense, batch.ids))
-            labels.append(batch.labels)
+        with self.batches(self.eval_data, range(self.eval_data.num_batches)) as batches:
+            for batch in batches:
+                logits.append(self.forward(batch))
+                labels.append(batch.labels)
         self.model.train()
         return self.parallel.metrics(torch.cat(logits), torch.cat(labels))
 
@@ -200,6 +213,7 @@ class Trainer:
         interval = self.eval_interval()
         nb = data.num_batches
         samples = 0
+        meter = LossMeter(cfg.log_every, self.parallel.global_losses, cfg.batch_size)
         self.parallel.barrier()  # every rank starts the clock together
         # The time to train is run_stop minus run_start as logged, so take both from one clock.
         run_start_ms = int(time.time() * 1000)
@@ -213,34 +227,31 @@ class Trainer:
             bar = tqdm(total=nb, initial=self.position.batch_in_epoch, desc=f"epoch {epoch + 1}",
                        file=self.out, disable=not (cfg.progress and self.parallel.is_root), unit="it", dynamic_ncols=True,
                        mininterval=0.5 if self.out.isatty() else 30)
-            window_loss, window_n, window_start = 0.0, 0, time.time()
-            while self.position.batch_in_epoch < nb and not stop:
-                i = self.position.batch_in_epoch
-                if block_first is None:
-                    block_first = epoch + 1 + i / nb
-                    log.start(C.BLOCK_START, first_epoch_num=block_first,
-                              epoch_count=(self._next_eval(i, nb, interval) - i) / nb)
-                batch = self.parallel.batch(data, int(order[i]))
-                loss = self.train_step(batch)
-                self.position.batch_in_epoch = i = i + 1
-                samples += batch.global_size
-                result.losses.append(loss)
-                window_loss, window_n = window_loss + loss, window_n + 1
-                bar.update(1)
-                if window_n == cfg.log_every:
-                    rate = window_n * cfg.batch_size / max(time.time() - window_start, 1e-9)
-                    bar.set_postfix(loss=f"{window_loss / window_n:.4f}", samples_per_s=f"{rate:,.0f}")
-                    result.loss_curve.append((self.position.step, window_loss / window_n))
-                    window_loss, window_n, window_start = 0.0, 0, time.time()
-                if (interval and i % interval == 0) or i == nb:
-                    log.end(C.BLOCK_STOP, first_epoch_num=block_first)
-                    block_first = None
-                    stop = self._evaluate_and_log(epoch + 1 + i / nb, result, bar)
-                    result.converged = stop
-                if cfg.checkpoint_every and self.position.step % cfg.checkpoint_every == 0:
-                    self.save_checkpoint()
-                if cfg.max_steps and self.position.step >= cfg.max_steps:
-                    stop = True
+            with self.batches(data, order[self.position.batch_in_epoch:]) as batches:
+                for batch in batches:
+                    i = self.position.batch_in_epoch
+                    if block_first is None:
+                        block_first = epoch + 1 + i / nb
+                        log.start(C.BLOCK_START, first_epoch_num=block_first,
+                                  epoch_count=(self._next_eval(i, nb, interval) - i) / nb)
+                    loss = self.train_step(batch)
+                    self.position.batch_in_epoch = i = i + 1
+                    samples += batch.global_size
+                    bar.update(1)
+                    window = meter.add(self.position.step, loss)
+                    if window is not None:
+                        bar.set_postfix(loss=f"{window[0]:.4f}", samples_per_s=f"{window[1]:,.0f}")
+                    if (interval and i % interval == 0) or i == nb:
+                        log.end(C.BLOCK_STOP, first_epoch_num=block_first)
+                        block_first = None
+                        stop = self._evaluate_and_log(epoch + 1 + i / nb, result, bar)
+                        result.converged = stop
+                    if cfg.checkpoint_every and self.position.step % cfg.checkpoint_every == 0:
+                        self.save_checkpoint()
+                    if cfg.max_steps and self.position.step >= cfg.max_steps:
+                        stop = True
+                    if stop:
+                        break
             bar.close()
             if self.position.batch_in_epoch == nb:
                 log.end(C.EPOCH_STOP, epoch_num=epoch + 1)
@@ -252,6 +263,8 @@ class Trainer:
         run_stop_ms = int(time.time() * 1000)
         log.end(C.RUN_STOP, time_ms=run_stop_ms, status=result.status)
         result.run_seconds = (run_stop_ms - run_start_ms) / 1000
+        meter.flush()
+        result.losses, result.loss_curve = meter.losses, meter.curve
         self.save_checkpoint()
         result.steps = self.position.step
         result.epoch_num = result.evaluations[-1]["epoch_num"] if result.evaluations else 0.0
@@ -313,9 +326,11 @@ def output_paths(cfg: Config) -> tuple[str, str]:
     return os.path.join(cfg.results_dir, stem + ".log"), os.path.join(cfg.results_dir, stem + ".json")
 
 
-def write_summary(path: str, cfg: Config, result: RunResult, table_sizes: list[int], world_size: int = 1) -> None:
+def write_summary(path: str, cfg: Config, result: RunResult, table_sizes: list[int], world_size: int = 1,
+                  linear_kernel: str = "aten") -> None:
     summary = {
         "config": cfg.as_dict(), "config_name": cfg.name, "table_sizes": table_sizes, "world_size": world_size,
+        "linear_kernel": linear_kernel,
         "converged": result.converged, "status": result.status, "steps": result.steps,
         "epoch_num": result.epoch_num, "run_seconds": result.run_seconds,
         "samples_per_second": result.samples_per_second, "evaluations": result.evaluations,
@@ -325,6 +340,10 @@ def write_summary(path: str, cfg: Config, result: RunResult, table_sizes: list[i
     with open(tmp, "w") as f:
         json.dump(summary, f, indent=1)
     os.replace(tmp, path)
+
+
+def describe_dense_compute(cfg: Config, kernel: str, reason: str) -> str:
+    return f"dense compute: precision {cfg.precision}, MLP GEMMs on {kernel} ({reason})"
 
 
 def run(cfg: Config, out=sys.stderr, parallel=None) -> RunResult:
@@ -352,6 +371,8 @@ def run(cfg: Config, out=sys.stderr, parallel=None) -> RunResult:
             print(f"synthetic data: the teacher's AUC on the test split (the best achievable) is "
                   f"{meta['best_auc_test']:.4f}", file=out)
         model = parallel.build_model(cfg, table_sizes)
+        if root:
+            print(describe_dense_compute(cfg, parallel.linear_kernel, parallel.kernel_reason), file=out)
         for name in model.mlperf_tensor_names():
             log.event(C.WEIGHTS_INITIALIZATION, tensor=name)
         trainer = Trainer(cfg, model, train_data, eval_data, log, out=out, parallel=parallel)
@@ -375,7 +396,7 @@ def run(cfg: Config, out=sys.stderr, parallel=None) -> RunResult:
         result = trainer.fit()
         if root:
             result.log_path, result.summary_path = log_path, summary_path
-            write_summary(summary_path, cfg, result, table_sizes, parallel.world_size)
+            write_summary(summary_path, cfg, result, table_sizes, parallel.world_size, parallel.linear_kernel)
         return result
     finally:
         log.close()

@@ -43,6 +43,9 @@ class Batch:
     def __len__(self) -> int:
         return self.labels.shape[0]
 
+    def pin_memory(self) -> "Batch":
+        return Batch(self.dense.pin_memory(), self.ids.pin_memory(), self.labels.pin_memory(), self.global_size)
+
     def to(self, device: torch.device) -> "Batch":
         if device.type == "cpu":
             return self

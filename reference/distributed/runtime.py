@@ -19,7 +19,8 @@ from ..config import Config, ConfigError
 from ..data.binary import DataError
 from ..data.loader import BinaryDataset
 from ..metrics import evaluate_scores
-from ..model import DLRM
+from ..model import DLRM, resolve_linear_kernel
+from ..precision import Precision, PrecisionError, build_precision
 from .comm import HEARTBEAT_SECONDS, Communicator, FaultMonitor, agree, build_communicator, join, open_store
 from .data_parallel import GradientReducer
 from .launch import LaunchError, LaunchInfo, detect
@@ -55,6 +56,20 @@ def check_table_memory(cfg: Config, rows: int, processes_here: int = 1, what: st
                           f"memory, more ranks or a smaller max_ind_range")
 
 
+def make_precision(cfg: Config, device: torch.device) -> Precision:
+    try:
+        return build_precision(cfg.precision, device)
+    except PrecisionError as e:
+        raise ConfigError(f"{cfg.where('precision')}: precision: {e}") from None
+
+
+def make_linear_kernel(cfg: Config) -> tuple[str, str]:
+    try:
+        return resolve_linear_kernel(cfg)
+    except ValueError as e:
+        raise ConfigError(f"{cfg.where('linear_kernel')}: linear_kernel: {e}") from None
+
+
 def make_plan(cfg: Config, table_sizes: list[int], world_size: int) -> Plan:
     budget = None if cfg.embedding_memory_per_rank is None else int(cfg.embedding_memory_per_rank * GIB)
     try:
@@ -70,6 +85,8 @@ class SingleProcess:
 
     def __init__(self, cfg: Config):
         self.device = torch.device(cfg.device)
+        self.precision = make_precision(cfg, self.device)
+        self.linear_kernel, self.kernel_reason = make_linear_kernel(cfg)
 
     def check_memory(self, cfg: Config, table_sizes: list[int]) -> None:
         check_table_memory(cfg, sum(table_sizes))
@@ -78,14 +95,17 @@ class SingleProcess:
         pass
 
     def build_model(self, cfg: Config, table_sizes: list[int]) -> DLRM:
-        return DLRM.from_config(cfg, table_sizes)
+        return DLRM.from_config(cfg, table_sizes, self.linear_kernel)
 
     def batch(self, data: BinaryDataset, index: int):
         return data.batch(index)
 
-    def backward(self, loss: torch.Tensor, step: int) -> float:
+    def backward(self, loss: torch.Tensor, step: int) -> None:
         loss.backward()
-        return loss.item()
+
+    def global_losses(self, local: torch.Tensor) -> list[float]:
+        """Training losses of consecutive steps, from this process's shares (one host read)."""
+        return local.tolist()
 
     def metrics(self, logits: torch.Tensor, labels: torch.Tensor) -> dict:
         return evaluate_scores(logits.cpu(), labels.cpu())
@@ -120,6 +140,8 @@ class MultiProcess:
         self.plan: Optional[Plan] = None
         self.columns: list[int] = []
         self.reducer: Optional[GradientReducer] = None
+        self.precision = make_precision(cfg, device)
+        self.linear_kernel, self.kernel_reason = make_linear_kernel(cfg)
 
     @classmethod
     def start(cls, cfg: Config, info: LaunchInfo) -> "MultiProcess":
@@ -178,23 +200,33 @@ class MultiProcess:
     def build_model(self, cfg: Config, table_sizes: list[int]) -> DLRM:
         if self.plan is None:
             self.plan = make_plan(cfg, table_sizes, self.world_size)
-        model = ShardedDLRM(cfg, table_sizes, self.plan, self.comm).to(self.device)
+        self.linear_kernel = self._agreed_kernel()
+        model = ShardedDLRM(cfg, table_sizes, self.plan, self.comm, self.linear_kernel).to(self.device)
         self.columns = model.embeddings.columns
         self.reducer = GradientReducer(model.dense_parameters(), self.comm)
         return model
 
+    def _agreed_kernel(self) -> str:
+        """Rank 0's kernel for every rank: machines of a job may differ, the replicated MLPs must not."""
+        choices = ("aten", "onednn")
+        choice = torch.tensor([choices.index(self.linear_kernel)], dtype=torch.int64, device=self.device)
+        self.comm.broadcast(choice, 0, "linear kernel broadcast")
+        return choices[int(choice.item())]
+
     def batch(self, data: BinaryDataset, index: int):
         return data.batch_part(index, self.rank, self.world_size, self.columns)
 
-    def backward(self, loss: torch.Tensor, step: int) -> float:
+    def backward(self, loss: torch.Tensor, step: int) -> None:
         self.comm.monitor.progress = step
-        total = loss.detach().reshape(1).clone()
-        work = self.comm.all_reduce(total, "loss all-reduce")
         self.reducer.start()
         loss.backward()
         self.reducer.finish()
-        work.wait()
-        return total.item()
+
+    def global_losses(self, local: torch.Tensor) -> list[float]:
+        """Training losses of consecutive steps: every rank's shares summed in one all-reduce."""
+        total = local.detach().clone()
+        self.comm.all_reduce(total, "loss all-reduce").wait()
+        return total.tolist()
 
     def metrics(self, logits: torch.Tensor, labels: torch.Tensor) -> dict:
         """Scores and labels of every rank to rank 0 only, which computes the

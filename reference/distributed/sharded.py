@@ -138,9 +138,10 @@ class ShardedDLRM(DLRM):
     """DLRM with model-parallel tables and replicated MLPs. ``dense`` holds
     this rank's samples; ``ids`` the whole global batch, for this rank's tables."""
 
-    def __init__(self, cfg, table_sizes: list[int], plan: Plan, comm: Communicator):
+    def __init__(self, cfg, table_sizes: list[int], plan: Plan, comm: Communicator, linear_kernel: str = "aten"):
         super().__init__(table_sizes, cfg.embedding_dim, cfg.bottom_mlp, cfg.top_mlp, cfg.interaction,
-                         cfg.self_interaction, cfg.seed, embeddings=ShardedEmbeddings(plan, comm.rank, cfg.seed))
+                         cfg.self_interaction, cfg.seed, embeddings=ShardedEmbeddings(plan, comm.rank, cfg.seed),
+                         linear_kernel=linear_kernel)
         self.exchange = ButterflyExchange(comm, plan)
 
     def forward(self, dense: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,128 @@
+import pytest
+import torch
+from torch import nn
+
+from reference import linear
+from reference.config import Config, ConfigError
+from reference.linear import Linear, onednn_available, resolve_kernel
+from reference.model import DLRM, resolve_linear_kernel
+
+needs_onednn = pytest.mark.skipif(not onednn_available(), reason="this torch build has no oneDNN")
+
+
+def pair(in_features, out_features, kernel):
+    """An nn.Linear and a Linear(kernel) with the same weights."""
+    reference = nn.Linear(in_features, out_features)
+    ours = Linear(in_features, out_features, kernel)
+    ours.load_state_dict(reference.state_dict())
+    return reference, ours
+
+
+def max_relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+@needs_onednn
+@pytest.mark.parametrize("batch,in_features,out_features", [(2048, 1024, 1024), (256, 479, 1024), (1, 13, 512),
+                                                            (37, 256, 1)])
+def test_onednn_forward_and_backward_match_nn_linear(batch, in_features, out_features):
+    torch.manual_seed(batch + in_features)
+    reference, ours = pair(in_features, out_features, "onednn")
+    x = torch.randn(batch, in_features)
+    upstream = torch.randn(batch, out_features)
+    outputs, grads = [], []
+    for layer in (reference, ours):
+        xi = x.clone().requires_grad_()
+        y = layer(xi)
+        y.backward(upstream)
+        outputs.append(y.detach())
+        grads.append((xi.grad, layer.weight.grad, layer.bias.grad))
+    assert max_relative(outputs[1], outputs[0]) < 1e-5
+    for ours_grad, reference_grad in zip(grads[1], grads[0]):
+        assert max_relative(ours_grad, reference_grad) < 1e-5
+
+
+@needs_onednn
+def test_onednn_is_deterministic():
+    torch.manual_seed(0)
+    layer = Linear(512, 256, "onednn")
+    x = torch.randn(1024, 512)
+    runs = []
+    for _ in range(2):
+        layer.zero_grad()
+        y = layer(x)
+        y.sum().backward()
+        runs.append((y.detach().clone(), layer.weight.grad.clone()))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+
+
+def test_linear_keeps_nn_linear_state_dict():
+    assert list(Linear(4, 3, "aten").state_dict()) == list(nn.Linear(4, 3).state_dict())
+    assert isinstance(Linear(4, 3, "aten"), nn.Linear)
+
+
+def test_unknown_kernel_is_refused():
+    with pytest.raises(ValueError, match="unknown linear kernel 'blas'.*aten, onednn"):
+        Linear(4, 3, "blas")
+
+
+@needs_onednn
+def test_onednn_defers_to_autocast():
+    _, ours = pair(64, 32, "onednn")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert ours(torch.randn(8, 64)).dtype == torch.bfloat16
+
+
+def test_fp32_output_layer_stays_fp32_under_autocast():
+    reference, ours = pair(64, 1, "aten")
+    ours.fp32_output = True
+    x = torch.randn(8, 64).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = ours(x)
+        assert reference(x).dtype == torch.bfloat16
+    assert y.dtype == torch.float32
+    assert torch.allclose(y, reference(x.float()), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("vendor,capability,expected", [("AuthenticAMD", "AVX512", "onednn"),
+                                                        ("AuthenticAMD", "AVX2", "onednn"),
+                                                        ("HygonGenuine", "AVX2", "onednn"),
+                                                        ("GenuineIntel", "AVX512", "aten"),
+                                                        ("AuthenticAMD", "DEFAULT", "aten"),
+                                                        ("", "AVX2", "aten")])
+def test_auto_decides_from_the_cpu(monkeypatch, vendor, capability, expected):
+    monkeypatch.setattr(linear, "onednn_available", lambda: True)
+    monkeypatch.setattr(linear, "cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    kernel, reason = resolve_kernel("auto")
+    assert kernel == expected and reason.startswith("auto: ")
+    assert resolve_kernel("aten") == ("aten", "set by linear_kernel")
+
+
+def test_auto_without_onednn_keeps_aten(monkeypatch):
+    monkeypatch.setattr(linear, "onednn_available", lambda: False)
+    assert resolve_kernel("auto") == ("aten", "auto: this torch build has no oneDNN")
+    with pytest.raises(ValueError, match="this torch build has no oneDNN"):
+        resolve_kernel("onednn")
+
+
+def test_bf16_and_cuda_keep_torch_gemms():
+    cfg = Config.from_sources(None, ["precision=bf16"])
+    assert resolve_linear_kernel(cfg)[0] == "aten"
+
+
+def test_onednn_with_bf16_is_a_config_error():
+    with pytest.raises(ConfigError, match="command line: linear_kernel: onednn is a kernel for fp32 on CPU"):
+        Config.from_sources(None, ["precision=bf16", "linear_kernel=onednn"])
+    with pytest.raises(ConfigError, match="linear_kernel: must be one of auto, aten, onednn"):
+        Config.from_sources(None, ["linear_kernel=mkl"])
+
+
+@needs_onednn
+def test_model_built_with_a_kernel_uses_it_in_every_layer():
+    cfg = Config.from_sources(None, ["linear_kernel=onednn", "embedding_dim=8", "bottom_mlp=13-16-8",
+                                     "top_mlp=16-1"])
+    model = DLRM.from_config(cfg, [5] * 26)
+    kernels = {m.kernel for m in model.modules() if isinstance(m, Linear)}
+    assert kernels == {"onednn"}
+    assert [m.fp32_output for m in model.top_mlp if isinstance(m, Linear)] == [False, True]
