@@ -326,7 +326,9 @@ def test_ranks_follow_the_single_process_run_step_by_step(launcher, ranks, backe
     np.testing.assert_allclose(ours_loss, single_loss, rtol=1e-5, atol=0)
     assert [e["step"] for e in ours["evaluations"]] == [e["step"] for e in single["evaluations"]]
     for a, b in zip(ours["evaluations"], single["evaluations"]):
-        assert a["auc"] == pytest.approx(b["auc"], abs=1e-6) and a["samples"] == b["samples"] == 2048
+        # One pair of the ~1e6 (positive, negative) pairs is 1e-6 of AUC: scores within the losses'
+        # 1e-5 may swap a few (the GEMMs run at batch / ranks, blocked differently).
+        assert a["auc"] == pytest.approx(b["auc"], abs=5e-6) and a["samples"] == b["samples"] == 2048
     # Only rank 0 writes the log, and it records the world size.
     assert sorted(os.listdir(results)) == ["run.json", "run.log"]
     assert f'"key": "world_size", "value": {ranks}' in open(os.path.join(results, "run.log")).read()
