@@ -98,7 +98,7 @@ def test_good_log_passes_every_check(tmp_path):
     (dict(lr=2.0), "hyperparameters_match_config",
      "opt_base_learning_rate logged 2.0, config learning_rate=1.0"),
     (dict(train_samples=1000000), "dataset_identity",
-     "other data: train_samples 1000000, eval_samples 89137319 are not Criteo 1TB's"),
+     "other data: train_samples 1000000 is not Criteo 1TB's (4195197692 / 89137319)"),
 ])
 def test_each_defect_is_caught_with_its_reason(tmp_path, change, check, reason):
     result, report = findings(write_log(tmp_path / "bad.log", events(**change)))
@@ -107,10 +107,12 @@ def test_each_defect_is_caught_with_its_reason(tmp_path, change, check, reason):
     assert not report["passed"]
 
 
-def test_time_going_backwards(tmp_path):
-    result, _ = findings(write_log(tmp_path / "bad.log", events(), backwards_at=30))
-    assert "time goes backwards" in failed(result)["timestamps_monotonic"]
-    assert result["timestamps_monotonic"]["line"] == 31
+def test_time_going_backwards_is_a_warning(tmp_path):
+    # Accepted logs do it (post-processed stamps): reviewers let it pass, so the verifier warns.
+    result, report = findings(write_log(tmp_path / "bad.log", events(), backwards_at=30))
+    assert result["timestamps_monotonic"]["verdict"] == "warn"
+    assert "time goes backwards" in result["timestamps_monotonic"]["reason"]
+    assert result["timestamps_monotonic"]["line"] == 31 and report["passed"]
 
 
 def test_config_claim_from_the_run_summary_and_skip_without_one(tmp_path):
@@ -166,7 +168,9 @@ def test_rcp_over_a_set_of_runs_supplies_the_missing_dlrm_count(tmp_path):
     assert "supplied 5 runs" in rcp["supplied"]
     # 0.15 epochs at batch 2048 is far faster than any reference convergence point.
     assert rcp["verdict"] == "fail"
-    assert any("Missing RCP, please submit RCP with BS = 2048" in r for r in rcp["reasons"]), rcp["reasons"]
+    assert rcp["reason"].startswith("Missing RCP, please submit RCP with BS = 2048: the submission converges in "
+                                    "1.1500 epochs on average, faster than the 1.7228 the RCP allows"), rcp["reason"]
+    assert "(the RCP at batch 32768)" in rcp["reason"] and rcp["records"] == [32768]
 
 
 @pytest.fixture(scope="module")

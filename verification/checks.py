@@ -17,9 +17,6 @@ from typing import Callable, Optional
 
 from .runlog import RunLog
 
-VERDICTS = ("fail", "warn", "pass", "skip", "info")
-
-
 @dataclass
 class Finding:
     check: str
@@ -44,6 +41,10 @@ def _finding(name, rule):
     def make(verdict, reason="", line=None):
         return Finding(name, verdict, reason, line, rule)
     return make
+
+
+def _epoch(epoch_num) -> str:
+    return f"{epoch_num:.4f}" if isinstance(epoch_num, float) else repr(epoch_num)
 
 
 def target_of(run: RunLog, rules: dict, claim: Optional[Claim]) -> float:
@@ -184,13 +185,13 @@ def check_target_reached(run, rules, claim):
     scored = run.scored_evaluations()
     first = next((e for e in scored if e[1] >= target), None)
     if first is not None:
-        return f("pass", f"AUC {first[1]:.5f} >= {target} at epoch {first[0]}", first[2].line)
+        return f("pass", f"AUC {first[1]:.5f} >= {target} at epoch {_epoch(first[0])}", first[2].line)
     late = next((e for e in evals if e[1] >= target), None)
     if late is not None:
-        return f("fail", f"AUC {late[1]:.5f} >= {target} only at epoch {late[0]}, after run_stop (line "
+        return f("fail", f"AUC {late[1]:.5f} >= {target} only at epoch {_epoch(late[0])}, after run_stop (line "
                          f"{run.run_stop_line()}): it does not count", late[2].line)
     best = max(evals, key=lambda x: x[1])
-    return f("fail", f"AUC never reached {target}: best {best[1]:.5f} at epoch {best[0]}", best[2].line)
+    return f("fail", f"AUC never reached {target}: best {best[1]:.5f} at epoch {_epoch(best[0])}", best[2].line)
 
 
 def check_run_stop_status(run, rules, claim):
@@ -204,12 +205,12 @@ def check_run_stop_status(run, rules, claim):
     evals = run.scored_evaluations()
     reached = next((e for e in evals if e[1] >= target), None)
     if status == "success" and reached is None:
-        return f("fail", f"status success, but no evaluation before run_stop reached AUC {target}", stops[0].line)
+        return f("fail", f"status success, but no evaluation reached AUC {target} before run_stop", stops[0].line)
     if status != "success" and reached is not None:
-        return f("fail", f"status {status!r}, but AUC {reached[1]:.5f} >= {target} at epoch {reached[0]} (line "
+        return f("fail", f"status {status!r}, but AUC {reached[1]:.5f} >= {target} at epoch {_epoch(reached[0])} (line "
                          f"{reached[2].line})", stops[0].line)
     if reached is not None and reached[2] is not evals[-1][2]:
-        return f("fail", f"the run went on after reaching the target at epoch {reached[0]} (line "
+        return f("fail", f"the run went on after reaching the target at epoch {_epoch(reached[0])} (line "
                          f"{reached[2].line}); it must stop at the first such evaluation", stops[0].line)
     return f("pass", f"status {status}", stops[0].line)
 
@@ -293,7 +294,8 @@ def check_dataset_identity(run, rules, claim):
     elif evals != expected["eval_samples"]:
         other.append(f"eval_samples {evals}")
     if other:
-        counts = f"{', '.join(other)} not Criteo 1TB's ({expected['train_samples']} / {expected['eval_samples']})"
+        counts = (f"{' and '.join(other)} {'is' if len(other) == 1 else 'are'} not Criteo 1TB's "
+                  f"({expected['train_samples']} / {expected['eval_samples']})")
         line = (train_event or eval_event).line if (train_event or eval_event) else None
         synthetic = _synthetic_source(run, claim)
         if synthetic is not None:

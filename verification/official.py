@@ -64,8 +64,13 @@ original_interp = rcp_checker.RCP_Checker._create_interp_rcp
 def interpolate(self, bs, low, high):
     seen["between"] = [plain(low), plain(high)]
     return original_interp(self, bs, low, high)
+original_init = rcp_checker.RCP_Checker.__init__
+def init(self, *args, **kwargs):
+    original_init(self, *args, **kwargs)
+    seen["between"] = None  # pruning the RCPs interpolates too; only the submission's interpolation counts
 rcp_checker.RCP_Checker._eval_submission_record = evaluate
 rcp_checker.RCP_Checker._create_interp_rcp = interpolate
+rcp_checker.RCP_Checker.__init__ = init
 passed, message, norm = rcp_checker.check_directory(sys.argv[1], "training", sys.argv[2], False, False,
                                                     rcp_pass="pruned_rcps")
 print("RCP_RESULT " + json.dumps({{"passed": bool(passed), "message": message, "norm": float(norm), **seen}}))

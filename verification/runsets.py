@@ -9,7 +9,6 @@ import os
 from collections import defaultdict
 
 from . import official
-from .checks import Finding
 
 RULE = ("the mean epochs to converge (olympic: fastest and slowest dropped) is not faster than the round's "
         "RCP allows (official rcp_checker, pruned RCPs, as the package checker runs it)")
@@ -66,6 +65,3 @@ def rcp_verdict(runs: list, batch, rules: dict, division: str) -> dict:
                 f"{result.min_epochs:.4f} the RCP allows")
     return {**entry, "verdict": "fail", "reason": f"{why}; RCP test FAILED: {figures}"}
 
-
-def as_finding(entry: dict) -> Finding:
-    return Finding("rcp", entry["verdict"], entry["reason"], None, entry["rule"])
