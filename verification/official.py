@@ -114,7 +114,7 @@ def _levels(output: str, level: str) -> list:
             if re.match(rf"{level} -", line) and line.split("-", 1)[1].strip() not in ("FAILED", "")]
 
 
-def _checker_messages(output: str) -> list:
+def _checker_messages(output: str, limit: Optional[int] = 400) -> list:
     """The compliance checker's findings, one line each: a WARNING/ERROR line and
     its continuation lines (multi-line rules), without the quoted log line and
     the dump of the checker's state."""
@@ -136,7 +136,7 @@ def _checker_messages(output: str) -> list:
         message = re.split(r" current context\[s\]=", message)[0]
         message = re.sub(r"\s*-{10,}\s*", " ", message)
         message = re.sub(r"\s+", " ", message).strip()
-        cleaned.append(message if len(message) <= 400 else message[:400] + " ...")
+        cleaned.append(message if limit is None or len(message) <= limit else message[:limit] + " ...")
     return cleaned
 
 
@@ -192,7 +192,8 @@ def package_checker(org_folder: str, ruleset: str, rcp_bypass: bool, work_dir: s
         args.append("--rcp-bypass")
     proc = _run(args, work_dir, script=_RUN_MODULE)
     output = proc.stdout + proc.stderr
-    errors = _checker_messages("\n".join(l for l in output.splitlines() if not l.startswith("WARNING")))
+    # Whole messages (not cut short): the verdict matches them against the accepted errors.
+    errors = _checker_messages("\n".join(l for l in output.splitlines() if not l.startswith("WARNING")), None)
     return ToolResult(proc.returncode == 0 and "FOUND NO ERRORS" in output, output, errors,
                       _levels(output, "WARNING"))
 

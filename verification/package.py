@@ -172,7 +172,9 @@ def package_main(argv) -> int:
     from reference.config import Config, ConfigError
     from reference.data import synthetic
 
-    overrides = list(args.overrides) + [f"submission_platform={args.system}"]
+    # The logs must name the organisation and system that the package and its systems JSON name.
+    overrides = list(args.overrides) + [f"submission_platform={args.system}"] + \
+        ([f"submission_org={args.org}"] if args.org else [])
     data_dir = args.data_dir
     try:
         cfg = Config.from_sources(args.config, overrides + ([f"data_dir={data_dir}"] if data_dir else []))

@@ -85,6 +85,10 @@ def _check_file(path, rules, claim, reference, with_official) -> tuple:
     return {"path": path, "findings": [f.as_dict() for f in findings]}, run
 
 
+def _on_criteo(file_entry: dict) -> bool:
+    return any(f["check"] == "dataset_identity" and f["verdict"] != "fail" for f in file_entry["findings"])
+
+
 def _check_submission(folder, rules, runs_by_path, files_by_path, with_official, work_dir) -> dict:
     entry = {"folder": folder, "systems": []}
     for system in submission.find_systems(folder):
@@ -95,8 +99,7 @@ def _check_submission(folder, rules, runs_by_path, files_by_path, with_official,
         item = {"system": system.name, "results_dir": system.results_dir, "runs": len(system.files)}
         complete = len(system.files) == rules["result_count"]
         if with_official and desc is not None and complete:
-            criteo = all(any(f["check"] == "dataset_identity" and f["verdict"] != "fail"
-                             for f in files_by_path[p]["findings"]) for p in system.files if p in files_by_path)
+            criteo = all(_on_criteo(files_by_path[p]) for p in system.files if p in files_by_path)
             checker, row, _ = submission.official_package_checks(folder, system, rules, not criteo, work_dir)
             findings.append(checker)
             compliant = [r for r in runs if all(f["verdict"] != "fail" for f in files_by_path[r.path]["findings"]
@@ -148,7 +151,8 @@ def verify(paths: list, config_path: Optional[str] = None, with_official: bool =
                 continue  # a lone log is no set
             # The package checker takes the division from the systems JSON; a plain folder, from the logs.
             division = divisions.get(os.path.abspath(folder)) or members[0].division
-            entry = runsets.rcp_verdict(members, batch, rules, division)
+            criteo = all(_on_criteo(files_by_path[run.path]) for run in members)
+            entry = runsets.rcp_verdict(members, batch, rules, division, criteo)
             if entry["verdict"] == "warn" and os.path.abspath(folder) in divisions:
                 entry["verdict"] = "skip"  # the submission's result_files finding already warns of the count
             rcp.append({"folder": folder, **entry})

@@ -35,8 +35,9 @@ def _figures(result: official.RcpResult) -> str:
     return ", ".join(parts)
 
 
-def rcp_verdict(runs: list, batch, rules: dict, division: str) -> dict:
-    """The RCP verdict on one set, as a dict for the report."""
+def rcp_verdict(runs: list, batch, rules: dict, division: str, criteo: bool) -> dict:
+    """The RCP verdict on one set, as a dict for the report. ``criteo``: every
+    run is on Criteo 1TB (the RCPs were measured there; on other data none applies)."""
     ruleset = rules["ruleset"]
     entry = {"runs": len(runs), "global_batch_size": batch, "rule": RULE, "supplied": official.SUPPLIED}
     unsupported = official.support(ruleset)["rcp"] if rules["rcp_checker"] else \
@@ -46,6 +47,9 @@ def rcp_verdict(runs: list, batch, rules: dict, division: str) -> dict:
     if division != "closed":
         return {**entry, "verdict": "skip", "reason": f"division {division!r}: the RCP test is for the closed division",
                 "supplied": ""}
+    if not criteo:
+        return {**entry, "verdict": "skip", "supplied": "",
+                "reason": "runs on other data than Criteo 1TB (see dataset_identity): no RCP applies"}
     needed = rules["result_count"]
     if len(runs) < needed:
         return {**entry, "verdict": "warn", "supplied": "",

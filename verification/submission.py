@@ -148,12 +148,12 @@ def official_package_checks(folder: str, system: System, rules: dict, rcp_bypass
         summary = official.result_summarizer(org, ruleset, work_dir)
     accepted, broken = {}, []
     for reason in checker.reasons:
-        why = next((a["why"] for a in rules["accepted_package_checker_errors"] if re.search(a["pattern"], reason)),
+        why = next((a["why"] for a in rules["accepted_package_checker_errors"] if re.fullmatch(a["pattern"], reason.strip())),
                    None)
         if why:
             accepted.setdefault(why, []).append(reason)
         elif not re.search(r"PACKAGE CHECKER FOUND ERRORS", reason):
-            broken.append(reason)
+            broken.append(reason if len(reason) <= 400 else reason[:400] + " ...")
     bypass = "; --rcp-bypass: the runs are not on Criteo 1TB, so no RCP applies" if rcp_bypass else ""
     if broken:
         finding = f("fail", "; ".join(broken) + bypass)
