@@ -142,3 +142,17 @@ def test_exit_status_is_one_only_on_fail(tmp_path):
     assert proc.returncode == 0, proc.stdout
     assert "WARN  seed_logged" in proc.stdout and "verdict: PASS with 1 warnings" in proc.stdout
     assert "        rule: the package checker's seed check" in proc.stdout
+
+
+def test_train_samples_at_the_end_must_be_plausible(tmp_path):
+    # More samples than the evaluations say were trained: not the HugeCTR variant, other data.
+    triples = [t for t in events() if t[0] != "train_samples"]
+    stop = next(i for i, t in enumerate(triples) if t[0] == "run_stop")
+    triples.insert(stop + 1, ("train_samples", 3 * 4195197692, {}))
+    result, report = check(write_log(tmp_path / "run.log", triples))
+    assert "other data: train_samples 12585593076 is not Criteo 1TB's" in verdicts(result, "fail")["dataset_identity"]
+    # The dataset size logged after run_start (reference-style loaders, Inspur v0.7) is simply Criteo's.
+    triples = [t for t in events() if t[0] != "train_samples"]
+    start = next(i for i, t in enumerate(triples) if t[0] == "run_start")
+    triples.insert(start + 1, ("train_samples", 4195197692, {}))
+    assert check(write_log(tmp_path / "ref.log", triples))[0]["dataset_identity"]["verdict"] == "pass"

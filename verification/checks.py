@@ -266,6 +266,28 @@ def _synthetic_source(run: RunLog, claim: Optional[Claim]) -> Optional[str]:
     return None
 
 
+def _samples_trained(run: RunLog, train, expected: dict) -> Optional[str]:
+    """Why ``train`` reads as the samples trained (the HugeCTR-based logs' way), or None.
+    They log it at the end of the run (v0.7: just before run_stop, later: after it); it
+    cannot exceed the epochs the evaluations say were trained (with one evaluation
+    interval of slack), and the evaluation set must be Criteo 1TB's."""
+    event, run_start = run.first("train_samples"), run.first("run_start")
+    if event is None or run_start is None or event.line < run_start.line:
+        return None
+    if not isinstance(train, int) or isinstance(train, bool) or train <= 0:
+        return None
+    evals = run.value("eval_samples")
+    if evals != expected["eval_samples"] and evals not in expected["accepted_eval_samples"]:
+        return None
+    last = next((e[0] for e in reversed(run.scored_evaluations()) if isinstance(e[0], float)), None)
+    epochs = train / expected["train_samples"]
+    if last is None or epochs > last - 1 + 0.05:
+        return None
+    when = "after run_stop" if event.line > run.run_stop_line() else "at the end of the run"
+    return (f"train_samples {train:,} is logged {when} as the samples trained ({epochs:.4f} epoch of Criteo 1TB; "
+            f"the last evaluation is at epoch_num {last}), not the dataset size: accepted in HugeCTR-based logs")
+
+
 def check_dataset_identity(run, rules, claim):
     expected = rules["criteo_1tb"]
     f = _finding("dataset_identity", f"Criteo 1TB: train_samples {expected['train_samples']:,} (the dataset size, "
@@ -274,37 +296,28 @@ def check_dataset_identity(run, rules, claim):
     train_event, eval_event = run.first("train_samples"), run.first("eval_samples")
     train = train_event.value if train_event else None
     evals = eval_event.value if eval_event else None
-    warnings = []
-    other = []
-    run_start = run.first("run_start")
-    if train_event is not None and run_start is not None and train_event.line > run_start.line \
-            and isinstance(train, int) and train > 0:
-        # HugeCTR-based logs write the samples actually trained at the end of the run (v0.7: just before
-        # run_stop, later rounds: after it), not the dataset size at the start.
-        last = next((e[0] for e in reversed(run.scored_evaluations()) if isinstance(e[0], (int, float))), None)
-        trained = f"{train / expected['train_samples']:.4f} epoch of Criteo 1TB"
-        when = "after run_stop" if train_event.line > run.run_stop_line() else "at the end of the run"
-        warnings.append(f"train_samples {train:,} is logged {when} as the samples trained ({trained}"
-                        + (f"; the last evaluation is at epoch_num {last}" if last is not None else "")
-                        + "), not the dataset size: accepted in HugeCTR-based logs")
+    synthetic = _synthetic_source(run, claim)
+    warnings, other = [], []
+    trained = None if synthetic or train == expected["train_samples"] else _samples_trained(run, train, expected)
+    if trained:
+        warnings.append(trained)
     elif train != expected["train_samples"]:
         other.append(f"train_samples {train}")
     if evals in expected["accepted_eval_samples"]:
         warnings.append(f"eval_samples {evals:,}: {expected['accepted_eval_samples'][evals]}")
     elif evals != expected["eval_samples"]:
         other.append(f"eval_samples {evals}")
+    line = (train_event or eval_event).line if (train_event or eval_event) else None
     if other:
         counts = (f"{' and '.join(other)} {'is' if len(other) == 1 else 'are'} not Criteo 1TB's "
                   f"({expected['train_samples']} / {expected['eval_samples']})")
-        line = (train_event or eval_event).line if (train_event or eval_event) else None
-        synthetic = _synthetic_source(run, claim)
         if synthetic is not None:
             return f("fail", f"synthetic data (from {synthetic}): {counts}; a valid run but not a valid MLPerf "
                              f"submission", line)
         return f("fail", f"other data: {counts}; this run is not a valid MLPerf submission", line)
     if warnings:
-        return f("warn", "; ".join(warnings), train_event.line if train_event else None)
-    return f("pass", "Criteo 1TB sample counts", train_event.line)
+        return f("warn", "; ".join(warnings), line)
+    return f("pass", "Criteo 1TB sample counts", line)
 
 
 def check_hyperparameters_match_config(run, rules, claim):
