@@ -99,8 +99,8 @@ def support(ruleset: str) -> dict:
 class ToolResult:
     passed: bool
     output: str
-    reasons: list  # the tool's ERROR lines (and WARNING lines where they matter)
-    warnings: list = field(default_factory=list)
+    reasons: list  # the tool's errors
+    warnings: list = field(default_factory=list)  # its warnings, and for the package checker its RCP verdict
 
 
 def _run(args: list, cwd: str, script: Optional[str] = None) -> subprocess.CompletedProcess:
@@ -194,8 +194,10 @@ def package_checker(org_folder: str, ruleset: str, rcp_bypass: bool, work_dir: s
     output = proc.stdout + proc.stderr
     # Whole messages (not cut short): the verdict matches them against the accepted errors.
     errors = _checker_messages("\n".join(l for l in output.splitlines() if not l.startswith("WARNING")), None)
+    # Its RCP step's verdict is an INFO line when it passes: keep it with the warnings.
+    rcp_lines = [m.group(0).strip() for m in re.finditer(r"RCP Test (?:Passed|Failed): .*", output)]
     return ToolResult(proc.returncode == 0 and "FOUND NO ERRORS" in output, output, errors,
-                      _levels(output, "WARNING"))
+                      list(dict.fromkeys(rcp_lines + _levels(output, "WARNING"))))
 
 
 @dataclass

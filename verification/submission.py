@@ -146,8 +146,9 @@ def official_package_checks(folder: str, system: System, rules: dict, rcp_bypass
         checker = official.package_checker(org, ruleset, rcp_bypass, work_dir)
         # The summarizer after the checker: the checker's RCP step writes scaling.json, which the summarizer reads.
         summary = official.result_summarizer(org, ruleset, work_dir)
+    staged = os.path.join(org, "results", system.name, "dlrm")
     accepted, broken = {}, []
-    for reason in checker.reasons:
+    for reason in (r.replace(staged, system.results_dir) for r in checker.reasons):
         why = next((a["why"] for a in rules["accepted_package_checker_errors"] if re.fullmatch(a["pattern"], reason.strip())),
                    None)
         if why:
@@ -155,11 +156,12 @@ def official_package_checks(folder: str, system: System, rules: dict, rcp_bypass
         elif not re.search(r"PACKAGE CHECKER FOUND ERRORS", reason):
             broken.append(reason if len(reason) <= 400 else reason[:400] + " ...")
     bypass = "; --rcp-bypass: the runs are not on Criteo 1TB, so no RCP applies" if rcp_bypass else ""
+    bypass += "".join(f"; {w}" for w in checker.warnings if w.startswith("RCP Test"))
     if broken:
         finding = f("fail", "; ".join(broken) + bypass)
     elif accepted:
         finding = f("warn", "only errors that reviewers accepted: " + "; ".join(
-            f"{why} (first of {len(lines)} error lines: {lines[0][:160]})" for why, lines in accepted.items()) + bypass)
+            f"{why} ({lines[0][:200]})" for why, lines in accepted.items()) + bypass)
     elif checker.passed:
         finding = f("pass", "no errors" + bypass)
     else:
