@@ -245,7 +245,7 @@ def check_eval_cadence(run, rules, claim):
                                  f"expected every {every} epoch", event.line)
             previous = epoch_num
     for key in ("eval_start", "eval_stop"):
-        count = len(run.all(key))
+        count = sum(e.line < run.run_stop_line() for e in run.all(key))
         if count == len(evals) - 1:
             warnings.append(f"{count} {key} for {len(evals)} eval_accuracy (the last evaluation has none); "
                             f"reviewers accepted it")
