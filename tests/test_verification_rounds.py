@@ -97,6 +97,9 @@ def test_older_rounds_do_not_require_what_they_did_not_have(tmp_path):
     assert result["weights_initialization_tensors"]["verdict"] == "skip"
     assert "accepted under training 0.7.0" in verdicts(result, "warn")["submission_keys_before_init_stop"]
     assert report["rcp"] == [] and "RCPs began with 1.0.0" in report["support"]["rcp"]
+    no_seed = write_log(tmp_path / "noseed.log", events(no_seed=True))
+    assert check(no_seed, "0.7.0")[0]["seed_logged"]["verdict"] == "info"  # 0.7.0 had no seed checker
+    assert check(no_seed, "1.0.0")[0]["seed_logged"]["verdict"] == "warn"
     # The same log under 2.1.0: the official checker and our checks fail it, each for its rule.
     result, _ = check(old, "2.1.0")
     assert {"official_compliance", "weights_initialization_tensors", "submission_keys_before_init_stop",

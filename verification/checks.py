@@ -79,12 +79,17 @@ def check_seed_logged(run, rules, claim):
     f = _finding("seed_logged", "the package checker's seed check (rounds 1.0.0 on, closed division) wants one "
                                 "integer seed per run; no round's compliance checker requires it")
     seeds = run.all("seed")
+    # Where no seed check runs (0.7.0, the open division) a missing seed is only noted.
+    level = "warn" if rules["seed_checker"] and run.division == "closed" else "info"
     if not seeds:
-        return f("warn", "no 'seed' key: the package checker's seed check will flag this run (NVIDIA's accepted "
-                         "logs have none)")
+        if level == "info":
+            return f(level, f"no 'seed' key; no seed check applies (training {rules['ruleset']}, "
+                            f"division {run.division})")
+        return f(level, "no 'seed' key: the package checker's seed check will flag this run (NVIDIA's accepted "
+                        "logs have none)")
     if not isinstance(seeds[0].value, int) or isinstance(seeds[0].value, bool):
-        return f("warn", f"seed {seeds[0].value!r} is not an integer: the package checker's seed check will flag it",
-                 seeds[0].line)
+        return f(level, f"seed {seeds[0].value!r} is not an integer" +
+                 (": the package checker's seed check will flag it" if level == "warn" else ""), seeds[0].line)
     return f("pass", f"seed {seeds[0].value}", seeds[0].line)
 
 
