@@ -89,6 +89,10 @@ def _on_criteo(file_entry: dict) -> bool:
     return any(f["check"] == "dataset_identity" and f["verdict"] != "fail" for f in file_entry["findings"])
 
 
+def _compliant(file_entry: dict) -> bool:
+    return all(f["verdict"] != "fail" for f in file_entry["findings"] if f["check"] == "official_compliance")
+
+
 def _check_submission(folder, rules, runs_by_path, files_by_path, with_official, work_dir) -> dict:
     entry = {"folder": folder, "systems": []}
     for system in submission.find_systems(folder):
@@ -100,14 +104,13 @@ def _check_submission(folder, rules, runs_by_path, files_by_path, with_official,
         complete = len(system.files) == rules["result_count"]
         if with_official and desc is not None and complete:
             criteo = all(_on_criteo(files_by_path[p]) for p in system.files if p in files_by_path)
-            checker, row, _ = submission.official_package_checks(folder, system, rules, not criteo, work_dir)
+            checker, row = submission.official_package_checks(folder, system, rules, not criteo, work_dir)
             findings.append(checker)
-            compliant = [r for r in runs if all(f["verdict"] != "fail" for f in files_by_path[r.path]["findings"]
-                                                if f["check"] == "official_compliance")]
-            times = [(r.first("run_stop").time_ms - r.first("run_start").time_ms) / 60000 for r in compliant
-                     if r.first("run_start") and r.first("run_stop")]
+            # As the summarizer: a run the compliance checker (or our reader) rejects is dropped.
+            times = [(r.first("run_stop").time_ms - r.first("run_start").time_ms) / 60000 for r in runs
+                     if _compliant(files_by_path[r.path]) and r.first("run_start") and r.first("run_stop")]
             factor = float(row.get("dlrm:rcp_scaling_factor") or 1.0)
-            score, ours = submission.check_score(times, factor, row, rules)
+            score, ours = submission.check_score(times, len(system.files) - len(times), factor, row)
             findings.append(score)
             item.update(score_minutes=ours, summarizer=row)
         elif with_official and desc is not None:

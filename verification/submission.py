@@ -54,9 +54,12 @@ def find_systems(folder: str) -> list:
     return found
 
 
-def olympic_mean(values: list) -> Optional[float]:
-    """MLPerf's score: drop the fastest and the slowest, average the rest."""
-    kept = sorted(values)[1:-1]
+def olympic_mean(values: list, dropped: int = 0) -> Optional[float]:
+    """MLPerf's score: drop the fastest and the slowest, average the rest. A run
+    already dropped (non-compliant) counts as the slowest; more than one leaves no score."""
+    if dropped > 1:
+        return None
+    kept = sorted(values)[1:len(values) - (1 - dropped)]
     return statistics.mean(kept) if kept else None
 
 
@@ -167,17 +170,19 @@ def official_package_checks(folder: str, system: System, rules: dict, rcp_bypass
     else:
         tail = " | ".join(checker.output.strip().splitlines()[-3:])
         finding = f("fail", f"the package checker did not finish: {tail}")
-    return finding, summary.rows.get(system.name, {}), checker
+    return finding, summary.rows.get(system.name, {})
 
 
-def check_score(times: list, rcp_factor: float, row: dict, rules: dict) -> tuple:
-    """(finding, our score in minutes or None)."""
+def check_score(times: list, dropped: int, rcp_factor: float, row: dict) -> tuple:
+    """(finding, our score in minutes or None). ``times``: of the compliant runs;
+    ``dropped``: how many runs were not."""
     f = _finding("score", "the olympic mean of the times to train (run_stop - run_start, minutes; fastest and "
-                          "slowest dropped) times the RCP normalisation factor, as the result summarizer computes it")
-    ours = olympic_mean(times)
+                          "slowest dropped, a non-compliant run counting as the slowest) times the RCP normalisation "
+                          "factor, as the result summarizer computes it")
+    ours = olympic_mean(times, dropped)
     theirs = row.get("dlrm:time_to_train")
     if ours is None and theirs is None:
-        return f("fail", f"{len(times)} usable runs: time to train is not computable"), None
+        return f("fail", f"{len(times)} compliant runs ({dropped} not): time to train is not computable"), None
     if ours is not None:
         ours *= rcp_factor
     factor = f" (x normalisation factor {rcp_factor:.4f})" if rcp_factor != 1.0 else ""
