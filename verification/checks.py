@@ -36,8 +36,8 @@ class Claim:
     values: dict
 
 
-def _finding(name, rule):
-    """The finding constructors of one check, all carrying its rule."""
+def rule_finding(name, rule):
+    """The finding constructor of one check: every finding it makes carries the check's rule."""
     def make(verdict, reason="", line=None):
         return Finding(name, verdict, reason, line, rule)
     return make
@@ -54,7 +54,7 @@ def target_of(run: RunLog, rules: dict, claim: Optional[Claim]) -> float:
 
 
 def check_log_readable(run, rules, claim):
-    f = _finding("log_readable", "every MLLOG line is JSON with time_ms, key, value, metadata and event_type")
+    f = rule_finding("log_readable", "every MLLOG line is JSON with time_ms, key, value, metadata and event_type")
     v = run.variants
     warnings, notes = [], []
     if v.no_event_type:
@@ -76,8 +76,8 @@ def check_log_readable(run, rules, claim):
 
 
 def check_seed_logged(run, rules, claim):
-    f = _finding("seed_logged", "the package checker's seed check (rounds 1.0.0 on, closed division) wants one "
-                                "integer seed per run; no round's compliance checker requires it")
+    f = rule_finding("seed_logged", "the package checker's seed check (rounds 1.0.0 on, closed division) wants one "
+                                    "integer seed per run; no round's compliance checker requires it")
     seeds = run.all("seed")
     # Where no seed check runs (0.7.0, the open division) a missing seed is only noted.
     level = "warn" if rules["seed_checker"] and run.division == "closed" else "info"
@@ -95,7 +95,7 @@ def check_seed_logged(run, rules, claim):
 
 def check_submission_keys_before_init_stop(run, rules, claim):
     required = rules["submission_keys_before_init_stop"]
-    f = _finding("submission_keys_before_init_stop",
+    f = rule_finding("submission_keys_before_init_stop",
                  f"every submission_* key is logged{' before init_stop' if required else ''} (training "
                  f"{rules['ruleset']}" + (": its init-time limit depends on submission_division)" if required else ")"))
     init_stop = run.first("init_stop")
@@ -111,14 +111,15 @@ def check_submission_keys_before_init_stop(run, rules, claim):
         reason = (f"'{late[0].key}' is logged after init_stop (line {init_stop.line})" +
                   (f" and {len(late) - 1} more" if len(late) > 1 else ""))
         if required:
-            return f("fail", reason + f"; training {rules['ruleset']} needs every submission key before it", late[0].line)
+            return f("fail", reason + f"; training {rules['ruleset']} needs every submission key before it",
+                     late[0].line)
         return f("warn", reason + f"; accepted under training {rules['ruleset']}, the 2.0.0 checker would fail it",
                  late[0].line)
     return f("pass")
 
 
 def check_weights_initialization(run, rules, claim):
-    f = _finding("weights_initialization_tensors",
+    f = rule_finding("weights_initialization_tensors",
                  "closed division: weights_initialization once for each of the 9 tensors (training 1.1.0 on)")
     if run.division != "closed":
         return f("skip", "open division: any architecture")
@@ -140,8 +141,8 @@ def check_weights_initialization(run, rules, claim):
 
 
 def check_monotonic_timestamps(run, rules, claim):
-    f = _finding("timestamps_monotonic", "time_ms does not go backwards (no round's checker tests it; time to "
-                                         "train is run_stop - run_start)")
+    f = rule_finding("timestamps_monotonic", "time_ms does not go backwards (no round's checker tests it; time to "
+                                             "train is run_stop - run_start)")
     backwards = [(b, a) for b, a in zip(run.events, run.events[1:]) if a.time_ms < b.time_ms]
     if not backwards:
         return f("pass")
@@ -157,8 +158,8 @@ def check_monotonic_timestamps(run, rules, claim):
 def check_init_time(run, rules, claim):
     division = run.division if run.division in ("closed", "open") else "closed"
     limit = rules["max_init_minutes"][division]
-    f = _finding("init_time", f"init_stop at most {limit} min after the first init_start ({division} division, "
-                              f"training {rules['ruleset']})")
+    f = rule_finding("init_time", f"init_stop at most {limit} min after the first init_start ({division} division, "
+                                  f"training {rules['ruleset']})")
     starts, stop = run.all("init_start"), run.first("init_stop")
     if not starts or stop is None:
         return f("fail", "init_start or init_stop is missing")
@@ -169,8 +170,8 @@ def check_init_time(run, rules, claim):
 
 
 def check_time_to_train(run, rules, claim):
-    f = _finding("time_to_train", "one run_start and one run_stop, run_stop not before run_start (the score is "
-                                  "run_stop - run_start)")
+    f = rule_finding("time_to_train", "one run_start and one run_stop, run_stop not before run_start (the score is "
+                                      "run_stop - run_start)")
     starts, stops = run.all("run_start"), run.all("run_stop")
     if len(starts) != 1 or len(stops) != 1:
         return f("fail", f"{len(starts)} run_start and {len(stops)} run_stop: time to train is not computable")
@@ -183,7 +184,7 @@ def check_time_to_train(run, rules, claim):
 
 def check_target_reached(run, rules, claim):
     target = target_of(run, rules, claim)
-    f = _finding("target_reached", f"an evaluation before run_stop reaches AUC {target}")
+    f = rule_finding("target_reached", f"an evaluation before run_stop reaches AUC {target}")
     evals = run.evaluations()
     if not evals:
         return f("fail", "no eval_accuracy in the log")
@@ -201,8 +202,8 @@ def check_target_reached(run, rules, claim):
 
 def check_run_stop_status(run, rules, claim):
     target = target_of(run, rules, claim)
-    f = _finding("run_stop_status", f"run_stop status success exactly when an evaluation reached AUC {target}, "
-                                    f"and the run stops at the first such evaluation")
+    f = rule_finding("run_stop_status", f"run_stop status success exactly when an evaluation reached AUC {target}, "
+                                        f"and the run stops at the first such evaluation")
     stops = run.all("run_stop")
     if len(stops) != 1:
         return f("fail", f"expected one run_stop, found {len(stops)}")
@@ -227,8 +228,8 @@ def _counts_evaluations(epochs: list) -> bool:
 
 def check_eval_cadence(run, rules, claim):
     every = rules["eval_every_epochs"]
-    f = _finding("eval_cadence", f"an evaluation every {every} epoch (1-based fractional epoch_num), each with "
-                                 f"eval_start and eval_stop")
+    f = rule_finding("eval_cadence", f"an evaluation every {every} epoch (1-based fractional epoch_num), each with "
+                                     f"eval_start and eval_stop")
     tol = rules["eval_spacing_tolerance"] * every
     evals = run.scored_evaluations()
     if not evals:
@@ -295,9 +296,9 @@ def _samples_trained(run: RunLog, train, expected: dict) -> Optional[str]:
 
 def check_dataset_identity(run, rules, claim):
     expected = rules["criteo_1tb"]
-    f = _finding("dataset_identity", f"Criteo 1TB: train_samples {expected['train_samples']:,} (the dataset size, "
-                                     f"or the samples trained when logged at the end of the run), eval_samples "
-                                     f"{expected['eval_samples']:,}")
+    f = rule_finding("dataset_identity", f"Criteo 1TB: train_samples {expected['train_samples']:,} (the dataset size, "
+                                         f"or the samples trained when logged at the end of the run), eval_samples "
+                                         f"{expected['eval_samples']:,}")
     train_event, eval_event = run.first("train_samples"), run.first("eval_samples")
     train = train_event.value if train_event else None
     evals = eval_event.value if eval_event else None
@@ -326,7 +327,7 @@ def check_dataset_identity(run, rules, claim):
 
 
 def check_hyperparameters_match_config(run, rules, claim):
-    f = _finding("hyperparameters_match_config", "each logged hyperparameter equals the config the run claims")
+    f = rule_finding("hyperparameters_match_config", "each logged hyperparameter equals the config the run claims")
     if claim is None:
         return f("skip", "no claimed config: pass --config FILE, or keep the run's .json summary beside the log")
     mismatches = []
@@ -347,7 +348,7 @@ def check_hyperparameters_match_config(run, rules, claim):
 
 def check_closed_division_rules(run, rules, claim, reference: Optional[dict] = None):
     closed = rules["closed_division"]
-    f = _finding("closed_division_rules",
+    f = rule_finding("closed_division_rules",
                  f"closed division: optimizer {closed['optimizer']}, decay power {closed['decay_power']}, no gradient "
                  f"accumulation, and only {', '.join(closed['may_differ'])} may differ from the reference")
     if run.division != "closed":
@@ -382,7 +383,7 @@ def check_closed_division_rules(run, rules, claim, reference: Optional[dict] = N
 
 def epochs_to_target(run, rules, claim) -> Finding:
     target = target_of(run, rules, claim)
-    f = _finding("epochs_to_target", "a figure: epochs to the first evaluation at the target, and time to train")
+    f = rule_finding("epochs_to_target", "a figure: epochs to the first evaluation at the target, and time to train")
     first = next((e for e in run.scored_evaluations() if e[1] >= target), None)
     if first is None:
         return f("info", "target not reached")

@@ -213,7 +213,8 @@ def render_text(report: dict) -> str:
     if counts["fail"]:
         verdict = f"FAIL ({counts['fail']} failed checks, {counts['warn']} warnings)"
     else:
-        verdict = "PASS" + (f" with {counts['warn']} warnings (accepted deviations, see WARN)" if counts["warn"] else "")
+        verdict = "PASS" + (f" with {counts['warn']} warnings (accepted deviations, see WARN)"
+                            if counts["warn"] else "")
     lines.append(f"verdict: {verdict}")
     return "\n".join(lines)
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from . import official
-from .checks import Finding
+from .checks import Finding, rule_finding
 
 _RESULT = re.compile(r"^result_(\d+)\.txt$")
 
@@ -63,36 +63,31 @@ def olympic_mean(values: list, dropped: int = 0) -> Optional[float]:
     return statistics.mean(kept) if kept else None
 
 
-def _finding(name, rule):
-    def make(verdict, reason="", line=None):
-        return Finding(name, verdict, reason, line, rule)
-    return make
-
-
 def check_result_files(system: System, rules: dict) -> Finding:
     needed = rules["result_count"]
-    f = _finding("result_files", f"exactly {needed} files result_N.txt, N numbered 0..{needed - 1} or "
-                                 f"1..{needed} (training {rules['ruleset']})")
+    f = rule_finding("result_files", f"exactly {needed} files result_N.txt, N numbered 0..{needed - 1} or "
+                                         f"1..{needed} (training {rules['ruleset']})")
     numbers = [int(_RESULT.match(os.path.basename(p)).group(1)) for p in system.files]
-    others = sorted(set(os.listdir(system.results_dir)) - {os.path.basename(p) for p in system.files})
     if len(numbers) > needed:
         return f("fail", f"{len(numbers)} result files, the round allows {needed}: runs may not be chosen")
-    notes = [f"other files: {', '.join(others)}"] if others else []
-    gaps = not numbers or numbers != list(range(numbers[0], numbers[0] + len(numbers))) or numbers[0] not in (0, 1)
     if len(numbers) < needed:
         return f("warn", f"{len(numbers)} result files ({', '.join(map(str, numbers))}), the round needs {needed}: "
-                         f"an incomplete set (an excerpt of a submission?) has no score", None)
-    if gaps:
-        return f("warn", f"result files numbered {', '.join(map(str, numbers))}, not 0..{needed - 1} or "
-                         f"1..{needed}; " + "; ".join(notes))
-    return f("pass" if not notes else "warn", f"result_{numbers[0]}..{numbers[-1]}" + ("; " if notes else "") +
-             "; ".join(notes))
+                         f"an incomplete set (an excerpt of a submission?) has no score")
+    problems = []
+    if numbers not in (list(range(needed)), list(range(1, needed + 1))):
+        problems.append(f"numbered {', '.join(map(str, numbers))}")
+    others = sorted(set(os.listdir(system.results_dir)) - {os.path.basename(p) for p in system.files})
+    if others:
+        problems.append(f"other files beside them: {', '.join(others)} (the package checker warns)")
+    if problems:
+        return f("warn", "; ".join(problems))
+    return f("pass", f"result_{numbers[0]}..{numbers[-1]}")
 
 
 def check_systems_json(system: System, runs: list, rules: dict) -> tuple:
     """(finding, the JSON or None)."""
-    f = _finding("systems_json", "systems/SYSTEM.json exists, and its submitter, division and status are the "
-                                 "logs' submission_org, submission_division and submission_status")
+    f = rule_finding("systems_json", "systems/SYSTEM.json exists, and its submitter, division and status are the "
+                                     "logs' submission_org, submission_division and submission_status")
     if not os.path.isfile(system.json_path):
         return f("fail", f"{system.json_path} is missing: the package checker needs it"), None
     try:
@@ -141,7 +136,7 @@ def _stage(folder: str, system: System, staging: str) -> str:
 def official_package_checks(folder: str, system: System, rules: dict, rcp_bypass: bool, work_dir: str) -> tuple:
     """The package checker's finding and the summarizer's row for this system."""
     ruleset = rules["ruleset"]
-    f = _finding("package_checker", f"the official package checker (training {ruleset}) finds no error")
+    f = rule_finding("package_checker", f"the official package checker (training {ruleset}) finds no error")
     work_dir = os.path.join(work_dir, "official", f"{os.path.basename(os.path.abspath(folder))}-{system.name}")
     os.makedirs(work_dir, exist_ok=True)
     with tempfile.TemporaryDirectory() as staging:
@@ -152,8 +147,8 @@ def official_package_checks(folder: str, system: System, rules: dict, rcp_bypass
     staged = os.path.join(org, "results", system.name, "dlrm")
     accepted, broken = {}, []
     for reason in (r.replace(staged, system.results_dir) for r in checker.reasons):
-        why = next((a["why"] for a in rules["accepted_package_checker_errors"] if re.fullmatch(a["pattern"], reason.strip())),
-                   None)
+        why = next((a["why"] for a in rules["accepted_package_checker_errors"]
+                    if re.fullmatch(a["pattern"], reason.strip())), None)
         if why:
             accepted.setdefault(why, []).append(reason)
         elif not re.search(r"PACKAGE CHECKER FOUND ERRORS", reason):
@@ -176,9 +171,9 @@ def official_package_checks(folder: str, system: System, rules: dict, rcp_bypass
 def check_score(times: list, dropped: int, rcp_factor: float, row: dict) -> tuple:
     """(finding, our score in minutes or None). ``times``: of the compliant runs;
     ``dropped``: how many runs were not."""
-    f = _finding("score", "the olympic mean of the times to train (run_stop - run_start, minutes; fastest and "
-                          "slowest dropped, a non-compliant run counting as the slowest) times the RCP normalisation "
-                          "factor, as the result summarizer computes it")
+    f = rule_finding("score", "the olympic mean of the times to train (run_stop - run_start, minutes; fastest "
+                              "and slowest dropped, a non-compliant run counting as the slowest) times the RCP "
+                              "normalisation factor, as the result summarizer computes it")
     ours = olympic_mean(times, dropped)
     theirs = row.get("dlrm:time_to_train")
     if ours is None and theirs is None:
