@@ -175,6 +175,10 @@ def _json_division(path: str) -> Optional[str]:
         return None
 
 
+def _runs(n: int) -> str:
+    return f"{n} run" + ("" if n == 1 else "s")
+
+
 def _lines(f: dict) -> list:
     where = f" (line {f['line']})" if f.get("line") else ""
     reason = f": {f['reason']}" if f["reason"] else ""
@@ -195,7 +199,7 @@ def render_text(report: dict) -> str:
         for f in file["findings"]:
             lines += _lines(f)
     for r in report["rcp"]:
-        lines.append(f"RCP check, {r['runs']} runs at global batch {r['global_batch_size']} in {r['folder']}: "
+        lines.append(f"RCP check, {_runs(r['runs'])} at global batch {r['global_batch_size']} in {r['folder']}: "
                      f"{r['verdict'].upper()}: {r['reason']}")
         if r["verdict"] in ("fail", "warn"):
             lines.append(f"        rule: {r['rule']}")
@@ -203,7 +207,7 @@ def render_text(report: dict) -> str:
             lines.append(f"  note: {r['supplied']}")
     for s in report["submissions"]:
         for system in s["systems"]:
-            lines.append(f"submission {s['folder']}, system {system['system']} ({system['runs']} runs): "
+            lines.append(f"submission {s['folder']}, system {system['system']} ({_runs(system['runs'])}): "
                          f"{_verdict_of(system['findings']).upper()}")
             for f in system["findings"]:
                 lines += _lines(f)

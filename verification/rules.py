@@ -17,8 +17,11 @@ def load_rules(ruleset: str = DEFAULT_RULESET, path: str = RULES_FILE) -> dict:
     """The common rules with the round's overrides; ``rules["ruleset"]`` names the round."""
     if ruleset not in RULESETS:
         raise ValueError(f"ruleset {ruleset!r}: DLRM was benchmarked under {', '.join(RULESETS)}")
-    with open(path) as f:
-        data = yaml.safe_load(f)
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({e})") from None
     rules = dict(data["common"])
     rules.update((data.get("rounds") or {}).get(ruleset) or {})
     rules["ruleset"] = ruleset

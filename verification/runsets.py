@@ -53,7 +53,8 @@ def rcp_verdict(runs: list, batch, rules: dict, division: str, criteo: bool) -> 
     needed = rules["result_count"]
     if len(runs) < needed:
         return {**entry, "verdict": "warn", "supplied": "",
-                "reason": f"{len(runs)} runs, the RCP test needs the round's {needed} (olympic mean): not tested; "
+                "reason": f"{len(runs)} run{'s' if len(runs) > 1 else ''}, the RCP test needs the round's {needed} "
+                          f"(olympic mean): not tested; "
                           f"an incomplete set is no submission"}
     result = official.rcp([run.path for run in runs], ruleset)
     figures = _figures(result)

@@ -71,7 +71,8 @@ def check_result_files(system: System, rules: dict) -> Finding:
     if len(numbers) > needed:
         return f("fail", f"{len(numbers)} result files, the round allows {needed}: runs may not be chosen")
     if len(numbers) < needed:
-        return f("warn", f"{len(numbers)} result files ({', '.join(map(str, numbers))}), the round needs {needed}: "
+        return f("warn", f"{len(numbers)} result file{'s' if len(numbers) != 1 else ''} "
+                         f"({', '.join(map(str, numbers))}), the round needs {needed}: "
                          f"an incomplete set (an excerpt of a submission?) has no score")
     problems = []
     if numbers not in (list(range(needed)), list(range(1, needed + 1))):
