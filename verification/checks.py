@@ -95,9 +95,10 @@ def check_seed_logged(run, rules, claim):
 
 def check_submission_keys_before_init_stop(run, rules, claim):
     required = rules["submission_keys_before_init_stop"]
+    why = ": its init-time limit depends on submission_division" if required else ""
     f = rule_finding("submission_keys_before_init_stop",
-                 f"every submission_* key is logged{' before init_stop' if required else ''} (training "
-                 f"{rules['ruleset']}" + (": its init-time limit depends on submission_division)" if required else ")"))
+                     f"every submission_* key is logged{' before init_stop' if required else ''} (training "
+                     f"{rules['ruleset']}{why})")
     init_stop = run.first("init_stop")
     limit = init_stop.line if init_stop else math.inf
     late = []
@@ -120,7 +121,7 @@ def check_submission_keys_before_init_stop(run, rules, claim):
 
 def check_weights_initialization(run, rules, claim):
     f = rule_finding("weights_initialization_tensors",
-                 "closed division: weights_initialization once for each of the 9 tensors (training 1.1.0 on)")
+                     "closed division: weights_initialization once for each of the 9 tensors (training 1.1.0 on)")
     if run.division != "closed":
         return f("skip", "open division: any architecture")
     logged = [e.metadata.get("tensor") for e in run.all("weights_initialization")]
@@ -349,8 +350,8 @@ def check_hyperparameters_match_config(run, rules, claim):
 def check_closed_division_rules(run, rules, claim, reference: Optional[dict] = None):
     closed = rules["closed_division"]
     f = rule_finding("closed_division_rules",
-                 f"closed division: optimizer {closed['optimizer']}, decay power {closed['decay_power']}, no gradient "
-                 f"accumulation, and only {', '.join(closed['may_differ'])} may differ from the reference")
+                     f"closed division: optimizer {closed['optimizer']}, decay power {closed['decay_power']}, no "
+                     f"gradient accumulation, and only {', '.join(closed['may_differ'])} may differ from the reference")
     if run.division != "closed":
         return f("skip", f"division {run.division!r}")
     problems = []
