@@ -1,8 +1,8 @@
 """Command line of the verifier.
 
-    python -m verification PATH... [--config FILE] [--out DIR] [--no-plots]
-    python -m verification package --config FILE --system NAME [--runs 5] [--org ORG] [--out DIR]
-                                   [--data-dir DIR] [key=value ...]
+    python -m verification PATH... [--ruleset X.Y.Z] [--config FILE] [--out DIR] [--no-plots]
+    python -m verification package --config FILE --system NAME [--ruleset X.Y.Z] [--runs 5] [--org ORG]
+                                   [--out DIR] [--data-dir DIR] [key=value ...]
 """
 
 from __future__ import annotations
@@ -11,35 +11,43 @@ import argparse
 import os
 import sys
 
-from .rules import load_rules
+from .rules import DEFAULT_RULESET, RULESETS, load_rules
 
 
 def check_main(argv) -> int:
-    from .report import render_text, verify, write_json, write_plots
+    from .plots import write_plots
+    from .report import render_text, verify, write_json
 
     p = argparse.ArgumentParser(
         prog="python -m verification",
-        description="Check DLRM MLPerf result logs as a reviewer would: the official compliance checker "
-                    "(training 2.1.0, --werror) on every log, the checks it misses, epochs to target, and "
-                    "the official RCP checker over each set of runs. Exit status 1 on any failure.")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="result log, results folder or submission package")
+        description="Check DLRM MLPerf result logs as a reviewer of their round would: the official compliance "
+                    "checker under the round's ruleset, the checks it misses, epochs to target, the official RCP "
+                    "checker over each set of runs, and submission folders as wholes (result count, systems JSON, "
+                    "package checker, score against the result summarizer's). FAIL: a rule of the round is broken; "
+                    "WARN: a deviation the round's reviewers accepted or an official tool will flag. Exit status 1 "
+                    "on any FAIL, 2 on bad input.")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="result log, results folder or submission folder (ORG with systems/)")
+    p.add_argument("--ruleset", default=DEFAULT_RULESET, choices=RULESETS,
+                   help=f"the round's rules (default {DEFAULT_RULESET}); v0.7 results: 0.7.0, and so on")
     p.add_argument("--config", help="the config the runs claim (default: each run's .json summary)")
-    p.add_argument("--out", help="folder for report.json and the plots (default: <first PATH's folder>/verification)")
+    p.add_argument("--out", help="folder for report.json, the plots and the official tools' logs "
+                                 "(default: <first PATH's folder>/verification)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     args = p.parse_args(argv)
+    first = args.paths[0]
+    out = args.out or os.path.join(first if os.path.isdir(first) else os.path.dirname(first) or ".", "verification")
     try:
-        report = verify(args.paths, args.config)
-    except (FileNotFoundError, ValueError) as e:
+        os.makedirs(out, exist_ok=True)
+        report = verify(args.paths, args.config, ruleset=args.ruleset, work_dir=out)
+    except (OSError, ValueError) as e:  # LogError, ConfigError and a bad rules file are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(render_text(report))
-    first = args.paths[0]
-    out = args.out or os.path.join(first if os.path.isdir(first) else os.path.dirname(first) or ".", "verification")
-    os.makedirs(out, exist_ok=True)
     write_json(report, os.path.join(out, "report.json"))
     written = [os.path.join(out, "report.json")]
     if not args.no_plots and report["runs"]:
-        written += write_plots(report["runs"], out, load_rules()["target_auc"])
+        written += write_plots(report["runs"], out, load_rules(args.ruleset)["target_auc"])
     print("written: " + ", ".join(written))
     return 0 if report["passed"] else 1
 

@@ -1,7 +1,7 @@
 """Build an MLPerf Training submission package from N seeded runs and check it
 with the official package checker and result summarizer.
 
-Layout (training 2.1.0):
+Layout (every DLRM round, 0.7.0 to 2.1.0):
     OUT/ORG/results/SYSTEM/dlrm/result_0.txt ... result_{N-1}.txt
     OUT/ORG/systems/SYSTEM.json          (logging/system_description_template.json, filled from this machine)
     OUT/ORG/benchmarks/dlrm/implementations/reference-pytorch/   (the code that produced the runs)
@@ -18,13 +18,13 @@ import os
 import platform
 import re
 import shutil
-import statistics
 import sys
 
 from . import official
 from .checks import Claim
-from .report import render_text, verify, write_json, write_plots
-from .rules import ROOT, load_rules
+from .plots import write_plots
+from .report import render_text, verify, write_json
+from .rules import DEFAULT_RULESET, ROOT, RULESETS, load_rules
 from .runlog import RunLog
 
 STATUS_NAMES = {"onprem": "Available on-premise", "cloud": "Available cloud", "preview": "Preview",
@@ -102,12 +102,6 @@ def system_description(cfg, system: str, org: str) -> dict:
     return filled
 
 
-def olympic_mean_minutes(seconds: list) -> float:
-    """MLPerf's score: drop the fastest and the slowest run, average the rest."""
-    kept = sorted(seconds)[1:-1] if len(seconds) > 2 else sorted(seconds)
-    return statistics.mean(kept) / 60
-
-
 def _copy_implementation(target: str) -> None:
     os.makedirs(target)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
@@ -166,6 +160,8 @@ def package_main(argv) -> int:
     p.add_argument("--out", default=os.path.join("results", "package"), help="output folder")
     p.add_argument("--data-dir", help="data folder (default for synthetic: .cache/synthetic, made if missing)")
     p.add_argument("--seed-base", type=int, default=1, help="seeds are seed-base .. seed-base + runs - 1")
+    p.add_argument("--ruleset", default=DEFAULT_RULESET, choices=RULESETS,
+                   help=f"the round whose rules and official tools check the package (default {DEFAULT_RULESET})")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_intermixed_args(argv)
     if args.runs < 1:
@@ -176,7 +172,9 @@ def package_main(argv) -> int:
     from reference.config import Config, ConfigError
     from reference.data import synthetic
 
-    overrides = list(args.overrides) + [f"submission_platform={args.system}"]
+    # The logs must name the organisation and system that the package and its systems JSON name.
+    overrides = list(args.overrides) + [f"submission_platform={args.system}"] + \
+        ([f"submission_org={args.org}"] if args.org else [])
     data_dir = args.data_dir
     try:
         cfg = Config.from_sources(args.config, overrides + ([f"data_dir={data_dir}"] if data_dir else []))
@@ -194,12 +192,15 @@ def package_main(argv) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    return check_package(built, args.system, os.path.join(args.out, "verification"))
+    return check_package(built, args.system, os.path.join(args.out, "verification"), args.ruleset)
 
 
-def check_package(built: dict, system: str, out: str) -> int:
-    """Our checks on every run, the official package checker and summarizer,
-    the score; report and plots into ``out``. Returns the exit status."""
+def check_package(built: dict, system: str, out: str, ruleset: str) -> int:
+    """Our checks on every run and on the package as a whole (result files,
+    systems JSON, the official package checker and summarizer, the score);
+    report and plots into ``out``. Returns the exit status: that of the
+    official package checker and summarizer (the per-run verdict says whether
+    the runs make a valid submission: runs on synthetic data never do)."""
     os.makedirs(out, exist_ok=True)
     results_dir = os.path.join(built["package"], "results", system, "dlrm")
     claims = {}
@@ -207,31 +208,24 @@ def check_package(built: dict, system: str, out: str) -> int:
         summary = RunLog.read(log_path).summary
         claims[os.path.join(results_dir, f"result_{i}.txt")] = Claim(
             f"run summary {os.path.splitext(log_path)[0]}.json", summary["config"])
-    report = verify([built["package"]], claims=claims)
+    report = verify([built["package"]], claims=claims, ruleset=ruleset, work_dir=out)
     print(render_text(report))
-    rules = load_rules()
-    criteo = all(r.value("train_samples") == rules["criteo_1tb"]["train_samples"] for r in report["runs"])
-    checker = official.package_checker(built["package"], rcp_bypass=not criteo, work_dir=out)
-    bypass = ", --rcp-bypass: the runs used other data than Criteo 1TB, so no RCP applies" if not criteo else ""
-    print(f"official package checker (training {official.RULESET}{bypass}): {'PASS' if checker.passed else 'FAIL'}")
-    for reason in checker.reasons:
-        print(f"  {reason}")
+    [entry] = [s for s in report["submissions"][0]["systems"] if s["system"] == system]
+    findings = {f["check"]: f for f in entry["findings"]}
+    checker, score = findings.get("package_checker"), findings.get("score")
+    print(f"official package checker (training {ruleset}): {checker['verdict'].upper()}: {checker['reason']}")
     print(f"  note: {official.SUPPLIED}")
-    summary = official.result_summarizer(built["package"], work_dir=out)
-    row = summary.row
-    if summary.passed:
+    row = entry.get("summarizer") or {}
+    if row.get("dlrm:time_to_train") is not None:
         print(f"result summarizer: dlrm time to train {row['dlrm:time_to_train']:.4f} min (RCP: {row.get('dlrm:RCP')}, "
               f"epochs to converge {row.get('dlrm:samples_to_converge')})")
     else:
-        print("result summarizer: FAILED\n" + "\n".join("  " + line for line in summary.output.strip().splitlines()[-8:]))
-    score = olympic_mean_minutes(built["times"])
-    print(f"score: {score:.4f} minutes (olympic mean of {len(built['times'])} times to train, fastest and slowest "
-          f"dropped; the summarizer's figure above is the official one)")
-    write_json({**report, "package_checker": {"passed": checker.passed, "reasons": checker.reasons,
-                                              "rcp_bypass": not criteo, "supplied": official.SUPPLIED},
-                "summarizer": row, "score_minutes": score, "times_to_train_s": built["times"]},
-               os.path.join(out, "report.json"))
+        print("result summarizer: no score")
+    if score is not None:
+        print(f"score: {score['verdict'].upper()}: {score['reason']}")
+    write_json(report, os.path.join(out, "report.json"))
     # Plot from the runs' own logs: their .json summaries beside them carry the loss curves.
-    plotted = write_plots([RunLog.read(path) for path in built["logs"]], out, rules["target_auc"])
+    plotted = write_plots([RunLog.read(path) for path in built["logs"]], out, load_rules(ruleset)["target_auc"])
     print(f"package: {built['package']}; report and plots: {', '.join([os.path.join(out, 'report.json')] + plotted)}")
-    return 0 if checker.passed and summary.passed else 1
+    passed = checker is not None and checker["verdict"] != "fail" and score is not None and score["verdict"] != "fail"
+    return 0 if passed else 1

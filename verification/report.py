@@ -1,17 +1,17 @@
-"""Verify a set of result logs and write the verdict: text, JSON and plots."""
+"""Verify a set of result logs under one round's ruleset, and write the verdict as text and JSON."""
 
 from __future__ import annotations
 
 import json
 import os
-from collections import defaultdict
+import tempfile
 from typing import Optional
 
 from reference.config import Config
 
-from . import official
+from . import official, runsets, submission
 from .checks import Claim, Finding, run_checks
-from .rules import load_rules
+from .rules import DEFAULT_RULESET, load_rules
 from .runlog import TOKEN, LogError, RunLog
 
 
@@ -23,7 +23,8 @@ def find_logs(paths: list) -> list:
         if os.path.isfile(path):
             found.append(path)
         elif os.path.isdir(path):
-            for root, _, files in sorted(os.walk(path)):
+            for root, dirs, files in os.walk(path):
+                dirs.sort()
                 for name in sorted(files):
                     if name.endswith(".log") or (name.startswith("result_") and name.endswith(".txt")):
                         full = os.path.join(root, name)
@@ -35,71 +36,189 @@ def find_logs(paths: list) -> list:
     return found
 
 
+def find_submissions(paths: list) -> list:
+    """Submission folders at or below the folders in ``paths`` (a folder with systems/)."""
+    found = []
+    for path in paths:
+        if not os.path.isdir(path):
+            continue
+        for root, dirs, _ in os.walk(path):
+            dirs.sort()
+            if submission.find_systems(root):
+                found.append(root)
+                dirs[:] = []  # a submission's own folders are not submissions
+    return found
+
+
 def load_claim(config_path: Optional[str]) -> Optional[Claim]:
     if config_path is None:
         return None
     return Claim(config_path, Config.from_sources(config_path).as_dict())
 
 
+def _verdict_of(findings: list) -> str:
+    verdicts = {f["verdict"] for f in findings}
+    return "fail" if "fail" in verdicts else "warn" if "warn" in verdicts else "pass"
+
+
+def _check_file(path, rules, claim, reference, with_official) -> tuple:
+    """(file entry, RunLog or None)."""
+    try:
+        run = RunLog.read(path)
+    except LogError as e:
+        finding = Finding("log_readable", "fail", str(e), None, "every MLLOG line is JSON with time_ms and key")
+        return {"path": path, "findings": [finding.as_dict()]}, None
+    if claim is None and run.config is not None:
+        claim = Claim(f"the run's summary {os.path.splitext(path)[0]}.json", run.config)
+    findings = []
+    if with_official:
+        rule = f"the official compliance checker (training {rules['ruleset']}, --werror) passes"
+        result = official.compliance(path, rules["ruleset"])
+        if result is None:
+            findings.append(Finding("official_compliance", "warn", official.support(rules["ruleset"])["compliance"] +
+                                    ": not run", None, rule))
+        else:
+            findings.append(Finding("official_compliance", "pass" if result.passed else "fail",
+                                    "; ".join(result.reasons) or ("" if result.passed else "checker failed"),
+                                    None, rule))
+    findings += run_checks(run, rules, claim, reference)
+    return {"path": path, "findings": [f.as_dict() for f in findings]}, run
+
+
+def _on_criteo(file_entry: dict) -> bool:
+    return any(f["check"] == "dataset_identity" and f["verdict"] != "fail" for f in file_entry["findings"])
+
+
+def _compliant(file_entry: dict) -> bool:
+    return all(f["verdict"] != "fail" for f in file_entry["findings"] if f["check"] == "official_compliance")
+
+
+def _check_submission(folder, rules, runs_by_path, files_by_path, with_official, work_dir) -> dict:
+    entry = {"folder": folder, "systems": []}
+    for system in submission.find_systems(folder):
+        runs = [runs_by_path[p] for p in system.files if p in runs_by_path]
+        findings = [submission.check_result_files(system, rules)]
+        json_finding, desc = submission.check_systems_json(system, runs, rules)
+        findings.append(json_finding)
+        item = {"system": system.name, "results_dir": system.results_dir, "runs": len(system.files)}
+        complete = len(system.files) == rules["result_count"]
+        if with_official and desc is not None and complete:
+            criteo = all(_on_criteo(files_by_path[p]) for p in system.files if p in files_by_path)
+            checker, row = submission.official_package_checks(folder, system, rules, not criteo, work_dir)
+            findings.append(checker)
+            # As the summarizer: a run the compliance checker (or our reader) rejects is dropped.
+            times = [(r.first("run_stop").time_ms - r.first("run_start").time_ms) / 60000 for r in runs
+                     if _compliant(files_by_path[r.path]) and r.first("run_start") and r.first("run_stop")]
+            factor = float(row.get("dlrm:rcp_scaling_factor") or 1.0)
+            score, ours = submission.check_score(times, len(system.files) - len(times), factor, row)
+            findings.append(score)
+            item.update(score_minutes=ours, summarizer=row)
+        elif with_official and desc is not None:
+            findings.append(Finding("package_checker", "skip", f"{len(system.files)} of {rules['result_count']} "
+                                    f"result files: the package checker and the summarizer need a complete set",
+                                    None, "the official package checker finds no error"))
+        item["findings"] = [f.as_dict() for f in findings]
+        entry["systems"].append(item)
+    return entry
+
+
 def verify(paths: list, config_path: Optional[str] = None, with_official: bool = True,
-           claims: Optional[dict] = None) -> dict:
-    """Check every log under ``paths``. The config a run claims is, in order:
-    ``claims[path]``, the file named by ``config_path``, or the run's own
-    .json summary beside its log."""
-    rules = load_rules()
+           claims: Optional[dict] = None, ruleset: str = DEFAULT_RULESET, work_dir: Optional[str] = None) -> dict:
+    """Check every log under ``paths`` under ``ruleset``. The config a run claims
+    is, in order: ``claims[path]``, the file named by ``config_path``, or the
+    run's own .json summary beside its log. Submission folders among ``paths``
+    are also checked as wholes (the official tools' logs go to ``work_dir``)."""
+    rules = load_rules(ruleset)
     reference = Config.from_sources(rules["closed_division"]["reference_config"]).as_dict()
     claimed = load_claim(config_path)
     files, runs = [], []
     for path in find_logs(paths):
-        try:
-            run = RunLog.read(path)
-        except LogError as e:
-            files.append({"path": path, "findings": [Finding("log_readable", "fail", str(e)).as_dict()]})
-            continue
-        claim = (claims or {}).get(path, claimed)
-        if claim is None and run.config is not None:
-            claim = Claim(f"the run's summary {os.path.splitext(path)[0]}.json", run.config)
-        findings = []
-        if with_official:
-            result = official.compliance(path)
-            findings.append(Finding("official_compliance", "pass" if result.passed else "fail",
-                                    "; ".join(result.reasons) or ("" if result.passed else "checker failed")))
-        findings += run_checks(run, rules, claim, reference)
-        files.append({"path": path, "findings": [f.as_dict() for f in findings]})
-        runs.append(run)
+        entry, run = _check_file(path, rules, (claims or {}).get(path, claimed), reference, with_official)
+        files.append(entry)
+        if run is not None:
+            runs.append(run)
+    files_by_path = {f["path"]: f for f in files}
+    runs_by_path = {r.path: r for r in runs}
+    with tempfile.TemporaryDirectory() as tmp:
+        submissions = [_check_submission(folder, rules, runs_by_path, files_by_path, with_official, work_dir or tmp)
+                       for folder in find_submissions(paths)]
     rcp = []
     if with_official:
-        groups = defaultdict(list)
-        for run in runs:
-            groups[(os.path.dirname(run.path), run.value("global_batch_size"))].append(run.path)
-        for (folder, batch), members in sorted(groups.items(), key=lambda x: str(x[0])):
-            if len(members) < 2:
-                continue
-            result = official.rcp(members)
-            rcp.append({"folder": folder, "global_batch_size": batch, "runs": len(members),
-                        "verdict": "pass" if result.passed else "fail", "reasons": result.reasons,
-                        "supplied": official.SUPPLIED})
-    failed = sum(f["verdict"] == "fail" for file in files for f in file["findings"]) + \
-        sum(r["verdict"] == "fail" for r in rcp)
-    return {"files": files, "rcp": rcp, "failed_checks": failed, "passed": failed == 0 and bool(files),
-            "runs": runs}
+        divisions = {}
+        for entry in submissions:
+            for system in entry["systems"]:
+                desc_division = _json_division(os.path.join(entry["folder"], "systems", system["system"] + ".json"))
+                divisions[os.path.abspath(system["results_dir"])] = desc_division
+        for (folder, batch), members in runsets.group_runs(runs).items():
+            if len(members) < 2 and os.path.abspath(folder) not in divisions:
+                continue  # a lone log is no set
+            # The package checker takes the division from the systems JSON; a plain folder, from the logs.
+            division = divisions.get(os.path.abspath(folder)) or members[0].division
+            criteo = all(_on_criteo(files_by_path[run.path]) for run in members)
+            entry = runsets.rcp_verdict(members, batch, rules, division, criteo)
+            if entry["verdict"] == "warn" and os.path.abspath(folder) in divisions:
+                entry["verdict"] = "skip"  # the submission's result_files finding already warns of the count
+            rcp.append({"folder": folder, **entry})
+    all_findings = [f for file in files for f in file["findings"]] + rcp + \
+        [f for s in submissions for system in s["systems"] for f in system["findings"]]
+    counts = {v: sum(f["verdict"] == v for f in all_findings) for v in ("fail", "warn")}
+    return {"ruleset": ruleset, "support": official.support(ruleset), "files": files, "rcp": rcp,
+            "submissions": submissions, "counts": counts, "failed_checks": counts["fail"],
+            "passed": counts["fail"] == 0 and bool(files), "runs": runs}
+
+
+def _json_division(path: str) -> Optional[str]:
+    try:
+        with open(path) as f:
+            return json.load(f).get("division")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _runs(n: int) -> str:
+    return f"{n} run" + ("" if n == 1 else "s")
+
+
+def _lines(f: dict) -> list:
+    where = f" (line {f['line']})" if f.get("line") else ""
+    reason = f": {f['reason']}" if f["reason"] else ""
+    lines = [f"  {f['verdict'].upper():<5} {f['check']}{reason}{where}"]
+    if f["verdict"] in ("fail", "warn") and f.get("rule"):
+        lines.append(f"        rule: {f['rule']}")
+    return lines
 
 
 def render_text(report: dict) -> str:
-    lines = []
+    """The verdict as text, with the rule under each FAIL and WARN."""
+    lines = [f"ruleset: training {report['ruleset']}"]
+    for tool, why in report["support"].items():
+        if why:
+            lines.append(f"  note: {why}")
     for file in report["files"]:
-        lines.append(file["path"])
+        lines.append(f"{file['path']}: {_verdict_of(file['findings']).upper()}")
         for f in file["findings"]:
-            where = f" (line {f['line']})" if f.get("line") else ""
-            reason = f": {f['reason']}" if f["reason"] else ""
-            lines.append(f"  {f['verdict'].upper():<5} {f['check']}{reason}{where}")
+            lines += _lines(f)
     for r in report["rcp"]:
-        lines.append(f"RCP check, {r['runs']} runs at global batch {r['global_batch_size']} in {r['folder']}: "
-                     f"{r['verdict'].upper()}" + (f": {'; '.join(r['reasons'])}" if r["reasons"] else ""))
-        lines.append(f"  note: {r['supplied']}")
+        lines.append(f"RCP check, {_runs(r['runs'])} at global batch {r['global_batch_size']} in {r['folder']}: "
+                     f"{r['verdict'].upper()}: {r['reason']}")
+        if r["verdict"] in ("fail", "warn"):
+            lines.append(f"        rule: {r['rule']}")
+        if r.get("supplied"):
+            lines.append(f"  note: {r['supplied']}")
+    for s in report["submissions"]:
+        for system in s["systems"]:
+            lines.append(f"submission {s['folder']}, system {system['system']} ({_runs(system['runs'])}): "
+                         f"{_verdict_of(system['findings']).upper()}")
+            for f in system["findings"]:
+                lines += _lines(f)
     if not report["files"]:
         lines.append("no result logs found")
-    verdict = "PASS" if report["passed"] else f"FAIL ({report['failed_checks']} failed checks)"
+    counts = report["counts"]
+    if counts["fail"]:
+        verdict = f"FAIL ({counts['fail']} failed checks, {counts['warn']} warnings)"
+    else:
+        verdict = "PASS" + (f" with {counts['warn']} warnings (accepted deviations, see WARN)"
+                            if counts["warn"] else "")
     lines.append(f"verdict: {verdict}")
     return "\n".join(lines)
 
@@ -110,60 +229,3 @@ def write_json(report: dict, path: str) -> None:
     with open(tmp, "w") as f:
         json.dump(data, f, indent=1)
     os.replace(tmp, path)
-
-
-def write_plots(runs: list, folder: str, target: float) -> list:
-    """AUC against epoch (with the target), loss against iteration (from the
-    run summaries), throughput per evaluation block. Returns the files written."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-
-    def save(fig, name):
-        path = os.path.join(folder, name)
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
-
-    label = lambda run: os.path.basename(run.path)  # noqa: E731
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for run in runs:
-        evals = run.evaluations()
-        ax.plot([e[0] for e in evals], [e[1] for e in evals], marker=".", label=label(run))
-    ax.axhline(target, color="red", linestyle="--", label=f"target {target}")
-    ax.set(xlabel="epoch (1-based, as logged)", ylabel="eval AUC", title="AUC against epoch")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    save(fig, "auc.png")
-
-    with_loss = [run for run in runs if run.summary and run.summary.get("loss_curve")]
-    if with_loss:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for run in with_loss:
-            curve = run.summary["loss_curve"]
-            ax.plot([c[0] for c in curve], [c[1] for c in curve], label=label(run))
-        ax.set(xlabel="iteration", ylabel="training loss (mean over log_every steps)", title="Loss against iteration")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        save(fig, "loss.png")
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for run in runs:
-        samples = run.value("train_samples") or 0
-        points = []
-        for start, stop in zip(run.all("block_start"), run.all("block_stop")):
-            seconds = (stop.time_ms - start.time_ms) / 1000
-            if seconds > 0:
-                count = start.metadata.get("epoch_count", 0)
-                points.append((start.metadata.get("first_epoch_num", 0) + count, count * samples / seconds))
-        if points:
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=label(run))
-    ax.set(xlabel="epoch (1-based, as logged)", ylabel="training samples/s (per evaluation block)",
-           title="Throughput")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    save(fig, "throughput.png")
-    return written
