@@ -18,7 +18,8 @@ compute) is timed too. Medians over steps; every ratio compares figures of
 this run. The header names the CPU, its relevant flags, and which kernel
 ``linear_kernel=auto`` picks here.
 
-    python -m benchmarks.train_throughput [--steps 20] [--optimizers sgd rowwise_adagrad] [--json FILE]
+    python -m benchmarks.train_throughput [--steps 20] [--optimizers sgd rowwise_adagrad] [--profile N]
+        [--json FILE]
 """
 
 from __future__ import annotations
@@ -122,6 +123,28 @@ def measure(optimizer: str, paths: list[str], path: str, args) -> list[dict]:
     return results
 
 
+def profile_steps(optimizer: str, paths: list[str], path: str, args) -> dict[str, list[tuple[str, float]]]:
+    """Per path, the operators that take the most time in a training step
+    (torch.profiler, self CPU ms per step, top ``args.profile``)."""
+    from torch.profiler import profile
+
+    sizes = [args.table_rows] * 26
+    data = BinaryDataset(path, args.batch_size, sizes)
+    out = {}
+    for name in paths:
+        trainer = make_trainer(optimizer, PATHS[name], data, sizes, args.batch_size)
+        for i in range(args.warmup):
+            trainer.train_step(data.batch(i % data.num_batches))
+        steps = 5
+        with profile() as prof:
+            for i in range(steps):
+                trainer.train_step(data.batch(i % data.num_batches)).item()
+        events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+        out[name] = [(e.key, round(e.self_cpu_time_total / 1e3 / steps, 2)) for e in events[:args.profile]]
+        del trainer
+    return out
+
+
 def auto_verdicts(results: list[dict], auto: str) -> list[str]:
     """Whether linear_kernel=auto's choice is the faster fp32 path on this CPU, per optimiser."""
     notes = []
@@ -143,6 +166,8 @@ def main(argv=None) -> int:
     p.add_argument("--table-rows", type=int, default=100_000)
     p.add_argument("--optimizers", nargs="+", default=["sgd", "rowwise_adagrad"])
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="also print the N operators that take the most time per step, per path (first optimiser)")
     args = p.parse_args(argv)
     paths = ["fp32 aten"]
     notes = []
@@ -163,6 +188,7 @@ def main(argv=None) -> int:
         path = os.path.join(tmp, "random.bin")
         random_file(path, 16 * args.batch_size, args.table_rows)
         results = [r for name in args.optimizers for r in measure(name, paths, path, args)]
+        profiles = profile_steps(args.optimizers[0], paths, path, args) if args.profile else {}
     notes += auto_verdicts(results, auto)
     print(f"# {json.dumps(info)}")
     for note in notes:
@@ -173,10 +199,13 @@ def main(argv=None) -> int:
         print(f"{r['optimizer']:<16} {r['path']:<12} {r['step_ms']:>8} {r['mlp_only_ms']:>12} "
               f"{r['samples_per_s']:>10,} {r['non_mlp_share']:>14.1%} {r['step_vs_floor']:>10}x "
               f"{r['step_vs_fp32_aten']:>12}x")
+    for name, ops in profiles.items():
+        print(f"# {args.optimizers[0]}, {name}: self CPU ms per step: "
+              + ", ".join(f"{op} {ms}" for op, ms in ops))
     if args.json:
         tmp_path = args.json + ".tmp"
         with open(tmp_path, "w") as f:
-            json.dump({"info": info, "notes": notes, "results": results}, f, indent=1)
+            json.dump({"info": info, "notes": notes, "results": results, "profiles": profiles}, f, indent=1)
         os.replace(tmp_path, args.json)
     return 0
 

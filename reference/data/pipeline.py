@@ -85,6 +85,8 @@ class Batches:
 
     def _produce(self) -> None:
         try:
+            if self._cuda:  # a new thread starts on device 0, whichever GPU this rank owns
+                torch.cuda.set_device(self._stream.device)
             for i in self.indices:
                 batch = self.read(i)
                 item = _stage(batch, self.device, self._stream) if self._cuda else batch
