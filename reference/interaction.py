@@ -40,14 +40,11 @@ class _PairwiseDots(torch.autograd.Function):
 def stack_vectors(dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
     """(B, T+1, D): the bottom output, then the T pooled embeddings, in the
     dtype the interaction computes in (autocast's, else the embeddings').
-    Written into one buffer: under bf16, concatenating first (in fp32, the
-    promoted type) and casting after would pass over the data twice."""
+    Under bf16 the embeddings are cast before the concatenation, which would
+    otherwise promote to fp32 and be cast after: twice the passes over the data."""
     device = sparse.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else sparse.dtype
-    vectors = sparse.new_empty((sparse.shape[0], sparse.shape[1] + 1, sparse.shape[2]), dtype=dtype)
-    vectors[:, 0] = dense
-    vectors[:, 1:] = sparse
-    return vectors
+    return torch.cat([dense.unsqueeze(1).to(dtype), sparse.to(dtype)], dim=1)
 
 
 class DotInteraction(nn.Module):
