@@ -9,11 +9,14 @@ evaluation scores into the global metrics.
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import time
+from datetime import timedelta
 from typing import Optional
 
 import torch
+import torch.distributed as dist
 
 from ..config import Config, ConfigError
 from ..data.binary import DataError
@@ -23,6 +26,7 @@ from ..model import DLRM, resolve_linear_kernel
 from ..precision import Precision, PrecisionError, build_precision
 from .comm import HEARTBEAT_SECONDS, Communicator, FaultMonitor, agree, build_communicator, join, open_store
 from .data_parallel import GradientReducer
+from .gpu_binding import check_distinct, gpu_index
 from .launch import LaunchError, LaunchInfo, detect
 from .planner import Plan, PlanError, plan_tables, state_bytes_per_row
 from .sharded import ShardedDLRM
@@ -78,13 +82,41 @@ def make_plan(cfg: Config, table_sizes: list[int], world_size: int) -> Plan:
         raise ConfigError(f"{cfg.where('embedding_memory_per_rank')}: {e}") from None
 
 
+def bind_device(cfg: Config, rank: int = 0, local_rank: int = 0, local_world_size: int = 1,
+                env=os.environ) -> torch.device:
+    """This process's device, made current (see gpu_binding)."""
+    if not cfg.device.startswith("cuda"):
+        return torch.device("cpu")
+    index = gpu_index(cfg.device, rank, local_rank, local_world_size, torch.cuda.device_count(),
+                      env.get("CUDA_VISIBLE_DEVICES"))
+    device = torch.device("cuda", index)
+    try:
+        torch.cuda.set_device(device)
+    except RuntimeError as e:
+        raise LaunchError(f"rank {rank}: cannot use {device}: {e}") from None
+    return device
+
+
+def check_gpus_distinct(store, info: LaunchInfo, device: torch.device, timeout: float) -> None:
+    """Every rank publishes its GPU's UUID; two ranks of one machine on one GPU are refused."""
+    store.set(f"gpu/{info.rank}", f"{socket.gethostname()}\t{torch.cuda.get_device_properties(device).uuid}")
+    keys = [f"gpu/{r}" for r in range(info.world_size)]
+    try:
+        store.wait(keys, timedelta(seconds=timeout))
+    except (RuntimeError, dist.DistStoreError) as e:
+        missing = [r for r, k in enumerate(keys) if not store.check([k])]
+        raise LaunchError(f"rank {info.rank}: rank(s) {', '.join(map(str, missing))} did not publish their GPU "
+                          f"within {timeout:.0f} s (dist_timeout): {e}") from None
+    check_distinct([(r, *store.get(k).decode().split("\t", 1)) for r, k in enumerate(keys)])
+
+
 class SingleProcess:
     """The whole batch and the whole model in this process."""
 
     rank, world_size, is_root = 0, 1, True
 
     def __init__(self, cfg: Config):
-        self.device = torch.device(cfg.device)
+        self.device = bind_device(cfg)
         self.precision = make_precision(cfg, self.device)
         self.linear_kernel, self.kernel_reason = make_linear_kernel(cfg)
 
@@ -150,23 +182,14 @@ class MultiProcess:
                 raise ConfigError(f"{cfg.where(key)}: {key}: checkpoints are single-process only for now "
                                   f"(this run has {info.world_size} ranks)")
         backend = resolve_backend(cfg)
-        if cfg.device.startswith("cuda"):
-            gpus = torch.cuda.device_count()
-            if backend == "nccl" and info.local_world_size > gpus:
-                raise LaunchError(f"{info.local_world_size} ranks on this machine but {gpus} GPU(s): NCCL needs "
-                                  f"a GPU per rank; start at most {gpus} ranks per machine")
-            device = torch.device("cuda", info.local_rank % gpus)
-            try:
-                torch.cuda.set_device(device)
-            except RuntimeError as e:
-                raise LaunchError(f"rank {info.rank}: cannot use {device}: {e}") from None
-        else:
-            device = torch.device("cpu")
+        device = bind_device(cfg, info.rank, info.local_rank, info.local_world_size)
         if cfg.num_threads == 0:  # launchers set one thread per process; use this machine's share of cores
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // info.local_world_size))
         store = open_store(info, cfg.dist_timeout)
         settings = {k: v for k, v in cfg.as_dict().items() if k != "run_name"}
         join(store, info, settings, cfg.dist_timeout)
+        if device.type == "cuda":
+            check_gpus_distinct(store, info, device, cfg.dist_timeout)
         monitor = FaultMonitor(store, info.rank, info.world_size, cfg.dist_timeout)
         try:
             comm = build_communicator(backend, info, store, cfg.dist_timeout, device, monitor)
