@@ -82,3 +82,82 @@ def test_single_process_cuda_n_sets_the_current_device(monkeypatch):
     cfg.device = "cuda:2"  # validate() would refuse it without a GPU; the binding itself is what is tested
     assert runtime.bind_device(cfg, env={}) == torch.device("cuda", 2)
     assert calls == [torch.device("cuda", 2)]
+
+
+# --- GPU memory ------------------------------------------------------------------------
+
+H200 = (139 * 2 ** 30, 140 * 2 ** 30)  # (free, total) as mem_get_info reports a fresh H200
+
+
+def mlperf_config(**values):
+    cfg = runtime.Config()
+    cfg.update(dict(submission_division="open", **values), origin="test")
+    return cfg
+
+
+def test_gpu_memory_is_checked_against_the_gpu_not_the_host(monkeypatch):
+    import yaml
+    from conftest import ROOT
+    sizes = yaml.safe_load(open(f"{ROOT}/configs/mlperf_closed.yaml"))["table_sizes"]
+    asked = []
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: asked.append(device) or H200)
+    monkeypatch.setattr(runtime, "available_memory_bytes", lambda: 2 ** 30)  # host RAM is not where they live
+    gpu = torch.device("cuda", 3)
+    runtime.check_table_memory(mlperf_config(optimizer="sgd", table_sizes=sizes), sum(sizes), device=gpu)  # 89.5 GiB fits
+    assert asked == [gpu]
+    # Dense Adagrad: 89.5 GiB of state on top of the weights.
+    with pytest.raises(runtime.ConfigError, match=r"test: the embedding tables need 179\.1 GiB of GPU memory "
+                                                  r"\(187,767,399 rows x 128 x 4 B = 89\.5 GiB of weights, plus "
+                                                  r"89\.5 GiB of adagrad state\) but cuda:3 has 139\.0 GiB free"):
+        runtime.check_table_memory(mlperf_config(optimizer="adagrad", table_sizes=sizes), sum(sizes), device=gpu)
+    with pytest.raises(runtime.ConfigError, match="only 1.0 GiB of memory is available"):
+        runtime.check_table_memory(mlperf_config(optimizer="sgd", table_sizes=sizes), sum(sizes))
+
+
+def test_each_rank_checks_its_shards_against_its_own_gpu(monkeypatch):
+    from reference.distributed.planner import plan_tables
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (10 * 2 ** 30, 16 * 2 ** 30))
+    sizes = [40_000_000, 3_000_000, 1000]
+    plan = plan_tables(sizes, 4, 128, "rowwise_adagrad")
+    rows = sum(s.rows for s in plan.shards_of(0))  # ~10.8M rows, 5.2 GiB: fits in 10 - 2 GiB
+    runtime.check_table_memory(mlperf_config(optimizer="rowwise_adagrad"), rows, 4, device=torch.device("cuda", 0))
+    # Reserve: at least 2 GiB, or 5% of the GPU.
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (6 * 2 ** 30, 16 * 2 ** 30))
+    with pytest.raises(runtime.ConfigError, match=r"but cuda:0 has 6\.0 GiB free of 16\.0 GiB, 2\.0 GiB of it kept"):
+        runtime.check_table_memory(mlperf_config(optimizer="rowwise_adagrad"), rows, 4,
+                                   device=torch.device("cuda", 0))
+
+
+# --- tables built where they are used ------------------------------------------------------
+
+
+def test_initialisation_is_the_same_for_any_thread_count(monkeypatch):
+    from reference import embeddings
+    monkeypatch.setattr(embeddings, "init_block_rows", lambda dim: 5)  # many blocks, several per table
+    sizes = [37, 3, 64, 11]
+    ranges, offset = [], 0
+    for t, n in enumerate(sizes):
+        ranges.append(embeddings.RowRange(offset, t, n, 0, n))
+        offset += n
+    one = torch.empty(offset, 4)
+    embeddings.init_rows(one, 9, ranges, threads=1)
+    for threads in (2, 7):
+        many = torch.empty(offset, 4)
+        embeddings.init_rows(many, 9, ranges, threads=threads)
+        assert torch.equal(one, many)
+    assert torch.equal(one, embeddings.FusedEmbeddingBag(sizes, 4, seed=9).weight)
+
+
+@needs_cuda
+def test_tables_built_on_the_gpu_equal_the_hosts():
+    from reference.distributed.planner import plan_tables
+    from reference.distributed.sharded import ShardedEmbeddings
+    from reference.embeddings import FusedEmbeddingBag
+    sizes = [70_000, 3, 25_000, 7]
+    host = FusedEmbeddingBag(sizes, 16, seed=5)
+    gpu = FusedEmbeddingBag(sizes, 16, seed=5, device="cuda")
+    assert gpu.weight.is_cuda and torch.equal(gpu.weight.cpu(), host.weight)
+    plan = plan_tables(sizes, 3, 16)
+    for rank in range(3):
+        a, b = ShardedEmbeddings(plan, rank, 5), ShardedEmbeddings(plan, rank, 5, torch.device("cuda"))
+        assert torch.equal(a.weight, b.weight.cpu())
