@@ -46,11 +46,38 @@ def available_memory_bytes() -> Optional[int]:
     return None
 
 
-def check_table_memory(cfg: Config, rows: int, processes_here: int = 1, what: str = "the embedding tables") -> None:
+# Kept free on a GPU beyond the tables: the CUDA context, activations, the all-to-all and
+# gradient buffers, the allocator's slack (a fraction of the GPU, at least this much).
+GPU_WORKSPACE_BYTES = 2 * GIB
+GPU_WORKSPACE_SHARE = 0.05
+
+
+def gpu_free_bytes(device: torch.device) -> tuple[int, int]:
+    """(free, total) bytes of a GPU's memory, as the driver reports them."""
+    return torch.cuda.mem_get_info(device)
+
+
+def check_table_memory(cfg: Config, rows: int, processes_here: int = 1, what: str = "the embedding tables",
+                       device: torch.device = torch.device("cpu")) -> None:
     """Refuse, before allocating, tables that cannot fit: the weights are
-    allocated lazily, so the failure would otherwise be an OOM kill mid-run."""
-    per_row = cfg.embedding_dim * 4 + state_bytes_per_row(cfg.optimizer, cfg.embedding_dim)
-    need = rows * per_row
+    allocated lazily (and the optimiser's state at the first step), so the
+    failure would otherwise be an OOM kill, or a CUDA out-of-memory error, mid-run.
+    On a GPU the tables live in the GPU's memory (one GPU per rank), on the host in RAM."""
+    weights = rows * cfg.embedding_dim * 4
+    state = rows * state_bytes_per_row(cfg.optimizer, cfg.embedding_dim)
+    need = weights + state
+    if device.type == "cuda":
+        parts = (f"{rows:,} rows x {cfg.embedding_dim} x 4 B = {weights / GIB:.1f} GiB of weights, plus "
+                 f"{state / GIB:.1f} GiB of {cfg.optimizer} state")
+        free, total = gpu_free_bytes(device)
+        reserve = max(GPU_WORKSPACE_BYTES, int(GPU_WORKSPACE_SHARE * total))
+        if need > free - reserve:
+            raise ConfigError(f"{cfg.where('table_sizes')}: {what} need {need / GIB:.1f} GiB of GPU memory "
+                              f"({parts}) but {device} has {free / GIB:.1f} GiB free of {total / GIB:.1f} GiB, "
+                              f"{reserve / GIB:.1f} GiB of it kept for activations and buffers; use more GPUs "
+                              f"(ranks), rowwise_adagrad or sgd (optimizer) rather than adagrad, "
+                              f"embedding_memory_per_rank, or a smaller max_ind_range")
+        return
     have = available_memory_bytes()
     if have is not None and need * processes_here > have:
         share = f" ({processes_here} ranks on this machine)" if processes_here > 1 else ""
@@ -121,13 +148,13 @@ class SingleProcess:
         self.linear_kernel, self.kernel_reason = make_linear_kernel(cfg)
 
     def check_memory(self, cfg: Config, table_sizes: list[int]) -> None:
-        check_table_memory(cfg, sum(table_sizes))
+        check_table_memory(cfg, sum(table_sizes), device=self.device)
 
     def check_data(self, *datasets: Optional[BinaryDataset]) -> None:
         pass
 
     def build_model(self, cfg: Config, table_sizes: list[int]) -> DLRM:
-        return DLRM.from_config(cfg, table_sizes, self.linear_kernel)
+        return DLRM.from_config(cfg, table_sizes, self.linear_kernel, self.device)
 
     def batch(self, data: BinaryDataset, index: int):
         return data.batch(index)
@@ -140,7 +167,7 @@ class SingleProcess:
         return local.tolist()
 
     def metrics(self, logits: torch.Tensor, labels: torch.Tensor) -> dict:
-        return evaluate_scores(logits.cpu(), labels.cpu())
+        return evaluate_scores(logits, labels)  # on the device: the exact AUC's sort runs on the GPU
 
     def barrier(self) -> None:
         pass
@@ -207,7 +234,9 @@ class MultiProcess:
               f"every rank must read the same counts file ({cfg.counts_file}) or table_sizes")
         self.plan = make_plan(cfg, table_sizes, self.world_size)
         rows = sum(s.rows for s in self.plan.shards_of(self.rank))
-        check_table_memory(cfg, rows, self.info.local_world_size, what=f"rank {self.rank}'s table shards")
+        check_table_memory(cfg, rows, self.info.local_world_size, what=f"rank {self.rank}'s table shards "
+                           f"({len(self.plan.shards_of(self.rank))} of the plan's {len(self.plan.shards)}; "
+                           f"--plan-only prints the plan)", device=self.device)
 
     def check_data(self, *datasets: Optional[BinaryDataset]) -> None:
         cfg = self.cfg
@@ -263,7 +292,7 @@ class MultiProcess:
                              "evaluation gather").wait()
         result = torch.zeros(4, dtype=torch.float64, device=self.device)
         if root:
-            pairs = gathered.view(-1, 2).cpu()
+            pairs = gathered.view(-1, 2)  # the metrics on rank 0's device (its GPU sorts in milliseconds)
             m = evaluate_scores(pairs[:, 0].contiguous(), pairs[:, 1].contiguous())
             result = torch.tensor([m["auc"], m["accuracy"], m["log_loss"], m["samples"]], dtype=torch.float64,
                                   device=self.device)
