@@ -161,3 +161,86 @@ def test_tables_built_on_the_gpu_equal_the_hosts():
     for rank in range(3):
         a, b = ShardedEmbeddings(plan, rank, 5), ShardedEmbeddings(plan, rank, 5, torch.device("cuda"))
         assert torch.equal(a.weight, b.weight.cpu())
+
+
+# --- NCCL semantics --------------------------------------------------------------------
+
+
+class Handle:
+    def __init__(self, done):
+        self.done = done
+
+    def is_completed(self):
+        return self.done
+
+
+def test_a_collective_past_its_deadline_is_diagnosed_though_no_wait_raises():
+    import threading
+    from reference.distributed.comm import CollectiveWatch
+    fired, event = [], threading.Event()
+    watch = CollectiveWatch(0.2, lambda what, cause: (fired.append((what, str(cause))), event.set()), poll=0.02)
+    watch.track("gradient all-reduce (bucket 0)", Handle(True))
+    stuck = Handle(False)
+    watch.track("embedding all-to-all (backward)", stuck)
+    assert event.wait(5)
+    assert fired == [("embedding all-to-all (backward)", "not complete within 0 s (dist_timeout)")]
+    watch.close()
+
+
+def test_collectives_that_complete_are_never_reported():
+    import time
+    from reference.distributed.comm import CollectiveWatch
+    fired = []
+    watch = CollectiveWatch(0.15, lambda what, cause: fired.append(what), poll=0.02)
+    for i in range(50):
+        watch.track(f"all-reduce {i}", Handle(True))
+    late = Handle(False)
+    watch.track("slow all-to-all", late)
+    late.done = True  # completes before its deadline
+    time.sleep(0.4)
+    watch.close()
+    assert fired == []
+
+
+def test_a_timed_out_collective_names_the_rank_and_ends_the_job():
+    from reference.distributed.comm import Communicator, DistributedError
+
+    class Monitor:
+        def __init__(self):
+            self.reported, self.ended = [], []
+            self.on_peer_failure = self.ended.append
+
+        def failure(self, what, cause):
+            return DistributedError(f"rank 1: {what} failed: rank(s) 0 are alive but stuck behind [{cause}]")
+
+        def report_failure(self, message):
+            self.reported.append(message)
+
+    monitor = Monitor()
+    comm = Communicator(monitor, 10.0)
+    comm.rank = 1
+    comm._timed_out("embedding all-to-all (forward)", TimeoutError("not complete within 10 s (dist_timeout)"))
+    expected = ("rank 1: embedding all-to-all (forward) failed: rank(s) 0 are alive but stuck behind "
+                "[not complete within 10 s (dist_timeout)]")
+    assert monitor.reported == monitor.ended == [expected]
+
+
+def test_barrier_on_a_gpu_waits_for_the_stream(monkeypatch):
+    from reference.distributed.comm import Communicator
+    synced = []
+
+    class Stream:
+        def synchronize(self):
+            synced.append("stream")
+
+    class Done:
+        def wait(self):
+            synced.append("wait")
+
+    comm = Communicator(None, 10.0)
+    comm.device = torch.device("cuda", 0)
+    monkeypatch.setattr(torch, "zeros", lambda *a, **k: torch.empty(0))
+    monkeypatch.setattr(comm, "all_reduce", lambda tensor, what: Done())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: Stream())
+    comm.barrier()
+    assert synced == ["wait", "stream"]  # the host leaves only once the GPU has the result

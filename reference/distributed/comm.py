@@ -15,9 +15,11 @@ hanging or blaming the network.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import socket
+import sys
 import threading
 import time
 from datetime import timedelta
@@ -353,7 +355,12 @@ class Communicator:
         self._issue(what, self._broadcast, tensor, root, what).wait()
 
     def barrier(self, what: str = "barrier") -> None:
+        """Returns when every rank has reached it. A wait on a GPU collective only
+        orders the GPU's stream, so the host waits for the stream too: ranks
+        leave together (they start the clock together)."""
         self.all_reduce(torch.zeros(1, device=self.device), what).wait()
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()
 
     def _issue(self, what: str, start, *args) -> Work:
         """Start a collective; a failure to even start it (a peer already gone) is diagnosed too."""
@@ -369,6 +376,17 @@ class Communicator:
             return DistributedError(f"rank {self.rank}: {what} failed: {_first_line(cause)}")
         return self.monitor.failure(what, cause)
 
+    def _timed_out(self, what: str, cause: BaseException) -> None:
+        """A collective that no wait will raise for (NCCL) passed its deadline:
+        diagnose it as a failed wait would, tell the others, and end the job."""
+        message = str(self._fail(what, cause))
+        if self.monitor is not None and self.monitor.on_peer_failure is not None:
+            self.monitor.report_failure(message)
+            self.monitor.on_peer_failure(message)
+            return
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        os._exit(1)
+
     def abort(self, code: int) -> None:
         """End this process now, taking the job down with it where the launcher allows."""
 
@@ -377,30 +395,88 @@ class Communicator:
             self.monitor.close()
 
 
+class CollectiveWatch:
+    """Deadlines for collectives whose waits never raise.
+
+    NCCL's ``wait`` only orders the GPU's stream, and a collective that never
+    completes meets NCCL's watchdog, which ends the process without saying
+    which rank is at fault. This thread checks, once per ``poll`` seconds and
+    without blocking the GPU, whether the oldest collective in flight has
+    completed; one past ``timeout`` is handed to ``on_timeout(what, cause)``
+    (the diagnosis that names the rank). The process group's own timeout is
+    set later than this one, so the diagnosis comes first."""
+
+    def __init__(self, timeout: float, on_timeout: Callable[[str, BaseException], None], poll: float = 1.0):
+        self.timeout, self.on_timeout, self.poll = timeout, on_timeout, poll
+        self._pending: collections.deque = collections.deque()  # (deadline, what, handle), oldest first
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dlrm-collective-watch", daemon=True)
+        self._thread.start()
+
+    def track(self, what: str, handle) -> None:
+        with self._lock:
+            self._pending.append((time.monotonic() + self.timeout, what, handle))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll):
+            with self._lock:
+                while self._pending and self._pending[0][2].is_completed():
+                    self._pending.popleft()
+                late = self._pending[0] if self._pending and self._pending[0][0] < time.monotonic() else None
+            if late is not None and not self._stop.is_set():
+                self.on_timeout(late[1], TimeoutError(f"not complete within {self.timeout:.0f} s (dist_timeout)"))
+                return
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+# NCCL's watchdog fires this long after our own deadline, so that the diagnosis runs first.
+WATCHDOG_GRACE_SECONDS = 60.0
+
+
 class TorchCommunicator(Communicator):
+    """torch.distributed. The all-to-alls have a process group of their own:
+    under NCCL each group has its own stream, so the backward all-to-all does
+    not queue behind the gradient all-reduces issued before it."""
+
     def __init__(self, backend: str, store, rank: int, world_size: int, timeout: float,
                  monitor: Optional[FaultMonitor], device: torch.device):
         super().__init__(monitor, timeout)
         self.backend, self.rank, self.world_size, self.device = backend, rank, world_size, device
+        self.watch = None
+        group_timeout = timeout
         if backend == "mpi":  # MPI knows rank and size itself
             kwargs = {}
         else:
             kwargs = dict(store=dist.PrefixStore("pg", store), rank=rank, world_size=world_size)
             if backend == "nccl":
                 kwargs["device_id"] = device
+                group_timeout = timeout + max(WATCHDOG_GRACE_SECONDS, timeout)
         try:
-            dist.init_process_group(backend, timeout=_timedelta(timeout), **kwargs)
+            dist.init_process_group(backend, timeout=_timedelta(group_timeout), **kwargs)
+            self.exchange_group = None if backend == "mpi" else dist.new_group(
+                backend=backend, timeout=_timedelta(group_timeout))
         except (RuntimeError, ValueError) as e:
             raise LaunchError(f"rank {rank}: cannot start the {backend} process group: {_first_line(e)}") from None
+        if backend == "nccl":
+            self.watch = CollectiveWatch(timeout, self._timed_out)
+
+    def _tracked(self, what: str, handle) -> Work:
+        if self.watch is not None:
+            self.watch.track(what, handle)
+        return Work(self, what, handle)
 
     def _all_to_all(self, output, input, output_splits, input_splits, what):
-        return Work(self, what, dist.all_to_all_single(output, input, output_splits, input_splits, async_op=True))
+        return self._tracked(what, dist.all_to_all_single(output, input, output_splits, input_splits,
+                                                          group=self.exchange_group, async_op=True))
 
     def _all_reduce(self, tensor, what):
-        return Work(self, what, dist.all_reduce(tensor, async_op=True))
+        return self._tracked(what, dist.all_reduce(tensor, async_op=True))
 
     def _broadcast(self, tensor, root, what):
-        return Work(self, what, dist.broadcast(tensor, root, async_op=True))
+        return self._tracked(what, dist.broadcast(tensor, root, async_op=True))
 
     def _wait(self, work: Work) -> None:
         try:
@@ -409,6 +485,8 @@ class TorchCommunicator(Communicator):
             raise self._fail(work.what, e) from None
 
     def close(self) -> None:
+        if self.watch is not None:
+            self.watch.close()
         super().close()
         if dist.is_initialized():
             dist.destroy_process_group()
