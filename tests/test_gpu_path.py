@@ -244,3 +244,52 @@ def test_barrier_on_a_gpu_waits_for_the_stream(monkeypatch):
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device: Stream())
     comm.barrier()
     assert synced == ["wait", "stream"]  # the host leaves only once the GPU has the result
+
+
+# --- no host syncs in a step ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_split_tables_looked_up_without_nonzero_give_the_same_outputs_and_updates(rank):
+    from reference.distributed.planner import plan_tables
+    from reference.distributed.sharded import ShardedEmbeddings
+    plan = plan_tables([3000, 40, 7], 2, 4)
+    assert plan.split_tables() == [0]
+    ids_all = torch.stack([torch.randint(0, n, (256,), generator=torch.Generator().manual_seed(n))
+                           for n in (3000, 40, 7)], dim=1)
+    results = []
+    for sync_free in (False, True):
+        emb = ShardedEmbeddings(plan, rank, seed=2)
+        emb.sync_free = sync_free  # the GPU's code, run on the host
+        ids = ids_all[:, emb.columns]
+        out = emb(ids)
+        upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+        (out * upstream).sum().backward()
+        before = emb.weight.detach().clone()
+        with torch.no_grad():
+            emb.weight.add_(emb.weight.grad, alpha=-0.5)  # SGD's sparse update
+        results.append((out.detach(), emb.weight.detach(), before))
+    (out_a, w_a, _), (out_b, w_b, _) = results
+    assert torch.equal(out_a, out_b) and torch.equal(w_a, w_b)
+
+
+@needs_cuda
+def test_a_training_step_on_the_gpu_does_not_sync_the_host(easy_data, tmp_path):
+    from conftest import tiny_config
+    from reference import train
+    for optimizer in ("sgd", "rowwise_adagrad"):
+        cfg = tiny_config(easy_data, tmp_path, device="cuda", optimizer=optimizer, submission_division="open")
+        parallel = runtime.SingleProcess(cfg)
+        sizes = train.resolve_table_sizes(cfg)
+        model = parallel.build_model(cfg, sizes)
+        data = train.open_split(cfg, cfg.train_file, cfg.batch_size, sizes)
+        trainer = train.Trainer(cfg, model, data, data, None, parallel=parallel)
+        with trainer.batches(data, range(6)) as batches:
+            for i, batch in enumerate(batches):
+                if i >= 2:  # after the warm-up steps (lazy optimiser state, cuBLAS handles)
+                    torch.cuda.synchronize()
+                    torch.cuda.set_sync_debug_mode("error")
+                try:
+                    trainer.train_step(batch)
+                finally:
+                    torch.cuda.set_sync_debug_mode("default")
