@@ -74,7 +74,19 @@ def test_ranks_stacked_on_one_gpu_by_a_wrapper_are_named():
         check_distinct([(0, "a", "GPU-1"), (1, "a", "GPU-2"), (3, "a", "GPU-2")])
 
 
-def test_single_process_cuda_n_sets_the_current_device(monkeypatch):
+@pytest.fixture
+def cuda_settings(monkeypatch):
+    """Record the process-wide CUDA settings instead of changing them for the other tests."""
+    calls = []
+    monkeypatch.setattr(torch, "use_deterministic_algorithms", lambda mode: calls.append(("deterministic", mode)))
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             torch.utils.deterministic.fill_uninitialized_memory)
+    yield calls
+    (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+     torch.utils.deterministic.fill_uninitialized_memory) = saved
+
+
+def test_single_process_cuda_n_sets_the_current_device(monkeypatch, cuda_settings):
     calls = []
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(d))
@@ -82,6 +94,21 @@ def test_single_process_cuda_n_sets_the_current_device(monkeypatch):
     cfg.device = "cuda:2"  # validate() would refuse it without a GPU; the binding itself is what is tested
     assert runtime.bind_device(cfg, env={}) == torch.device("cuda", 2)
     assert calls == [torch.device("cuda", 2)]
+
+
+def test_tf32_and_determinism_are_applied_for_cuda_and_validated(cuda_settings):
+    cfg = runtime.Config()
+    cfg.allow_tf32, cfg.deterministic = True, True
+    env = {}
+    runtime.apply_cuda_settings(cfg, env)
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    assert cuda_settings == [("deterministic", True)] and env == {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+    assert not torch.utils.deterministic.fill_uninitialized_memory
+    cfg.allow_tf32, cfg.deterministic = False, False
+    runtime.apply_cuda_settings(cfg, env := {"CUBLAS_WORKSPACE_CONFIG": ":16:8"})
+    assert not torch.backends.cuda.matmul.allow_tf32 and cuda_settings == [("deterministic", True)]
+    with pytest.raises(runtime.ConfigError, match=r"command line: allow_tf32: TF32 is a GPU mode .*'cpu'"):
+        runtime.Config.from_sources(None, ["allow_tf32=true"])
 
 
 # --- GPU memory ------------------------------------------------------------------------

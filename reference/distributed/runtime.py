@@ -111,9 +111,10 @@ def make_plan(cfg: Config, table_sizes: list[int], world_size: int) -> Plan:
 
 def bind_device(cfg: Config, rank: int = 0, local_rank: int = 0, local_world_size: int = 1,
                 env=os.environ) -> torch.device:
-    """This process's device, made current (see gpu_binding)."""
+    """This process's device, made current (see gpu_binding), with the CUDA settings of the config."""
     if not cfg.device.startswith("cuda"):
         return torch.device("cpu")
+    apply_cuda_settings(cfg, env)
     index = gpu_index(cfg.device, rank, local_rank, local_world_size, torch.cuda.device_count(),
                       env.get("CUDA_VISIBLE_DEVICES"))
     device = torch.device("cuda", index)
@@ -122,6 +123,18 @@ def bind_device(cfg: Config, rank: int = 0, local_rank: int = 0, local_world_siz
     except RuntimeError as e:
         raise LaunchError(f"rank {rank}: cannot use {device}: {e}") from None
     return device
+
+
+def apply_cuda_settings(cfg: Config, env=os.environ) -> None:
+    """TF32 and determinism, before the first CUDA kernel (cuBLAS reads its
+    workspace setting when its first handle is made)."""
+    torch.backends.cuda.matmul.allow_tf32 = cfg.allow_tf32
+    torch.backends.cudnn.allow_tf32 = cfg.allow_tf32
+    if cfg.deterministic:
+        env.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        # Determinism is what is asked for, not NaN-filled fresh buffers (a pass over every allocation).
+        torch.utils.deterministic.fill_uninitialized_memory = False
 
 
 def check_gpus_distinct(store, info: LaunchInfo, device: torch.device, timeout: float) -> None:
