@@ -106,7 +106,8 @@ def test_tf32_and_determinism_are_applied_for_cuda_and_validated(cuda_settings):
     assert not torch.utils.deterministic.fill_uninitialized_memory
     cfg.allow_tf32, cfg.deterministic = False, False
     runtime.apply_cuda_settings(cfg, env := {"CUBLAS_WORKSPACE_CONFIG": ":16:8"})
-    assert not torch.backends.cuda.matmul.allow_tf32 and cuda_settings == [("deterministic", True)]
+    assert not torch.backends.cuda.matmul.allow_tf32
+    assert cuda_settings == [("deterministic", True), ("deterministic", False)]
     with pytest.raises(runtime.ConfigError, match=r"command line: allow_tf32: TF32 is a GPU mode .*'cpu'"):
         runtime.Config.from_sources(None, ["allow_tf32=true"])
 
@@ -130,7 +131,8 @@ def test_gpu_memory_is_checked_against_the_gpu_not_the_host(monkeypatch):
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: asked.append(device) or H200)
     monkeypatch.setattr(runtime, "available_memory_bytes", lambda: 2 ** 30)  # host RAM is not where they live
     gpu = torch.device("cuda", 3)
-    runtime.check_table_memory(mlperf_config(optimizer="sgd", table_sizes=sizes), sum(sizes), device=gpu)  # 89.5 GiB fits
+    # SGD: 89.5 GiB fits.
+    runtime.check_table_memory(mlperf_config(optimizer="sgd", table_sizes=sizes), sum(sizes), device=gpu)
     assert asked == [gpu]
     # Dense Adagrad: 89.5 GiB of state on top of the weights.
     with pytest.raises(runtime.ConfigError, match=r"test: the embedding tables need 179\.1 GiB of GPU memory "
@@ -320,3 +322,36 @@ def test_a_training_step_on_the_gpu_does_not_sync_the_host(easy_data, tmp_path):
                     trainer.train_step(batch)
                 finally:
                     torch.cuda.set_sync_debug_mode("default")
+
+
+# --- determinism and the one-shot check ----------------------------------------------------
+
+
+@needs_cuda
+def test_a_seed_repeats_its_losses_bit_for_bit_on_the_gpu(easy_data, tmp_path):
+    from conftest import tiny_config
+    from reference import train
+    runs = [train.run(tiny_config(easy_data, tmp_path, device="cuda", optimizer="rowwise_adagrad",
+                                  submission_division="open", log_every=1), out=open("/dev/null", "w"))
+            for _ in range(2)]
+    assert runs[0].losses == runs[1].losses and runs[0].final["auc"] == runs[1].final["auc"]
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_what_the_cpu_can_check_and_says_why_it_skips_the_rest():
+    import os
+    import subprocess
+    import sys
+    from conftest import ROOT
+    if os.environ.get("DLRM_IN_GPU_CHECK"):
+        pytest.skip("run by gpu_check itself (it must not start itself again)")
+    done = subprocess.run(["scripts/gpu_check.sh"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "DLRM_PYTHON": sys.executable})
+    assert done.returncode == 0, done.stdout + done.stderr
+    nested = subprocess.run(["scripts/gpu_check.sh"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "DLRM_PYTHON": sys.executable, "DLRM_IN_GPU_CHECK": "1"})
+    assert nested.returncode == 2 and "refusing to run inside another gpu_check" in nested.stderr
+    table = done.stdout.split("\ncheck ")[1]
+    assert "1-rank run, table split in two shards, vs CPU" in table and "PASS" in table
+    if not torch.cuda.is_available():
+        assert table.count("SKIP    no CUDA device: torch sees no GPU here") == 4

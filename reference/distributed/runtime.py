@@ -130,9 +130,9 @@ def apply_cuda_settings(cfg: Config, env=os.environ) -> None:
     workspace setting when its first handle is made)."""
     torch.backends.cuda.matmul.allow_tf32 = cfg.allow_tf32
     torch.backends.cudnn.allow_tf32 = cfg.allow_tf32
+    torch.use_deterministic_algorithms(cfg.deterministic)
     if cfg.deterministic:
         env.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
         # Determinism is what is asked for, not NaN-filled fresh buffers (a pass over every allocation).
         torch.utils.deterministic.fill_uninitialized_memory = False
 

@@ -150,7 +150,8 @@ class ShardedDLRM(DLRM):
 
     def __init__(self, cfg, table_sizes: list[int], plan: Plan, comm: Communicator, linear_kernel: str = "aten"):
         super().__init__(table_sizes, cfg.embedding_dim, cfg.bottom_mlp, cfg.top_mlp, cfg.interaction,
-                         cfg.self_interaction, cfg.seed, embeddings=ShardedEmbeddings(plan, comm.rank, cfg.seed, comm.device),
+                         cfg.self_interaction, cfg.seed,
+                         embeddings=ShardedEmbeddings(plan, comm.rank, cfg.seed, comm.device),
                          linear_kernel=linear_kernel)
         self.exchange = ButterflyExchange(comm, plan, comm.device)
 
