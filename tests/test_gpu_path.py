@@ -355,3 +355,25 @@ def test_gpu_check_runs_what_the_cpu_can_check_and_says_why_it_skips_the_rest():
     assert "1-rank run, table split in two shards, vs CPU" in table and "PASS" in table
     if not torch.cuda.is_available():
         assert table.count("SKIP    no CUDA device: torch sees no GPU here") == 4
+
+
+def test_ranks_publish_their_gpus_and_a_shared_one_is_refused(monkeypatch):
+    import torch.distributed as dist
+    from reference.distributed.launch import LaunchInfo
+
+    class Props:
+        def __init__(self, uuid):
+            self.uuid = uuid
+
+    store = dist.HashStore()
+    store.set("gpu/1", "node7\tGPU-aaaa")  # rank 1 already checked in, on GPU-aaaa
+    info = LaunchInfo("SLURM", 0, 2, 0, 2, "node7", 29500)
+    monkeypatch.setattr(runtime.socket, "gethostname", lambda: "node7")
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props("GPU-bbbb"))
+    runtime.check_gpus_distinct(store, info, torch.device("cuda", 0), 5.0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props("GPU-aaaa"))
+    with pytest.raises(LaunchError, match=r"ranks 0 and 1 were bound to the same GPU \(GPU-aaaa on node7\)"):
+        runtime.check_gpus_distinct(store, info, torch.device("cuda", 0), 5.0)
+    lonely = dist.HashStore()
+    with pytest.raises(LaunchError, match=r"rank 0: rank\(s\) 1 did not publish their GPU within 0 s"):
+        runtime.check_gpus_distinct(lonely, info, torch.device("cuda", 0), 0.2)
