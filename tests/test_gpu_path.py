@@ -205,12 +205,13 @@ class Handle:
 
 def test_a_collective_past_its_deadline_is_diagnosed_though_no_wait_raises():
     import threading
+    import time
     from reference.distributed.comm import CollectiveWatch
     fired, event = [], threading.Event()
     watch = CollectiveWatch(0.2, lambda what, cause: (fired.append((what, str(cause))), event.set()), poll=0.02)
-    watch.track("gradient all-reduce (bucket 0)", Handle(True))
-    stuck = Handle(False)
-    watch.track("embedding all-to-all (backward)", stuck)
+    now = time.monotonic()
+    watch.track("gradient all-reduce (bucket 0)", Handle(True).is_completed, now)
+    watch.track("embedding all-to-all (backward)", Handle(False).is_completed, now)
     assert event.wait(5)
     assert fired == [("embedding all-to-all (backward)", "not complete within 0 s (dist_timeout)")]
     watch.close()
@@ -222,9 +223,9 @@ def test_collectives_that_complete_are_never_reported():
     fired = []
     watch = CollectiveWatch(0.15, lambda what, cause: fired.append(what), poll=0.02)
     for i in range(50):
-        watch.track(f"all-reduce {i}", Handle(True))
+        watch.track(f"all-reduce {i}", Handle(True).is_completed, time.monotonic())
     late = Handle(False)
-    watch.track("slow all-to-all", late)
+    watch.track("slow all-to-all", late.is_completed, time.monotonic())
     late.done = True  # completes before its deadline
     time.sleep(0.4)
     watch.close()
@@ -377,3 +378,43 @@ def test_ranks_publish_their_gpus_and_a_shared_one_is_refused(monkeypatch):
     lonely = dist.HashStore()
     with pytest.raises(LaunchError, match=r"rank 0: rank\(s\) 1 did not publish their GPU within 0 s"):
         runtime.check_gpus_distinct(lonely, info, torch.device("cuda", 0), 0.2)
+
+
+def test_nccl_waits_are_tracked_by_an_event_not_the_handle(monkeypatch):
+    # The handle keeps the collective's tensors alive; the event recorded after the wait does not.
+    from reference.distributed.comm import TorchCommunicator, Work
+    tracked, recorded = [], []
+
+    class Event:
+        def record(self, stream):
+            recorded.append(stream)
+
+        def query(self):
+            return True
+
+    class Watch:
+        def track(self, what, completed, issued):
+            tracked.append((what, completed(), issued))
+
+    class Waited:
+        def wait(self):
+            recorded.append("waited")
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: "stream")
+    comm = object.__new__(TorchCommunicator)
+    comm.watch, comm.device = Watch(), torch.device("cuda", 0)
+    work = Work(comm, "embedding all-to-all (forward)", Waited())
+    work.wait()
+    assert recorded == ["waited", "stream"] and tracked == [("embedding all-to-all (forward)", True, work.issued)]
+
+
+def test_the_deadline_runs_from_when_the_collective_was_issued():
+    import threading
+    import time
+    from reference.distributed.comm import CollectiveWatch
+    event = threading.Event()
+    watch = CollectiveWatch(30.0, lambda what, cause: event.set(), poll=0.02)
+    watch.track("loss all-reduce", lambda: False, time.monotonic() - 31.0)  # waited on long after its start
+    assert event.wait(5)
+    watch.close()

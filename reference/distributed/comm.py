@@ -317,6 +317,7 @@ class Work:
 
     def __init__(self, comm: "Communicator", what: str, handle, done: Optional[Callable[[], None]] = None):
         self.comm, self.what, self.handle, self.done = comm, what, handle, done
+        self.issued = time.monotonic()
 
     def wait(self) -> None:
         self.comm._wait(self)
@@ -400,28 +401,31 @@ class CollectiveWatch:
 
     NCCL's ``wait`` only orders the GPU's stream, and a collective that never
     completes meets NCCL's watchdog, which ends the process without saying
-    which rank is at fault. This thread checks, once per ``poll`` seconds and
-    without blocking the GPU, whether the oldest collective in flight has
-    completed; one past ``timeout`` is handed to ``on_timeout(what, cause)``
-    (the diagnosis that names the rank). The process group's own timeout is
-    set later than this one, so the diagnosis comes first."""
+    which rank is at fault. Each waited collective is tracked by a test of its
+    completion (a CUDA event recorded after the wait: it holds no tensors, as
+    the collective's own handle would); this thread checks, once per ``poll``
+    seconds and without blocking the GPU, whether the oldest has completed;
+    one past ``timeout`` since it was issued is handed to ``on_timeout(what,
+    cause)`` (the diagnosis that names the rank). The process group's own
+    timeout is set later than this one, so the diagnosis comes first."""
 
     def __init__(self, timeout: float, on_timeout: Callable[[str, BaseException], None], poll: float = 1.0):
         self.timeout, self.on_timeout, self.poll = timeout, on_timeout, poll
-        self._pending: collections.deque = collections.deque()  # (deadline, what, handle), oldest first
+        self._pending: collections.deque = collections.deque()  # (deadline, what, completed), oldest first
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dlrm-collective-watch", daemon=True)
         self._thread.start()
 
-    def track(self, what: str, handle) -> None:
+    def track(self, what: str, completed: Callable[[], bool], issued: float) -> None:
+        """``completed()``: whether the collective is done; ``issued``: its time.monotonic() at the start."""
         with self._lock:
-            self._pending.append((time.monotonic() + self.timeout, what, handle))
+            self._pending.append((issued + self.timeout, what, completed))
 
     def _run(self) -> None:
         while not self._stop.wait(self.poll):
             with self._lock:
-                while self._pending and self._pending[0][2].is_completed():
+                while self._pending and self._pending[0][2]():
                     self._pending.popleft()
                 late = self._pending[0] if self._pending and self._pending[0][0] < time.monotonic() else None
             if late is not None and not self._stop.is_set():
@@ -463,26 +467,25 @@ class TorchCommunicator(Communicator):
         if backend == "nccl":
             self.watch = CollectiveWatch(timeout, self._timed_out)
 
-    def _tracked(self, what: str, handle) -> Work:
-        if self.watch is not None:
-            self.watch.track(what, handle)
-        return Work(self, what, handle)
-
     def _all_to_all(self, output, input, output_splits, input_splits, what):
-        return self._tracked(what, dist.all_to_all_single(output, input, output_splits, input_splits,
-                                                          group=self.exchange_group, async_op=True))
+        return Work(self, what, dist.all_to_all_single(output, input, output_splits, input_splits,
+                                                       group=self.exchange_group, async_op=True))
 
     def _all_reduce(self, tensor, what):
-        return self._tracked(what, dist.all_reduce(tensor, async_op=True))
+        return Work(self, what, dist.all_reduce(tensor, async_op=True))
 
     def _broadcast(self, tensor, root, what):
-        return self._tracked(what, dist.broadcast(tensor, root, async_op=True))
+        return Work(self, what, dist.broadcast(tensor, root, async_op=True))
 
     def _wait(self, work: Work) -> None:
         try:
             work.handle.wait()
         except RuntimeError as e:  # gloo: peer closed the connection, or the timeout passed
             raise self._fail(work.what, e) from None
+        if self.watch is not None:  # NCCL: the wait only made the stream wait; the event completes with it
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(self.device))
+            self.watch.track(work.what, event.query, work.issued)
 
     def close(self) -> None:
         if self.watch is not None:
