@@ -85,7 +85,9 @@ def init_rows(weight: torch.Tensor, seed: int, ranges: list[RowRange], threads: 
             fill(task)
         return
     # Each block has its own generator: the threads share nothing, and uniform_ releases the GIL.
-    with ThreadPoolExecutor(workers, thread_name_prefix="table-init") as pool:
+    # A new thread's current GPU is GPU 0: bind it to the weight's, or each rank would open a context there.
+    bind = (lambda: torch.cuda.set_device(weight.device)) if weight.is_cuda else None
+    with ThreadPoolExecutor(workers, thread_name_prefix="table-init", initializer=bind) as pool:
         for _ in pool.map(fill, tasks):
             pass
 

@@ -409,8 +409,9 @@ class CollectiveWatch:
     cause)`` (the diagnosis that names the rank). The process group's own
     timeout is set later than this one, so the diagnosis comes first."""
 
-    def __init__(self, timeout: float, on_timeout: Callable[[str, BaseException], None], poll: float = 1.0):
-        self.timeout, self.on_timeout, self.poll = timeout, on_timeout, poll
+    def __init__(self, timeout: float, on_timeout: Callable[[str, BaseException], None], poll: float = 1.0,
+                 device: Optional[torch.device] = None):
+        self.timeout, self.on_timeout, self.poll, self.device = timeout, on_timeout, poll, device
         self._pending: collections.deque = collections.deque()  # (deadline, what, completed), oldest first
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -423,6 +424,8 @@ class CollectiveWatch:
             self._pending.append((issued + self.timeout, what, completed))
 
     def _run(self) -> None:
+        if self.device is not None and self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # a new thread's GPU is GPU 0: no context of this rank there
         while not self._stop.wait(self.poll):
             with self._lock:
                 while self._pending and self._pending[0][2]():
@@ -465,7 +468,7 @@ class TorchCommunicator(Communicator):
         except (RuntimeError, ValueError) as e:
             raise LaunchError(f"rank {rank}: cannot start the {backend} process group: {_first_line(e)}") from None
         if backend == "nccl":
-            self.watch = CollectiveWatch(timeout, self._timed_out)
+            self.watch = CollectiveWatch(timeout, self._timed_out, device=device)
 
     def _all_to_all(self, output, input, output_splits, input_splits, what):
         return Work(self, what, dist.all_to_all_single(output, input, output_splits, input_splits,
