@@ -1,10 +1,18 @@
 """Checkpoints: atomic save, safe load (no pickled code runs), and import of
-checkpoints written by the original ``dlrm_s_pytorch.py --save-model``."""
+checkpoints written by the original ``dlrm_s_pytorch.py --save-model``.
+
+Tensors are streamed between the device and the file: a save lays the file
+out with room for every tensor and then copies each into its place through a
+shared memory map, and a load maps the file, so the MLPerf tables (90 GiB on a
+GPU) never need as much host memory as they hold.
+"""
 
 from __future__ import annotations
 
+import mmap
 import os
 import re
+import zipfile
 
 import numpy as np
 import torch
@@ -31,8 +39,39 @@ def save(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *,
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        save_streamed(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_streamed(state, path: str) -> None:
+    """``torch.save(state, path)`` without a host copy of the tensors: the
+    file is written with the tensors' bytes left empty, mapped (shared), and
+    each tensor copied into its place; the kernel writes the pages back as they
+    fill, and fsync makes them durable before the caller renames the file."""
+    with torch.serialization.skip_data():
+        torch.save(state, path)
+    with torch.serialization.set_default_mmap_options(mmap.MAP_SHARED):
+        placed = torch.load(path, mmap=True, map_location="cpu", weights_only=True)
+    _copy_tensors(placed, state)
+    del placed  # unmaps the file
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _copy_tensors(into, source) -> None:
+    """Copy every tensor of ``source`` into its counterpart in ``into`` (the same structure)."""
+    if isinstance(source, torch.Tensor):
+        into.copy_(source.detach())
+    elif isinstance(source, dict):
+        for key, value in source.items():
+            _copy_tensors(into[key], value)
+    elif isinstance(source, (list, tuple)):
+        for a, b in zip(into, source):
+            _copy_tensors(a, b)
 
 
 def _numpy_scalar_globals() -> list:
@@ -50,12 +89,16 @@ def _numpy_scalar_globals() -> list:
     return allowed
 
 
-def load_file(path: str) -> dict:
+def load_file(path: str, mapped: bool = False) -> dict:
+    """The checkpoint's dictionary. ``mapped``: the tensors stay in the file
+    (memory-mapped, copy-on-write) until something copies them, as loading into
+    a model on a GPU does, instead of being read whole into host memory."""
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: checkpoint not found")
+    mapped = mapped and zipfile.is_zipfile(path)  # the legacy (pre-1.6) format cannot be mapped
     try:
         with torch.serialization.safe_globals(_numpy_scalar_globals()):
-            data = torch.load(path, map_location="cpu", weights_only=True)
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=mapped)
     except Exception as e:  # torch raises several types for malformed or unsafe files
         raise CheckpointError(f"{path}: cannot load as a weights-only checkpoint: {e}") from None
     if not isinstance(data, dict):
@@ -99,8 +142,10 @@ def convert_original(state_dict: dict, model: torch.nn.Module, path: str = "chec
 
 def load_weights(path: str, model: torch.nn.Module) -> dict:
     """Load model weights from one of our checkpoints or an original one;
-    returns the whole checkpoint dictionary."""
-    data = load_file(path)
+    returns the whole checkpoint dictionary. Into a model on a GPU the file is
+    mapped, not read: the weights go from the page cache to the GPU."""
+    on_gpu = any(p.is_cuda for p in model.parameters())
+    data = load_file(path, mapped=on_gpu)
     if is_original(data):
         state = convert_original(data["state_dict"], model, path)
     elif data.get("format") == FORMAT:

@@ -84,6 +84,12 @@ class Config:
     precision: str = _doc("fp32, or bf16: the MLPs and the interaction in bf16 (autocast) with fp32 weights, "
                           "tables, loss and metrics; needs a CPU with avx512_bf16 or AMX, or a GPU.",
                           default="fp32")
+    allow_tf32: bool = _doc("CUDA only: fp32 GEMMs on tensor cores in TF32 (10-bit mantissa inputs, fp32 "
+                            "accumulation); the MLPs' weights, the tables and the metrics stay fp32.", default=False)
+    deterministic: bool = _doc("CUDA: deterministic kernels (sparse updates without float atomics, a fixed "
+                               "cuBLAS workspace), so runs of one seed and resumed runs repeat their losses bit "
+                               "for bit; false allows the faster nondeterministic ones. The CPU path is "
+                               "deterministic either way.", default=True)
     linear_kernel: str = _doc("GEMM kernel of the MLPs in fp32 on CPU: aten (torch's BLAS), onednn, or auto "
                               "(onednn on x86 CPUs not made by Intel, else aten; bf16 and CUDA use torch's "
                               "own).", default="auto")
@@ -224,6 +230,8 @@ class Config:
             self._fail("linear_kernel", f"onednn is a kernel for fp32 on CPU; with precision={self.precision} "
                                         f"on {self.device} the MLPs use torch's own GEMMs (leave linear_kernel "
                                         f"at auto)")
+        if self.allow_tf32 and not self.device.startswith("cuda"):
+            self._fail("allow_tf32", f"TF32 is a GPU mode (tensor cores); device is {self.device!r}")
         if self.device != "cpu":
             import torch  # only where a GPU is asked for: config stays cheap to import
 

@@ -10,6 +10,9 @@ tensor, so the optimiser touches only the rows present in the batch.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -30,6 +33,16 @@ def block_generator(seed: int, table: int, block: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state) >> 1)
 
 
+@dataclass(frozen=True)
+class RowRange:
+    """Rows ``lo .. lo + rows - 1`` of table ``table`` (of ``table_rows`` rows), at row ``offset`` of a weight."""
+    offset: int
+    table: int
+    table_rows: int
+    lo: int
+    rows: int
+
+
 @torch.no_grad()
 def init_table_rows(out: torch.Tensor, seed: int, table: int, table_rows: int, lo: int) -> None:
     """Fill ``out`` with rows ``lo .. lo + len(out) - 1`` of table ``table``'s
@@ -38,32 +51,60 @@ def init_table_rows(out: torch.Tensor, seed: int, table: int, table_rows: int, l
     own stream, so the values depend only on (seed, table, row), never on how
     the table is split across ranks, and a row range is initialised without
     generating the rest of the table."""
-    dim = out.shape[1]
+    init_rows(out, seed, [RowRange(0, table, table_rows, lo, out.shape[0])])
+
+
+@torch.no_grad()
+def init_rows(weight: torch.Tensor, seed: int, ranges: list[RowRange], threads: Optional[int] = None) -> None:
+    """Initialise the row ranges of ``weight`` (on any device), block by block
+    in ``threads`` threads (default: torch's intra-op count). The values are
+    drawn on the host from each block's own generator, so they are the same on
+    every device and for any thread count; a weight on a GPU is filled one block
+    at a time, never staged whole in host memory."""
+    dim = weight.shape[1]
     block = init_block_rows(dim)
-    bound = math.sqrt(1.0 / table_rows)
-    hi = lo + out.shape[0]
-    for b in range(lo // block, -(-hi // block)):
-        b_lo, b_hi = b * block, min((b + 1) * block, table_rows)
-        generator = block_generator(seed, table, b)
-        if lo <= b_lo and b_hi <= hi:
-            out[b_lo - lo:b_hi - lo].uniform_(-bound, bound, generator=generator)
-        else:  # a block cut by the range: draw it whole, keep the overlap
+    on_host = weight.device.type == "cpu"
+    tasks = [(r, b) for r in ranges for b in range(r.lo // block, -(-(r.lo + r.rows) // block))]
+
+    def fill(task) -> None:
+        r, b = task
+        b_lo, b_hi = b * block, min((b + 1) * block, r.table_rows)
+        start, stop = max(r.lo, b_lo), min(r.lo + r.rows, b_hi)
+        bound = math.sqrt(1.0 / r.table_rows)
+        generator = block_generator(seed, r.table, b)
+        target = weight[r.offset + start - r.lo:r.offset + stop - r.lo]
+        if on_host and (start, stop) == (b_lo, b_hi):
+            target.uniform_(-bound, bound, generator=generator)
+        else:  # a block cut by the range, or on a device: draw it whole on the host, keep the overlap
             values = torch.empty(b_hi - b_lo, dim).uniform_(-bound, bound, generator=generator)
-            start, stop = max(lo, b_lo), min(hi, b_hi)
-            out[start - lo:stop - lo].copy_(values[start - b_lo:stop - b_lo])
+            target.copy_(values[start - b_lo:stop - b_lo])
+
+    workers = min(len(tasks), threads or torch.get_num_threads())
+    if workers <= 1:
+        for task in tasks:
+            fill(task)
+        return
+    # Each block has its own generator: the threads share nothing, and uniform_ releases the GIL.
+    # A new thread's current GPU is GPU 0: bind it to the weight's, or each rank would open a context there.
+    bind = (lambda: torch.cuda.set_device(weight.device)) if weight.is_cuda else None
+    with ThreadPoolExecutor(workers, thread_name_prefix="table-init", initializer=bind) as pool:
+        for _ in pool.map(fill, tasks):
+            pass
 
 
 class FusedEmbeddingBag(nn.Module):
-    def __init__(self, table_sizes: list[int], dim: int, seed: int = 0):
+    def __init__(self, table_sizes: list[int], dim: int, seed: int = 0, device=None):
         super().__init__()
         self.table_sizes = [int(n) for n in table_sizes]
         self.dim = dim
         offsets = [0]
         for n in self.table_sizes[:-1]:
             offsets.append(offsets[-1] + n)
-        self.register_buffer("offsets", torch.tensor(offsets, dtype=torch.int64), persistent=False)
-        weight = torch.empty(sum(self.table_sizes), dim)
-        advise_huge_pages(weight)
+        self.register_buffer("offsets", torch.tensor(offsets, dtype=torch.int64, device=device), persistent=False)
+        # Built where it is used: a GPU's tables never pass through host memory whole.
+        weight = torch.empty(sum(self.table_sizes), dim, device=device)
+        if weight.device.type == "cpu":
+            advise_huge_pages(weight)
         self.weight = nn.Parameter(weight)
         self.reset_parameters(seed)
 
@@ -72,13 +113,16 @@ class FusedEmbeddingBag(nn.Module):
         return len(self.table_sizes)
 
     def table(self, t: int) -> torch.Tensor:
-        start = int(self.offsets[t])
+        start = sum(self.table_sizes[:t])
         return self.weight.data[start:start + self.table_sizes[t]]
 
     @torch.no_grad()
     def reset_parameters(self, seed: int) -> None:
+        ranges, offset = [], 0
         for t, n in enumerate(self.table_sizes):
-            init_table_rows(self.table(t), seed, t, n, 0)
+            ranges.append(RowRange(offset, t, n, 0, n))
+            offset += n
+        init_rows(self.weight.data, seed, ranges)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """ids: (B, T) with one id per table, or (B, T, L) with L ids per table

@@ -35,24 +35,26 @@ def mlp(widths: list[int], final_relu: bool, generator: torch.Generator, kernel:
 class DLRM(nn.Module):
     def __init__(self, table_sizes: list[int], embedding_dim: int, bottom_mlp: list[int],
                  top_mlp: list[int], interaction: str = "dot", self_interaction: bool = False,
-                 seed: int = 0, embeddings: Optional[nn.Module] = None, linear_kernel: str = "aten"):
+                 seed: int = 0, embeddings: Optional[nn.Module] = None, linear_kernel: str = "aten",
+                 device=None):
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
         self.bottom_mlp = mlp(bottom_mlp, final_relu=True, generator=generator, kernel=linear_kernel)
         # The tables (or this rank's shards of them) draw from their own streams, so the
         # MLPs start from the same weights whichever embeddings module is used.
         self.embeddings = embeddings if embeddings is not None else FusedEmbeddingBag(table_sizes, embedding_dim,
-                                                                                      seed=seed)
+                                                                                      seed=seed, device=device)
         self.interaction, width = build_interaction(interaction, len(table_sizes), embedding_dim,
                                                     bottom_mlp[-1], self_interaction)
         self.top_mlp = mlp([width] + list(top_mlp), final_relu=False, generator=generator, kernel=linear_kernel)
 
     @classmethod
-    def from_config(cls, cfg, table_sizes: list[int], linear_kernel: Optional[str] = None) -> "DLRM":
-        """``linear_kernel``: one already resolved (:func:`resolve_linear_kernel`); default: cfg's, resolved now."""
+    def from_config(cls, cfg, table_sizes: list[int], linear_kernel: Optional[str] = None, device=None) -> "DLRM":
+        """``linear_kernel``: one already resolved (:func:`resolve_linear_kernel`); default: cfg's, resolved now.
+        ``device``: where the tables are built (the MLPs are built on the host, then moved)."""
         kernel = linear_kernel or resolve_linear_kernel(cfg)[0]
         return cls(table_sizes, cfg.embedding_dim, cfg.bottom_mlp, cfg.top_mlp, cfg.interaction,
-                   cfg.self_interaction, cfg.seed, linear_kernel=kernel)
+                   cfg.self_interaction, cfg.seed, linear_kernel=kernel, device=device)
 
     def forward(self, dense: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """Returns click logits of shape (B,); sigmoid gives probabilities."""

@@ -58,6 +58,9 @@ class RowWiseAdagrad(torch.optim.Optimizer):
 
     @staticmethod
     def _sparse_update(p: torch.Tensor, grad: torch.Tensor, acc: torch.Tensor, clr: float, eps: float) -> None:
+        if p.is_cuda:
+            RowWiseAdagrad._sparse_update_sync_free(p, grad, acc, clr, eps)
+            return
         rows, values = grad._indices()[0], grad._values()
         # Coalesce: one summed gradient per distinct row (unique + index_add is
         # ~3x cheaper here than Tensor.coalesce()).
@@ -67,6 +70,33 @@ class RowWiseAdagrad(torch.optim.Optimizer):
         row_acc = acc.index_select(0, unique).add_(mean_square)
         acc.index_copy_(0, unique, row_acc)
         summed.mul_(row_acc.sqrt_().add_(eps).reciprocal_().mul_(-clr).unsqueeze(1))
+        p.index_add_(0, unique, summed)
+
+    @staticmethod
+    def _sparse_update_sync_free(p: torch.Tensor, grad: torch.Tensor, acc: torch.Tensor, clr: float,
+                                 eps: float) -> None:
+        """The same update without unique(), whose output size the host would wait
+        for on a GPU every step: rows are sorted and summed per run of equal rows
+        into as many slots as there are gradient rows; the slots past the last run
+        hold zeros and change nothing. The sums are the same as the host's (duplicates
+        summed in their order in the batch)."""
+        rows, values = grad._indices()[0], grad._values()
+        n = rows.numel()
+        if n == 0:
+            return
+        sorted_rows, order = torch.sort(rows, stable=True)
+        starts = torch.ones(n, dtype=torch.bool, device=rows.device)
+        starts[1:] = sorted_rows[1:] != sorted_rows[:-1]
+        slot = torch.cumsum(starts, 0) - 1
+        summed = values.new_zeros(n, values.shape[1]).index_add_(0, slot, values.index_select(0, order))
+        # Every entry of a run writes the same row; unused slots name row sorted_rows[0] with zero sums.
+        unique = torch.zeros_like(rows).index_copy_(0, slot, sorted_rows)
+        used = torch.arange(n, device=rows.device) <= slot[-1]
+        unique = torch.where(used, unique, sorted_rows[0])
+        mean_square = torch.linalg.vector_norm(summed, dim=1).pow_(2).div_(summed.shape[1])
+        acc.index_add_(0, unique, mean_square)
+        scale = acc.index_select(0, unique).sqrt_().add_(eps).reciprocal_().mul_(-clr)
+        summed.mul_(torch.where(used, scale, 0.0).unsqueeze(1))
         p.index_add_(0, unique, summed)
 
 

@@ -383,6 +383,7 @@ def run(cfg: Config, out=sys.stderr, parallel=None) -> RunResult:
                 trainer.restore(data)
                 print(f"resumed from {cfg.resume} at step {trainer.position.step} "
                       f"(epoch {trainer.position.epoch + 1}, batch {trainer.position.batch_in_epoch})", file=out)
+            del data  # the loaded tensors (a copy of the tables) must not stay referenced during fit()
         if cfg.inference_only:
             started = time.time()
             metrics = trainer.evaluate()

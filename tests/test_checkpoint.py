@@ -90,3 +90,72 @@ def test_pickled_code_is_never_run(tmp_path):
     torch.save({"state_dict": {}, "payload": Evil()}, path)
     with pytest.raises(checkpoint.CheckpointError, match="cannot load as a weights-only checkpoint"):
         checkpoint.load_file(path)
+
+
+def test_streamed_save_writes_what_torch_save_writes(tmp_path):
+    big = torch.randn(1000, 16)
+    state = {"model": {"w": big, "view": big[10:20].t(), "ids": torch.arange(7)},
+             "optimizer": {"state": {0: {"step": torch.tensor(3.0), "sum": torch.rand(1000)}},
+                           "param_groups": [{"lr": 0.1, "params": [0]}]},
+             "rng": torch.get_rng_state(), "step": 5, "config": {"seed": 1}}
+    torch.save(state, tmp_path / "plain.pt")
+    checkpoint.save_streamed(state, str(tmp_path / "streamed.pt"))
+    plain = torch.load(tmp_path / "plain.pt", weights_only=True)
+    for mapped in (False, True):
+        streamed = checkpoint.load_file(str(tmp_path / "streamed.pt"), mapped=mapped)
+        assert torch.equal(streamed["model"]["w"], plain["model"]["w"])
+        assert torch.equal(streamed["model"]["view"], big[10:20].t())
+        assert torch.equal(streamed["model"]["ids"], plain["model"]["ids"])
+        assert torch.equal(streamed["optimizer"]["state"][0]["sum"], plain["optimizer"]["state"][0]["sum"])
+        assert torch.equal(streamed["rng"], plain["rng"])
+        assert (streamed["step"], streamed["config"], streamed["optimizer"]["param_groups"]) == \
+               (5, {"seed": 1}, [{"lr": 0.1, "params": [0]}])
+
+
+def test_a_failed_save_leaves_no_file_behind(tmp_path, monkeypatch):
+    def broken(state, path):
+        open(path, "w").close()
+        raise OSError("disk full")
+    monkeypatch.setattr(checkpoint, "save_streamed", broken)
+    model = DLRM([5, 3], 4, [13, 4], [4, 1])
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint.save(str(tmp_path / "c.pt"), model, torch.optim.SGD(model.parameters(), lr=0.1), step=1,
+                        epoch=0, batch_in_epoch=1, config={}, table_sizes=[5, 3])
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_loaded_checkpoint_is_released_before_training(easy_data, tmp_path, monkeypatch):
+    import gc
+    import weakref
+    ckpt = str(tmp_path / "c.pt")
+    train.run(tiny_config(easy_data, tmp_path, max_steps=5, checkpoint_path=ckpt), out=DEVNULL)
+    refs, alive = [], []
+    load = checkpoint.load_weights
+
+    def tracked(path, model):
+        data = load(path, model)
+        refs.append(weakref.ref(data["model"]["embeddings.weight"]))
+        return data
+
+    fit = train.Trainer.fit
+
+    def checked(self):
+        gc.collect()
+        alive.append(refs[0]() is not None)
+        return fit(self)
+
+    monkeypatch.setattr(checkpoint, "load_weights", tracked)
+    monkeypatch.setattr(train.Trainer, "fit", checked)
+    train.run(tiny_config(easy_data, tmp_path, resume=ckpt, max_steps=8), out=DEVNULL)
+    assert alive == [False]  # the tables' copy from the file is gone once training starts
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: torch sees no GPU here")
+def test_a_model_on_the_gpu_is_saved_and_loaded_streamed(tmp_path):
+    model = DLRM([5000, 3], 8, [13, 8], [8, 1]).cuda()
+    opt = torch.optim.Adagrad(model.parameters(), lr=0.1)
+    path = str(tmp_path / "c.pt")
+    checkpoint.save(path, model, opt, step=1, epoch=0, batch_in_epoch=1, config={}, table_sizes=[5000, 3])
+    other = DLRM([5000, 3], 8, [13, 8], [8, 1], seed=1).cuda()
+    checkpoint.load_weights(path, other)
+    assert torch.equal(other.embeddings.weight, model.embeddings.weight)

@@ -83,3 +83,21 @@ def test_sgd_sparse_update_sums_duplicates():
 def test_unknown_optimizer():
     with pytest.raises(ValueError, match="unknown optimizer 'adam'"):
         build_optimizer("adam", torch.nn.Linear(2, 2), lr=1.0)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_rowwise_adagrad_gpu_update_equals_the_hosts_bitwise(seed):
+    # The GPU's update (no unique(), so no host sync) run on the host: the same bits, rows absent
+    # from the batch untouched, duplicates summed, row 0 present or not.
+    g = torch.Generator().manual_seed(seed)
+    rows, dim = 50, 8
+    ids = torch.randint(0 if seed else 1, rows, (60,), generator=g)
+    grad = torch.sparse_coo_tensor(ids.unsqueeze(0), torch.randn(60, dim, generator=g), (rows, dim))
+    w = torch.randn(rows, dim, generator=g)
+    acc = torch.rand(rows, generator=g) * (torch.rand(rows, generator=g) < 0.5)
+    host_w, host_acc = w.clone(), acc.clone()
+    RowWiseAdagrad._sparse_update(host_w, grad, host_acc, 0.05, 1e-10)
+    RowWiseAdagrad._sparse_update_sync_free(w, grad, acc, 0.05, 1e-10)
+    assert torch.equal(w, host_w) and torch.equal(acc, host_acc)
+    absent = sorted(set(range(rows)) - set(ids.tolist()))
+    assert absent  # the batch leaves rows out, and the comparison covers them

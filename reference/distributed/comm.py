@@ -15,9 +15,11 @@ hanging or blaming the network.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import socket
+import sys
 import threading
 import time
 from datetime import timedelta
@@ -315,6 +317,7 @@ class Work:
 
     def __init__(self, comm: "Communicator", what: str, handle, done: Optional[Callable[[], None]] = None):
         self.comm, self.what, self.handle, self.done = comm, what, handle, done
+        self.issued = time.monotonic()
 
     def wait(self) -> None:
         self.comm._wait(self)
@@ -353,7 +356,12 @@ class Communicator:
         self._issue(what, self._broadcast, tensor, root, what).wait()
 
     def barrier(self, what: str = "barrier") -> None:
+        """Returns when every rank has reached it. A wait on a GPU collective only
+        orders the GPU's stream, so the host waits for the stream too: ranks
+        leave together (they start the clock together)."""
         self.all_reduce(torch.zeros(1, device=self.device), what).wait()
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()
 
     def _issue(self, what: str, start, *args) -> Work:
         """Start a collective; a failure to even start it (a peer already gone) is diagnosed too."""
@@ -369,6 +377,17 @@ class Communicator:
             return DistributedError(f"rank {self.rank}: {what} failed: {_first_line(cause)}")
         return self.monitor.failure(what, cause)
 
+    def _timed_out(self, what: str, cause: BaseException) -> None:
+        """A collective that no wait will raise for (NCCL) passed its deadline:
+        diagnose it as a failed wait would, tell the others, and end the job."""
+        message = str(self._fail(what, cause))
+        if self.monitor is not None and self.monitor.on_peer_failure is not None:
+            self.monitor.report_failure(message)
+            self.monitor.on_peer_failure(message)
+            return
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        os._exit(1)
+
     def abort(self, code: int) -> None:
         """End this process now, taking the job down with it where the launcher allows."""
 
@@ -377,24 +396,83 @@ class Communicator:
             self.monitor.close()
 
 
+class CollectiveWatch:
+    """Deadlines for collectives whose waits never raise.
+
+    NCCL's ``wait`` only orders the GPU's stream, and a collective that never
+    completes meets NCCL's watchdog, which ends the process without saying
+    which rank is at fault. Each waited collective is tracked by a test of its
+    completion (a CUDA event recorded after the wait: it holds no tensors, as
+    the collective's own handle would); this thread checks, once per ``poll``
+    seconds and without blocking the GPU, whether the oldest has completed;
+    one past ``timeout`` since it was issued is handed to ``on_timeout(what,
+    cause)`` (the diagnosis that names the rank). The process group's own
+    timeout is set later than this one, so the diagnosis comes first."""
+
+    def __init__(self, timeout: float, on_timeout: Callable[[str, BaseException], None], poll: float = 1.0,
+                 device: Optional[torch.device] = None):
+        self.timeout, self.on_timeout, self.poll, self.device = timeout, on_timeout, poll, device
+        self._pending: collections.deque = collections.deque()  # (deadline, what, completed), oldest first
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dlrm-collective-watch", daemon=True)
+        self._thread.start()
+
+    def track(self, what: str, completed: Callable[[], bool], issued: float) -> None:
+        """``completed()``: whether the collective is done; ``issued``: its time.monotonic() at the start."""
+        with self._lock:
+            self._pending.append((issued + self.timeout, what, completed))
+
+    def _run(self) -> None:
+        if self.device is not None and self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # a new thread's GPU is GPU 0: no context of this rank there
+        while not self._stop.wait(self.poll):
+            with self._lock:
+                while self._pending and self._pending[0][2]():
+                    self._pending.popleft()
+                late = self._pending[0] if self._pending and self._pending[0][0] < time.monotonic() else None
+            if late is not None and not self._stop.is_set():
+                self.on_timeout(late[1], TimeoutError(f"not complete within {self.timeout:.0f} s (dist_timeout)"))
+                return
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+# NCCL's watchdog fires this long after our own deadline, so that the diagnosis runs first.
+WATCHDOG_GRACE_SECONDS = 60.0
+
+
 class TorchCommunicator(Communicator):
+    """torch.distributed. The all-to-alls have a process group of their own:
+    under NCCL each group has its own stream, so the backward all-to-all does
+    not queue behind the gradient all-reduces issued before it."""
+
     def __init__(self, backend: str, store, rank: int, world_size: int, timeout: float,
                  monitor: Optional[FaultMonitor], device: torch.device):
         super().__init__(monitor, timeout)
         self.backend, self.rank, self.world_size, self.device = backend, rank, world_size, device
+        self.watch = None
+        group_timeout = timeout
         if backend == "mpi":  # MPI knows rank and size itself
             kwargs = {}
         else:
             kwargs = dict(store=dist.PrefixStore("pg", store), rank=rank, world_size=world_size)
             if backend == "nccl":
                 kwargs["device_id"] = device
+                group_timeout = timeout + max(WATCHDOG_GRACE_SECONDS, timeout)
         try:
-            dist.init_process_group(backend, timeout=_timedelta(timeout), **kwargs)
+            dist.init_process_group(backend, timeout=_timedelta(group_timeout), **kwargs)
+            self.exchange_group = None if backend == "mpi" else dist.new_group(
+                backend=backend, timeout=_timedelta(group_timeout))
         except (RuntimeError, ValueError) as e:
             raise LaunchError(f"rank {rank}: cannot start the {backend} process group: {_first_line(e)}") from None
+        if backend == "nccl":
+            self.watch = CollectiveWatch(timeout, self._timed_out, device=device)
 
     def _all_to_all(self, output, input, output_splits, input_splits, what):
-        return Work(self, what, dist.all_to_all_single(output, input, output_splits, input_splits, async_op=True))
+        return Work(self, what, dist.all_to_all_single(output, input, output_splits, input_splits,
+                                                       group=self.exchange_group, async_op=True))
 
     def _all_reduce(self, tensor, what):
         return Work(self, what, dist.all_reduce(tensor, async_op=True))
@@ -407,8 +485,14 @@ class TorchCommunicator(Communicator):
             work.handle.wait()
         except RuntimeError as e:  # gloo: peer closed the connection, or the timeout passed
             raise self._fail(work.what, e) from None
+        if self.watch is not None:  # NCCL: the wait only made the stream wait; the event completes with it
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(self.device))
+            self.watch.track(work.what, event.query, work.issued)
 
     def close(self) -> None:
+        if self.watch is not None:
+            self.watch.close()
         super().close()
         if dist.is_initialized():
             dist.destroy_process_group()

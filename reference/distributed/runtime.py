@@ -9,11 +9,14 @@ evaluation scores into the global metrics.
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import time
+from datetime import timedelta
 from typing import Optional
 
 import torch
+import torch.distributed as dist
 
 from ..config import Config, ConfigError
 from ..data.binary import DataError
@@ -23,6 +26,7 @@ from ..model import DLRM, resolve_linear_kernel
 from ..precision import Precision, PrecisionError, build_precision
 from .comm import HEARTBEAT_SECONDS, Communicator, FaultMonitor, agree, build_communicator, join, open_store
 from .data_parallel import GradientReducer
+from .gpu_binding import check_distinct, gpu_index
 from .launch import LaunchError, LaunchInfo, detect
 from .planner import Plan, PlanError, plan_tables, state_bytes_per_row
 from .sharded import ShardedDLRM
@@ -42,11 +46,38 @@ def available_memory_bytes() -> Optional[int]:
     return None
 
 
-def check_table_memory(cfg: Config, rows: int, processes_here: int = 1, what: str = "the embedding tables") -> None:
+# Kept free on a GPU beyond the tables: the CUDA context, activations, the all-to-all and
+# gradient buffers, the allocator's slack (a fraction of the GPU, at least this much).
+GPU_WORKSPACE_BYTES = 2 * GIB
+GPU_WORKSPACE_SHARE = 0.05
+
+
+def gpu_free_bytes(device: torch.device) -> tuple[int, int]:
+    """(free, total) bytes of a GPU's memory, as the driver reports them."""
+    return torch.cuda.mem_get_info(device)
+
+
+def check_table_memory(cfg: Config, rows: int, processes_here: int = 1, what: str = "the embedding tables",
+                       device: torch.device = torch.device("cpu")) -> None:
     """Refuse, before allocating, tables that cannot fit: the weights are
-    allocated lazily, so the failure would otherwise be an OOM kill mid-run."""
-    per_row = cfg.embedding_dim * 4 + state_bytes_per_row(cfg.optimizer, cfg.embedding_dim)
-    need = rows * per_row
+    allocated lazily (and the optimiser's state at the first step), so the
+    failure would otherwise be an OOM kill, or a CUDA out-of-memory error, mid-run.
+    On a GPU the tables live in the GPU's memory (one GPU per rank), on the host in RAM."""
+    weights = rows * cfg.embedding_dim * 4
+    state = rows * state_bytes_per_row(cfg.optimizer, cfg.embedding_dim)
+    need = weights + state
+    if device.type == "cuda":
+        parts = (f"{rows:,} rows x {cfg.embedding_dim} x 4 B = {weights / GIB:.1f} GiB of weights, plus "
+                 f"{state / GIB:.1f} GiB of {cfg.optimizer} state")
+        free, total = gpu_free_bytes(device)
+        reserve = max(GPU_WORKSPACE_BYTES, int(GPU_WORKSPACE_SHARE * total))
+        if need > free - reserve:
+            raise ConfigError(f"{cfg.where('table_sizes')}: {what} need {need / GIB:.1f} GiB of GPU memory "
+                              f"({parts}) but {device} has {free / GIB:.1f} GiB free of {total / GIB:.1f} GiB, "
+                              f"{reserve / GIB:.1f} GiB of it kept for activations and buffers; use more GPUs "
+                              f"(ranks), rowwise_adagrad or sgd (optimizer) rather than adagrad, "
+                              f"embedding_memory_per_rank, or a smaller max_ind_range")
+        return
     have = available_memory_bytes()
     if have is not None and need * processes_here > have:
         share = f" ({processes_here} ranks on this machine)" if processes_here > 1 else ""
@@ -78,24 +109,65 @@ def make_plan(cfg: Config, table_sizes: list[int], world_size: int) -> Plan:
         raise ConfigError(f"{cfg.where('embedding_memory_per_rank')}: {e}") from None
 
 
+def bind_device(cfg: Config, rank: int = 0, local_rank: int = 0, local_world_size: int = 1,
+                env=os.environ) -> torch.device:
+    """This process's device, made current (see gpu_binding), with the CUDA settings of the config."""
+    if not cfg.device.startswith("cuda"):
+        return torch.device("cpu")
+    apply_cuda_settings(cfg, env)
+    index = gpu_index(cfg.device, rank, local_rank, local_world_size, torch.cuda.device_count(),
+                      env.get("CUDA_VISIBLE_DEVICES"))
+    device = torch.device("cuda", index)
+    try:
+        torch.cuda.set_device(device)
+    except RuntimeError as e:
+        raise LaunchError(f"rank {rank}: cannot use {device}: {e}") from None
+    return device
+
+
+def apply_cuda_settings(cfg: Config, env=os.environ) -> None:
+    """TF32 and determinism, before the first CUDA kernel (cuBLAS reads its
+    workspace setting when its first handle is made)."""
+    torch.backends.cuda.matmul.allow_tf32 = cfg.allow_tf32
+    torch.backends.cudnn.allow_tf32 = cfg.allow_tf32
+    torch.use_deterministic_algorithms(cfg.deterministic)
+    if cfg.deterministic:
+        env.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        # Determinism is what is asked for, not NaN-filled fresh buffers (a pass over every allocation).
+        torch.utils.deterministic.fill_uninitialized_memory = False
+
+
+def check_gpus_distinct(store, info: LaunchInfo, device: torch.device, timeout: float) -> None:
+    """Every rank publishes its GPU's UUID; two ranks of one machine on one GPU are refused."""
+    store.set(f"gpu/{info.rank}", f"{socket.gethostname()}\t{torch.cuda.get_device_properties(device).uuid}")
+    keys = [f"gpu/{r}" for r in range(info.world_size)]
+    try:
+        store.wait(keys, timedelta(seconds=timeout))
+    except (RuntimeError, dist.DistStoreError) as e:
+        missing = [r for r, k in enumerate(keys) if not store.check([k])]
+        raise LaunchError(f"rank {info.rank}: rank(s) {', '.join(map(str, missing))} did not publish their GPU "
+                          f"within {timeout:.0f} s (dist_timeout): {e}") from None
+    check_distinct([(r, *store.get(k).decode().split("\t", 1)) for r, k in enumerate(keys)])
+
+
 class SingleProcess:
     """The whole batch and the whole model in this process."""
 
     rank, world_size, is_root = 0, 1, True
 
     def __init__(self, cfg: Config):
-        self.device = torch.device(cfg.device)
+        self.device = bind_device(cfg)
         self.precision = make_precision(cfg, self.device)
         self.linear_kernel, self.kernel_reason = make_linear_kernel(cfg)
 
     def check_memory(self, cfg: Config, table_sizes: list[int]) -> None:
-        check_table_memory(cfg, sum(table_sizes))
+        check_table_memory(cfg, sum(table_sizes), device=self.device)
 
     def check_data(self, *datasets: Optional[BinaryDataset]) -> None:
         pass
 
     def build_model(self, cfg: Config, table_sizes: list[int]) -> DLRM:
-        return DLRM.from_config(cfg, table_sizes, self.linear_kernel)
+        return DLRM.from_config(cfg, table_sizes, self.linear_kernel, self.device)
 
     def batch(self, data: BinaryDataset, index: int):
         return data.batch(index)
@@ -108,7 +180,7 @@ class SingleProcess:
         return local.tolist()
 
     def metrics(self, logits: torch.Tensor, labels: torch.Tensor) -> dict:
-        return evaluate_scores(logits.cpu(), labels.cpu())
+        return evaluate_scores(logits, labels)  # on the device: the exact AUC's sort runs on the GPU
 
     def barrier(self) -> None:
         pass
@@ -150,23 +222,14 @@ class MultiProcess:
                 raise ConfigError(f"{cfg.where(key)}: {key}: checkpoints are single-process only for now "
                                   f"(this run has {info.world_size} ranks)")
         backend = resolve_backend(cfg)
-        if cfg.device.startswith("cuda"):
-            gpus = torch.cuda.device_count()
-            if backend == "nccl" and info.local_world_size > gpus:
-                raise LaunchError(f"{info.local_world_size} ranks on this machine but {gpus} GPU(s): NCCL needs "
-                                  f"a GPU per rank; start at most {gpus} ranks per machine")
-            device = torch.device("cuda", info.local_rank % gpus)
-            try:
-                torch.cuda.set_device(device)
-            except RuntimeError as e:
-                raise LaunchError(f"rank {info.rank}: cannot use {device}: {e}") from None
-        else:
-            device = torch.device("cpu")
+        device = bind_device(cfg, info.rank, info.local_rank, info.local_world_size)
         if cfg.num_threads == 0:  # launchers set one thread per process; use this machine's share of cores
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // info.local_world_size))
         store = open_store(info, cfg.dist_timeout)
         settings = {k: v for k, v in cfg.as_dict().items() if k != "run_name"}
         join(store, info, settings, cfg.dist_timeout)
+        if device.type == "cuda":
+            check_gpus_distinct(store, info, device, cfg.dist_timeout)
         monitor = FaultMonitor(store, info.rank, info.world_size, cfg.dist_timeout)
         try:
             comm = build_communicator(backend, info, store, cfg.dist_timeout, device, monitor)
@@ -184,7 +247,9 @@ class MultiProcess:
               f"every rank must read the same counts file ({cfg.counts_file}) or table_sizes")
         self.plan = make_plan(cfg, table_sizes, self.world_size)
         rows = sum(s.rows for s in self.plan.shards_of(self.rank))
-        check_table_memory(cfg, rows, self.info.local_world_size, what=f"rank {self.rank}'s table shards")
+        check_table_memory(cfg, rows, self.info.local_world_size, what=f"rank {self.rank}'s table shards "
+                           f"({len(self.plan.shards_of(self.rank))} of the plan's {len(self.plan.shards)}; "
+                           f"--plan-only prints the plan)", device=self.device)
 
     def check_data(self, *datasets: Optional[BinaryDataset]) -> None:
         cfg = self.cfg
@@ -240,7 +305,7 @@ class MultiProcess:
                              "evaluation gather").wait()
         result = torch.zeros(4, dtype=torch.float64, device=self.device)
         if root:
-            pairs = gathered.view(-1, 2).cpu()
+            pairs = gathered.view(-1, 2)  # the metrics on rank 0's device (its GPU sorts in milliseconds)
             m = evaluate_scores(pairs[:, 0].contiguous(), pairs[:, 1].contiguous())
             result = torch.tensor([m["auc"], m["accuracy"], m["log_loss"], m["samples"]], dtype=torch.float64,
                                   device=self.device)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.loader import split_sizes
-from ..embeddings import init_table_rows
+from ..embeddings import RowRange, init_rows
 from ..hugepages import advise_huge_pages
 from ..model import DLRM
 from .comm import Communicator, Work
@@ -28,7 +28,7 @@ class ShardedEmbeddings(nn.Module):
     """This rank's shards in one fused weight. Input: the ids of the global
     batch for the tables in ``columns``; output: (batch, shards, dim)."""
 
-    def __init__(self, plan: Plan, rank: int, seed: int):
+    def __init__(self, plan: Plan, rank: int, seed: int, device=None):
         super().__init__()
         self.table_sizes = list(plan.table_sizes)
         self.shards = plan.shards_of(rank)
@@ -39,18 +39,21 @@ class ShardedEmbeddings(nn.Module):
         for s in self.shards:
             offsets.append(total)
             total += s.rows
-        as_long = lambda values: torch.tensor(values, dtype=torch.int64)  # noqa: E731
+        as_long = lambda values: torch.tensor(values, dtype=torch.int64, device=device)  # noqa: E731
         self.register_buffer("shard_column", as_long([position[s.table] for s in self.shards]), persistent=False)
         self.register_buffer("shard_lo", as_long([s.lo for s in self.shards]), persistent=False)
         self.register_buffer("shard_rows", as_long([s.rows for s in self.shards]), persistent=False)
         self.register_buffer("shard_offset", as_long(offsets), persistent=False)
         self.whole = all(s.rows == self.table_sizes[s.table] for s in self.shards)
-        weight = torch.empty(total, self.dim)
-        advise_huge_pages(weight)
-        with torch.no_grad():
-            for s, offset in zip(self.shards, offsets):
-                init_table_rows(weight[offset:offset + s.rows], seed, s.table, self.table_sizes[s.table], s.lo)
+        # Built where it is used: a GPU's shards never pass through host memory whole.
+        weight = torch.empty(total, self.dim, device=device)
+        if weight.device.type == "cpu":
+            advise_huge_pages(weight)
+        init_rows(weight, seed, [RowRange(offset, s.table, self.table_sizes[s.table], s.lo, s.rows)
+                                 for s, offset in zip(self.shards, offsets)])
         self.weight = nn.Parameter(weight)
+        # The GPU's lookup of split tables (no host sync); an attribute so tests run it on the host too.
+        self.sync_free = weight.device.type == "cuda"
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if ids.dim() != 2 or ids.shape[1] != len(self.columns):
@@ -59,7 +62,13 @@ class ShardedEmbeddings(nn.Module):
         local = ids.long().index_select(1, self.shard_column) - self.shard_lo
         if self.whole:
             return F.embedding(local + self.shard_offset, self.weight, sparse=True)
-        valid = ((local >= 0) & (local < self.shard_rows)).view(-1).nonzero().squeeze(1)
+        held = (local >= 0) & (local < self.shard_rows)
+        if self.sync_free:
+            # nonzero() would wait for the GPU to learn its size: look every id up (the ones held
+            # elsewhere at row 0) and zero them, so their gradients are zeros, which change no row.
+            found = F.embedding(torch.where(held, local + self.shard_offset, 0), self.weight, sparse=True)
+            return torch.where(held.unsqueeze(2), found, 0.0)
+        valid = held.view(-1).nonzero().squeeze(1)
         rows = (local + self.shard_offset).view(-1).index_select(0, valid)
         found = F.embedding(rows, self.weight, sparse=True)
         # Only the rows held here enter the (sparse) gradient; the others are zeros the receiver adds.
@@ -83,13 +92,14 @@ class _Exchange(torch.autograd.Function):
 class ButterflyExchange:
     """The all-to-all between the owners of shards and the owners of samples."""
 
-    def __init__(self, comm: Communicator, plan: Plan):
+    def __init__(self, comm: Communicator, plan: Plan, device=None):
         self.comm, self.dim = comm, plan.dim
         self.counts = [len(plan.shards_of(r)) for r in range(plan.world_size)]
         self.mine = self.counts[comm.rank]
         ordered = plan.ordered_shards()
         self.num_tables = len(plan.table_sizes)
-        self.shard_table = torch.tensor([s.table for s in ordered], dtype=torch.int64)
+        # On the device once: a copy from the host in every forward would block the host each step.
+        self.shard_table = torch.tensor([s.table for s in ordered], dtype=torch.int64, device=device)
         # Without split tables the shards are a permutation of the tables: gather instead of sum.
         self.permutation = None
         if len(ordered) == self.num_tables:
@@ -111,9 +121,9 @@ class ButterflyExchange:
         work.wait()
         shards = _Exchange.apply(pooled, self, received, sizes[self.comm.rank])
         if self.permutation is not None:
-            return shards.index_select(1, self.permutation.to(shards.device))
+            return shards.index_select(1, self.permutation)
         out = shards.new_zeros(shards.shape[0], self.num_tables, self.dim)
-        return out.index_add(1, self.shard_table.to(shards.device), shards)
+        return out.index_add(1, self.shard_table, shards)
 
     def arrange(self, received: torch.Tensor, mine: int) -> torch.Tensor:
         """Flat blocks (rank r's block: my samples x r's shards x dim) -> (my samples, all shards, dim)."""
@@ -140,9 +150,10 @@ class ShardedDLRM(DLRM):
 
     def __init__(self, cfg, table_sizes: list[int], plan: Plan, comm: Communicator, linear_kernel: str = "aten"):
         super().__init__(table_sizes, cfg.embedding_dim, cfg.bottom_mlp, cfg.top_mlp, cfg.interaction,
-                         cfg.self_interaction, cfg.seed, embeddings=ShardedEmbeddings(plan, comm.rank, cfg.seed),
+                         cfg.self_interaction, cfg.seed,
+                         embeddings=ShardedEmbeddings(plan, comm.rank, cfg.seed, comm.device),
                          linear_kernel=linear_kernel)
-        self.exchange = ButterflyExchange(comm, plan)
+        self.exchange = ButterflyExchange(comm, plan, comm.device)
 
     def forward(self, dense: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         pooled = self.embeddings(ids)
