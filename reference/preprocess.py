@@ -51,6 +51,7 @@ from tqdm import tqdm
 from .data.binary import COLUMNS, RECORD_BYTES, write_counts
 from .data.criteo_raw import NUM_DENSE, NUM_SPARSE, RawFormatError, parse_block
 from .data.vocabulary import Vocabulary
+from .jsonfile import write_json
 from .malloc import keep_freed_memory, release_freed_memory
 
 # Input read and parsed at a time: small enough that a block's arrays stay under glibc's mmap
@@ -325,13 +326,6 @@ class _DayWriter:
         self.counts += np.diff(bounds)
 
 
-def _write_json(path: str, data) -> None:
-    tmp = path + ".partial"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
-
-
 def _pwrite_all(fd: int, data: np.ndarray, offset: int) -> None:
     view = memoryview(data.reshape(-1).view(np.uint8))
     while view:  # one pwrite moves at most ~2 GB on Linux
@@ -479,7 +473,7 @@ class Pipeline:
         record = {"day": day, "path": source.label, "source": source.signature(), "lines": lines,
                   "skipped": skipped, "kept": kept, "train": is_train, "buckets": counts.tolist(),
                   "in_order_seconds": round(busy, 3)}
-        _write_json(os.path.join(folder, "record.json"), record)
+        write_json(os.path.join(folder, "record.json"), record)
         return record
 
     # --- stage 2 ----------------------------------------------------------
@@ -579,7 +573,7 @@ class Pipeline:
             with open(manifest_path) as f:
                 return json.load(f)
         os.makedirs(self.work, exist_ok=True)
-        _write_json(os.path.join(self.work, "options.json"), asdict(self.o))
+        write_json(os.path.join(self.work, "options.json"), asdict(self.o))
         started = time.time()
         stages = {}
         records = self.map_days()
@@ -609,7 +603,7 @@ class Pipeline:
             # the serial part of the map stage (ids in day order): what more cores cannot shorten
             "map_in_order_seconds": round(sum(r.get("in_order_seconds", 0) for r in records), 1),
         }
-        _write_json(manifest_path, manifest)
+        write_json(manifest_path, manifest)
         shutil.rmtree(self.work, ignore_errors=True)
         return manifest
 

@@ -28,6 +28,7 @@ from .data.synthetic import read_meta
 from .distributed import runtime
 from .distributed.comm import DistributedError
 from .distributed.launch import LaunchError, detect
+from .jsonfile import write_json
 from .distributed.planner import format_plan
 from .loss_meter import LossMeter
 from .mlperf_log import MLPerfLogger, log_hyperparameters, log_submission
@@ -336,10 +337,7 @@ def write_summary(path: str, cfg: Config, result: RunResult, table_sizes: list[i
         "samples_per_second": result.samples_per_second, "evaluations": result.evaluations,
         "loss_curve": result.loss_curve, "mlperf_log": result.log_path,
     }
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(summary, f, indent=1)
-    os.replace(tmp, path)
+    write_json(path, summary)
 
 
 def describe_dense_compute(cfg: Config, kernel: str, reason: str) -> str:

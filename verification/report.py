@@ -6,6 +6,7 @@ import json
 import os
 import tempfile
 from typing import Optional
+from reference import jsonfile
 
 from reference.config import Config
 
@@ -224,8 +225,4 @@ def render_text(report: dict) -> str:
 
 
 def write_json(report: dict, path: str) -> None:
-    data = {k: v for k, v in report.items() if k != "runs"}
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
+    jsonfile.write_json(path, {k: v for k, v in report.items() if k != "runs"})

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from ..jsonfile import write_json
 from ..metrics import roc_auc
 from .binary import NUM_DENSE, NUM_SPARSE, write_binary, write_counts
 
@@ -131,10 +132,7 @@ def generate(out_dir: str, spec: SyntheticSpec, log=print) -> dict:
             meta[f"click_rate_{split}"] = float(np.concatenate(labels).mean())
     write_counts(os.path.join(out_dir, FILES["counts"]), spec.table_sizes)
     meta["seconds"] = round(time.time() - started, 2)
-    tmp = os.path.join(out_dir, FILES["meta"] + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(meta, f, indent=2)
-    os.replace(tmp, os.path.join(out_dir, FILES["meta"]))
+    write_json(os.path.join(out_dir, FILES["meta"]), meta, indent=2)
     log(f"synthetic data: {spec.train_samples} train / {spec.eval_samples} test samples in {out_dir} "
         f"({meta['seconds']} s); click rate {meta['click_rate_test']:.3f}; "
         f"best achievable AUC on test (the teacher's own) {meta['best_auc_test']:.4f}")
@@ -235,10 +233,7 @@ def generate_via_raw(out_dir: str, spec: SyntheticSpec, log=print) -> dict:
     meta = {"spec": asdict(spec), "via": "raw", "files": output_names("terabyte"), "raw_days": RAW_DAYS,
             "best_auc_test": roc_auc(prob[test], labels[test]), "click_rate_test": float(labels[test].mean()),
             "seconds": round(time.time() - started, 2)}
-    tmp = os.path.join(out_dir, FILES["meta"] + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(meta, f, indent=2)
-    os.replace(tmp, os.path.join(out_dir, FILES["meta"]))
+    write_json(os.path.join(out_dir, FILES["meta"]), meta, indent=2)
     log(f"synthetic data via raw day files: {RAW_DAYS} Criteo-format days in {raw} -> preprocessed into "
         f"{out_dir} ({meta['seconds']} s); best achievable AUC on test (the teacher's own) {meta['best_auc_test']:.4f}")
     return meta
