@@ -28,13 +28,15 @@ class CheckpointError(ValueError):
 def save(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, step: int, epoch: int,
          batch_in_epoch: int, config: dict, table_sizes: list[int]) -> None:
     """Everything a resumed run needs: weights, optimiser state (row-wise
-    accumulators included), the schedule step, the data position and the RNG.
+    accumulators included), the schedule step and the data position. No RNG
+    state: every random draw (initialisation, batch order) comes from a
+    generator seeded from the config, never from torch's global one.
     Written to a temporary name and renamed, so a crash never leaves half a file."""
     state = {
         "format": FORMAT, "version": VERSION,
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-        "rng": torch.get_rng_state(), "config": config, "table_sizes": list(table_sizes),
+        "config": config, "table_sizes": list(table_sizes),
     }
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)

@@ -78,9 +78,6 @@ class DLRM(nn.Module):
     def dense_parameters(self) -> list[nn.Parameter]:
         return [p for name, p in self.named_parameters() if not name.startswith("embeddings.")]
 
-    def sparse_parameters(self) -> list[nn.Parameter]:
-        return [self.embeddings.weight]
-
     def mlperf_tensor_names(self) -> list[str]:
         """Names of the initialised tensors as MLPerf's weights_initialization expects them."""
         n_bottom = sum(isinstance(m, nn.Linear) for m in self.bottom_mlp)

@@ -183,7 +183,6 @@ class Trainer:
             raise checkpoint.CheckpointError(f"optimiser state does not match optimizer="
                                              f"{self.cfg.optimizer!r}: {e}") from None
         self.position = Position(int(data["step"]), int(data["epoch"]), int(data["batch_in_epoch"]))
-        torch.set_rng_state(data["rng"])
 
     # --- the run ----------------------------------------------------------
     def _next_eval(self, i: int, nb: int, interval: int) -> int:

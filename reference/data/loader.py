@@ -140,7 +140,3 @@ class BinaryDataset:
             raise DataError(f"{self.path}: sample {start + r}, categorical column {columns[c]}: id {ids[r, c]} "
                             f"is outside its table of {limits[c]} rows (wrong counts file or "
                             f"max_ind_range?)")
-
-    def __iter__(self) -> Iterator[Batch]:
-        for i in range(self.num_batches):
-            yield self.batch(i)

@@ -42,10 +42,6 @@ class LaunchInfo:
     master_addr: Optional[str]   # None: agree on one through MPI
     master_port: int
 
-    @property
-    def is_mpi(self) -> bool:
-        return self.launcher in MPI_LAUNCHERS
-
 
 def _int(env: Mapping[str, str], name: str, launcher: str) -> int:
     text = env[name]
