@@ -75,9 +75,9 @@ def plot(runs: list[dict], target: float, path: str) -> None:
 
     optimizers = list(dict.fromkeys(r["optimizer"] for r in runs))
     fig, axes = plt.subplots(1, len(optimizers), figsize=(6.5 * len(optimizers), 4.5), squeeze=False)
-    for ax, optimizer in zip(axes[0], optimizers):
+    for ax, optimizer in zip(axes[0], optimizers, strict=True):
         for r in (r for r in runs if r["optimizer"] == optimizer):
-            epochs, aucs = zip(*r["curve"])
+            epochs, aucs = zip(*r["curve"], strict=True)
             ax.plot(epochs, aucs, color="tab:blue" if r["precision"] == "fp32" else "tab:orange",
                     alpha=0.8, label=r["precision"] if r["seed"] == runs[0]["seed"] else None)
         ax.axhline(target, color="gray", linestyle="--", label=f"target {target}")

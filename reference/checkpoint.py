@@ -17,6 +17,8 @@ import zipfile
 import numpy as np
 import torch
 
+from .model import DLRM
+
 FORMAT = "dlrm-mlperf-checkpoint"
 VERSION = 1
 
@@ -72,7 +74,7 @@ def _copy_tensors(into, source) -> None:
         for key, value in source.items():
             _copy_tensors(into[key], value)
     elif isinstance(source, (list, tuple)):
-        for a, b in zip(into, source):
+        for a, b in zip(into, source, strict=True):
             _copy_tensors(a, b)
 
 
@@ -115,7 +117,7 @@ def is_original(data: dict) -> bool:
 _ORIGINAL_KEY = re.compile(r"^(emb_l|bot_l|top_l)\.(\d+)\.(weight|bias)$")
 
 
-def convert_original(state_dict: dict, model: torch.nn.Module, path: str = "checkpoint") -> dict:
+def convert_original(state_dict: dict, model: DLRM, path: str = "checkpoint") -> dict:
     """Map the seed's keys (``emb_l.N.weight``, ``bot_l.K.*``, ``top_l.K.*``)
     onto this model's: the tables are stacked into the fused embedding, and
     the MLP layer indices are the same by construction."""
@@ -142,7 +144,7 @@ def convert_original(state_dict: dict, model: torch.nn.Module, path: str = "chec
     return out
 
 
-def load_weights(path: str, model: torch.nn.Module) -> dict:
+def load_weights(path: str, model: DLRM) -> dict:
     """Load model weights from one of our checkpoints or an original one;
     returns the whole checkpoint dictionary. Into a model on a GPU the file is
     mapped, not read: the weights go from the page cache to the GPU."""

@@ -1,8 +1,8 @@
 import math
 import sys
 
-import pytest
 import numpy as np
+import pytest
 import torch
 
 from reference.embeddings import FusedEmbeddingBag
@@ -93,7 +93,7 @@ def test_dlrm_shapes_init_and_sparse_gradient():
 
 def test_same_seed_same_model_other_seed_other_model():
     a, b, c = (DLRM([10] * 3, 8, [13, 8], [4, 1], seed=s) for s in (0, 0, 1))
-    for (k, va), vb, vc in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
+    for (k, va), vb, vc in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values(), strict=True):
         assert torch.equal(va, vb), k
         assert not torch.equal(va, vc), k
 
@@ -108,7 +108,7 @@ def test_dot_interaction_gradient_against_autograd_of_the_plain_form(self_intera
     upstream = torch.randn(6, module.output_dim(5), dtype=torch.double)
     grads = torch.autograd.grad((module(dense, sparse) * upstream).sum(), (dense, sparse))
     expected = torch.autograd.grad((dot_by_loop(dense, sparse, self_interaction) * upstream).sum(), (dense, sparse))
-    for got, want in zip(grads, expected):
+    for got, want in zip(grads, expected, strict=True):
         torch.testing.assert_close(got, want)
 
 

@@ -114,19 +114,19 @@ def generate(out_dir: str, spec: SyntheticSpec, log=print) -> dict:
     for split, count, stream in (("train", spec.train_samples, 1), ("test", spec.eval_samples, 2),
                                  ("val", spec.eval_samples, 3)):
         rng = np.random.default_rng([spec.seed, stream])
-        probs, labels = [], []
+        probs: list[np.ndarray] = []
+        labels: list[np.ndarray] = []
 
-        def chunks():
-            left = count
+        def chunks(rng: np.random.Generator, left: int, keep: bool, probs: list, labels: list):
             while left:
                 rows, prob = teacher.sample(rng, min(spec.chunk_rows, left))
                 left -= rows.shape[0]
-                if split != "train":
+                if keep:
                     probs.append(prob)
                     labels.append(rows[:, 0])
                 yield rows
 
-        write_binary(os.path.join(out_dir, FILES[split]), chunks())
+        write_binary(os.path.join(out_dir, FILES[split]), chunks(rng, count, split != "train", probs, labels))
         if split != "train":
             meta[f"best_auc_{split}"] = roc_auc(np.concatenate(probs), np.concatenate(labels))
             meta[f"click_rate_{split}"] = float(np.concatenate(labels).mean())
@@ -175,7 +175,7 @@ def raw_lines(rows: np.ndarray, rng: np.random.Generator, max_ind_range: int) ->
         text = np.char.zfill(np.char.mod("%x", values), 8).astype(object)
         text[values == 0] = ""
         table.append(text)
-    return ("\n".join("\t".join(fields) for fields in zip(*table)) + "\n").encode()
+    return ("\n".join("\t".join(fields) for fields in zip(*table, strict=True)) + "\n").encode()
 
 
 def write_raw_days(out_dir: str, spec: SyntheticSpec, days: int, rows_per_day: int, gz_days=(),
@@ -261,6 +261,7 @@ def ensure(out_dir: str, spec: SyntheticSpec, via_raw: bool = False, log=print) 
     binary files directly, or (``via_raw``) raw day files run through preprocessing."""
     if is_complete(out_dir, spec, via_raw):
         meta = read_meta(out_dir)
+        assert meta is not None, "is_complete() read it"
         log(f"synthetic data in {out_dir} is up to date; best achievable AUC {meta['best_auc_test']:.4f}")
         return meta
     return generate_via_raw(out_dir, spec, log=log) if via_raw else generate(out_dir, spec, log=log)
