@@ -1,7 +1,7 @@
 import math
+import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
@@ -112,8 +112,14 @@ def test_dot_interaction_gradient_against_autograd_of_the_plain_form(self_intera
         torch.testing.assert_close(got, want)
 
 
-def vm_flags(address: int) -> list[str]:
-    """The kernel's flags for the mapping that holds ``address`` (``hg``: advised huge pages)."""
+# In a fresh process (in this one, a new tensor may reuse memory an earlier test advised): whether
+# the mapping behind a 32 MB torch tensor and a numpy array is advised (VmFlags "hg" in
+# /proc/self/smaps) before and after advise_huge_pages, and what the call returned.
+ADVISE = """
+import numpy as np
+import torch
+from reference.hugepages import advise_huge_pages
+def advised(address):
     inside = False
     for line in open("/proc/self/smaps"):
         head = line.split()[0]
@@ -121,8 +127,16 @@ def vm_flags(address: int) -> list[str]:
             lo, hi = (int(x, 16) for x in head.split("-"))
             inside = lo <= address < hi
         elif inside and head == "VmFlags:":
-            return line.split()[1:]
+            return "hg" in line.split()[1:]
     raise AssertionError(f"no mapping holds {address:#x}")
+big = torch.empty(8 << 20)
+middle = big.data_ptr() + big.numel() * big.element_size() // 2
+before = advised(middle)
+print(before, advise_huge_pages(big), advised(middle))
+array = np.zeros(8 << 20, dtype=np.int32)
+middle = array.ctypes.data + array.nbytes // 2
+print(advise_huge_pages(array), advised(middle))
+"""
 
 
 def test_huge_page_advice_on_large_tables_only():
@@ -131,12 +145,8 @@ def test_huge_page_advice_on_large_tables_only():
     if not sys.platform.startswith("linux"):
         assert advise_huge_pages(torch.empty(8 << 20)) is False
         return
-    big = torch.empty(8 << 20)  # 32 MB
-    middle = big.data_ptr() + big.numel() * big.element_size() // 2
-    assert "hg" not in vm_flags(middle)
-    assert advise_huge_pages(big) is True
-    assert "hg" in vm_flags(middle)
+    out = subprocess.run([sys.executable, "-c", ADVISE], capture_output=True, text=True, check=True).stdout
+    tensor, array = (line.split() for line in out.splitlines())
+    assert tensor == ["False", "True", "True"], "the tensor's mapping is advised by the call, not before"
     # numpy advises its own large allocations already; the call must still take.
-    array = np.zeros(8 << 20, dtype=np.int32)
-    assert advise_huge_pages(array) is True
-    assert "hg" in vm_flags(array.ctypes.data + array.nbytes // 2)
+    assert array == ["True", "True"]
