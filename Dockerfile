@@ -33,6 +33,7 @@ RUN apt-get update \
     && python3.11 -m venv /opt/venv
 
 WORKDIR /workspace
+# The runtime requirements only: the test and lint tools (requirements-dev.txt) stay out of the image.
 COPY requirements.txt ./
 # An empty PIP_CERT would be read by pip as a certificate path: drop it when unset.
 RUN if [ -z "$PIP_CERT" ]; then unset PIP_CERT; fi \

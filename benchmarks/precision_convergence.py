@@ -24,6 +24,8 @@ import subprocess
 import sys
 import tempfile
 
+from reference.jsonfile import write_json
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def optimizer_settings(optimizer: str, rowwise_lr: float) -> list[str]:
     if optimizer == "sgd":
@@ -73,9 +75,9 @@ def plot(runs: list[dict], target: float, path: str) -> None:
 
     optimizers = list(dict.fromkeys(r["optimizer"] for r in runs))
     fig, axes = plt.subplots(1, len(optimizers), figsize=(6.5 * len(optimizers), 4.5), squeeze=False)
-    for ax, optimizer in zip(axes[0], optimizers):
+    for ax, optimizer in zip(axes[0], optimizers, strict=True):
         for r in (r for r in runs if r["optimizer"] == optimizer):
-            epochs, aucs = zip(*r["curve"])
+            epochs, aucs = zip(*r["curve"], strict=True)
             ax.plot(epochs, aucs, color="tab:blue" if r["precision"] == "fp32" else "tab:orange",
                     alpha=0.8, label=r["precision"] if r["seed"] == runs[0]["seed"] else None)
         ax.axhline(target, color="gray", linestyle="--", label=f"target {target}")
@@ -125,10 +127,7 @@ def main(argv=None) -> int:
                "official_compliance_checker_2.1.0": checked, "runs": runs}
     print(json.dumps({k: v for k, v in summary.items() if k != "runs"}, indent=1))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = args.out + ".json.tmp"
-    with open(tmp, "w") as f:
-        json.dump(summary, f, indent=1)
-    os.replace(tmp, args.out + ".json")
+    write_json(args.out + ".json", summary)
     plot(runs, 0.8025, args.out + ".png")
     return 0
 

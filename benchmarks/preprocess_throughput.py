@@ -115,7 +115,8 @@ def measure(rows: int, days: int, cache: str, uniform: bool = False) -> dict:
     outputs = sum(f["bytes"] for f in manifest["files"].values())
     total_rows = sum(manifest["splits"].values())
     raw_bytes = folder_bytes(raw)
-    return {"data": "uniform" if uniform else "synthetic", "rows": total_rows, "days": days, "raw_mb": round(raw_bytes / 1e6), "seconds": round(seconds, 1),
+    return {"data": "uniform" if uniform else "synthetic", "rows": total_rows, "days": days,
+            "raw_mb": round(raw_bytes / 1e6), "seconds": round(seconds, 1),
             "rows_per_s": round(total_rows / seconds), "raw_mb_per_s": round(raw_bytes / 1e6 / seconds, 1),
             "cpu_seconds": round(float(cpu_seconds), 1), "peak_rss_mb": round(int(peak_rss_kb) / 1024),
             "output_mb": round(outputs / 1e6), "peak_disk_over_output": round(peak_disk[0] / outputs, 2),
@@ -177,7 +178,8 @@ def per_core_rates(raw: str) -> dict:
     gzip.decompress(packed)
     gunzip_mb_s = len(text) / (time.perf_counter() - started) / 1e6
     return {"parse_rows_per_s": round(rows / parse_seconds), "parse_mb_per_s": round(len(text) / parse_seconds / 1e6),
-            "compiled_over_numpy_parser": round(checked_ratio, 1), "write_rows_per_s": round(rows / write_seconds), "dense_lookup_ns": round(lookup_ns, 1),
+            "compiled_over_numpy_parser": round(checked_ratio, 1), "write_rows_per_s": round(rows / write_seconds),
+            "dense_lookup_ns": round(lookup_ns, 1),
             "gunzip_mb_per_s": round(gunzip_mb_s), "block_mb": BLOCK_BYTES >> 20}
 
 
@@ -252,11 +254,11 @@ def main(argv=None) -> int:
     measure(args.days * 100, args.days, args.cache)
     results = [measure(rows, args.days, args.cache) for rows in args.rows]
     results += [measure(rows, args.days, args.cache, uniform=True) for rows in args.uniform_rows]
-    print(f"{'data':>9} {'rows':>10} {'raw MB':>7} {'seconds':>8} {'rows/s':>9} {'MB/s':>6} {'CPU s':>6} {'peak RSS MB':>12} "
-          f"{'peak disk / output':>19}  stages (s)")
+    print(f"{'data':>9} {'rows':>10} {'raw MB':>7} {'seconds':>8} {'rows/s':>9} {'MB/s':>6} {'CPU s':>6} "
+          f"{'peak RSS MB':>12} {'peak disk / output':>19}  stages (s)")
     for r in results:
-        print(f"{r['data']:>9} {r['rows']:>10,} {r['raw_mb']:>7} {r['seconds']:>8} {r['rows_per_s']:>9,} {r['raw_mb_per_s']:>6} "
-              f"{r['cpu_seconds']:>6} {r['peak_rss_mb']:>12} {r['peak_disk_over_output']:>19}  "
+        print(f"{r['data']:>9} {r['rows']:>10,} {r['raw_mb']:>7} {r['seconds']:>8} {r['rows_per_s']:>9,} "
+              f"{r['raw_mb_per_s']:>6} {r['cpu_seconds']:>6} {r['peak_rss_mb']:>12} {r['peak_disk_over_output']:>19}  "
               f"{r['stage_seconds']}, ids in order {r['in_order_seconds']}")
     report = {"runs": results}
     if not args.no_projection:

@@ -38,6 +38,7 @@ import torch
 from reference.config import Config
 from reference.data.binary import write_binary
 from reference.data.loader import BinaryDataset
+from reference.jsonfile import write_json
 from reference.linear import onednn_available
 from reference.mlperf_log import MLPerfLogger
 from reference.model import DLRM, resolve_linear_kernel
@@ -203,10 +204,7 @@ def main(argv=None) -> int:
         print(f"# {args.optimizers[0]}, {name}: self CPU ms per step: "
               + ", ".join(f"{op} {ms}" for op, ms in ops))
     if args.json:
-        tmp_path = args.json + ".tmp"
-        with open(tmp_path, "w") as f:
-            json.dump({"info": info, "notes": notes, "results": results, "profiles": profiles}, f, indent=1)
-        os.replace(tmp_path, args.json)
+        write_json(args.json, {"info": info, "notes": notes, "results": results, "profiles": profiles})
     return 0
 
 

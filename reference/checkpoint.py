@@ -17,6 +17,8 @@ import zipfile
 import numpy as np
 import torch
 
+from .model import DLRM
+
 FORMAT = "dlrm-mlperf-checkpoint"
 VERSION = 1
 
@@ -28,13 +30,15 @@ class CheckpointError(ValueError):
 def save(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, step: int, epoch: int,
          batch_in_epoch: int, config: dict, table_sizes: list[int]) -> None:
     """Everything a resumed run needs: weights, optimiser state (row-wise
-    accumulators included), the schedule step, the data position and the RNG.
+    accumulators included), the schedule step and the data position. No RNG
+    state: every random draw (initialisation, batch order) comes from a
+    generator seeded from the config, never from torch's global one.
     Written to a temporary name and renamed, so a crash never leaves half a file."""
     state = {
         "format": FORMAT, "version": VERSION,
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-        "rng": torch.get_rng_state(), "config": config, "table_sizes": list(table_sizes),
+        "config": config, "table_sizes": list(table_sizes),
     }
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -70,7 +74,7 @@ def _copy_tensors(into, source) -> None:
         for key, value in source.items():
             _copy_tensors(into[key], value)
     elif isinstance(source, (list, tuple)):
-        for a, b in zip(into, source):
+        for a, b in zip(into, source, strict=True):
             _copy_tensors(a, b)
 
 
@@ -113,7 +117,7 @@ def is_original(data: dict) -> bool:
 _ORIGINAL_KEY = re.compile(r"^(emb_l|bot_l|top_l)\.(\d+)\.(weight|bias)$")
 
 
-def convert_original(state_dict: dict, model: torch.nn.Module, path: str = "checkpoint") -> dict:
+def convert_original(state_dict: dict, model: DLRM, path: str = "checkpoint") -> dict:
     """Map the seed's keys (``emb_l.N.weight``, ``bot_l.K.*``, ``top_l.K.*``)
     onto this model's: the tables are stacked into the fused embedding, and
     the MLP layer indices are the same by construction."""
@@ -140,7 +144,7 @@ def convert_original(state_dict: dict, model: torch.nn.Module, path: str = "chec
     return out
 
 
-def load_weights(path: str, model: torch.nn.Module) -> dict:
+def load_weights(path: str, model: DLRM) -> dict:
     """Load model weights from one of our checkpoints or an original one;
     returns the whole checkpoint dictionary. Into a model on a GPU the file is
     mapped, not read: the weights go from the page cache to the GPU."""

@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import types
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -44,8 +45,8 @@ class Config:
                          default_factory=lambda: [1024, 1024, 512, 256, 1])
     interaction: str = _doc("Feature interaction: dot, cat or sum.", default="dot")
     self_interaction: bool = _doc("dot only: include each vector's dot product with itself.", default=False)
-    table_sizes: Optional[list] = _doc("Rows per embedding table; null reads them from the counts file.",
-                                       default=None)
+    table_sizes: list | None = _doc("Rows per embedding table; null reads them from the counts file.",
+                                    default=None)
     max_ind_range: int = _doc("Cap on rows per table (the ids were hashed mod this); 0 = no cap.", default=0)
 
     # --- optimiser and schedule ---
@@ -59,7 +60,7 @@ class Config:
     adagrad_lr_decay: float = _doc("(Row-wise) Adagrad lr decay: lr / (1 + (s-1) * decay).", default=0.0)
 
     # --- data ---
-    data_dir: Optional[str] = _doc("Folder with the binary files and the counts file.", default=None)
+    data_dir: str | None = _doc("Folder with the binary files and the counts file.", default=None)
     train_file: str = _doc("Training split, relative to data_dir.", default="terabyte_processed_train.bin")
     eval_file: str = _doc("Evaluation split, relative to data_dir.", default="terabyte_processed_test.bin")
     counts_file: str = _doc("Table sizes (.npz with key 'counts'), relative to data_dir.",
@@ -74,9 +75,9 @@ class Config:
     eval_every: int = _doc("Evaluate every N iterations (0 = see eval_every_epochs).", default=0)
     eval_every_epochs: float = _doc("Evaluate every this fraction of an epoch (0 = only at epoch end).",
                                     default=0.0)
-    auc_threshold: Optional[float] = _doc("Stop at the first evaluation with AUC >= this.", default=None)
-    accuracy_threshold: Optional[float] = _doc("Stop at the first evaluation with accuracy >= this.",
-                                               default=None)
+    auc_threshold: float | None = _doc("Stop at the first evaluation with AUC >= this.", default=None)
+    accuracy_threshold: float | None = _doc("Stop at the first evaluation with accuracy >= this.",
+                                            default=None)
     seed: int = _doc("Seed of initialisation and batch order.", default=0)
     num_threads: int = _doc("Torch intra-op threads (0 = torch's default).", default=0)
     device: str = _doc("cpu, cuda or cuda:N (the model, batches and optimiser state live there).",
@@ -103,19 +104,19 @@ class Config:
                              "backend when built in, else mpi4py.", default="auto")
     dist_timeout: float = _doc("Seconds a rank waits at startup or in a collective before it exits with an "
                                "error naming the rank that stopped answering.", default=300.0)
-    embedding_memory_per_rank: Optional[float] = _doc(
+    embedding_memory_per_rank: float | None = _doc(
         "GiB of embedding weights and optimiser state one rank may hold; tables over it are split by rows "
         "(null: the even share of the total, which balances memory).", default=None)
 
     # --- outputs ---
     results_dir: str = _doc("Folder for MLPerf logs and run summaries.", default="results")
-    run_name: Optional[str] = _doc("Name of the result files (default: config name, seed and time).",
-                                   default=None)
-    checkpoint_path: Optional[str] = _doc("Where to save the checkpoint (null = no checkpoints).", default=None)
+    run_name: str | None = _doc("Name of the result files (default: config name, seed and time).",
+                                default=None)
+    checkpoint_path: str | None = _doc("Where to save the checkpoint (null = no checkpoints).", default=None)
     checkpoint_every: int = _doc("Save every N iterations (0 = only at the end of the run).", default=0)
-    resume: Optional[str] = _doc("Checkpoint to resume training from.", default=None)
-    load_checkpoint: Optional[str] = _doc("Checkpoint (ours or the original dlrm_s_pytorch.py's) to "
-                                          "initialise the model from.", default=None)
+    resume: str | None = _doc("Checkpoint to resume training from.", default=None)
+    load_checkpoint: str | None = _doc("Checkpoint (ours or the original dlrm_s_pytorch.py's) to "
+                                       "initialise the model from.", default=None)
     inference_only: bool = _doc("Only evaluate (the loaded) model on the eval split.", default=False)
     cache_cleared: bool = _doc("The page cache was dropped before the run (run_and_time.sh sets it "
                                "under DLRM_CLEAR_CACHES=1); logged as cache_clear.", default=False)
@@ -137,7 +138,7 @@ class Config:
         return [f for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
 
     @classmethod
-    def from_sources(cls, path: Optional[str] = None, overrides: Optional[list[str]] = None) -> "Config":
+    def from_sources(cls, path: str | None = None, overrides: list[str] | None = None) -> Config:
         """Build from a YAML file and ``key=value`` strings, then validate."""
         cfg = cls()
         if path is not None:
@@ -170,7 +171,7 @@ class Config:
     def _fail(self, key: str, message: str) -> None:
         raise ConfigError(f"{self.where(key)}: {key}: {message}")
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         positive = ["embedding_dim", "batch_size", "eval_batch_size", "epochs", "log_every"]
         non_negative = ["warmup_steps", "decay_start_step", "decay_steps", "max_ind_range", "eval_every",
                         "num_threads", "checkpoint_every", "seed", "max_steps", "prefetch_batches"]
@@ -270,7 +271,8 @@ def _read_yaml(path: str) -> dict:
 def _coerce(key: str, value: Any, hint: Any, origin: str) -> Any:
     """Check ``value`` against the field's type; ints are accepted for floats,
     'a-b-c' strings for integer lists (the seed's MLP notation)."""
-    optional = get_origin(hint) is Union and type(None) in get_args(hint)
+    # `X | None` (types.UnionType) as the fields spell it; typing.Union as older code might.
+    optional = get_origin(hint) in (Union, types.UnionType) and type(None) in get_args(hint)
     base = next(a for a in get_args(hint) if a is not type(None)) if optional else hint
     if value is None:
         if optional:
@@ -313,7 +315,7 @@ def _coerce(key: str, value: Any, hint: Any, origin: str) -> Any:
 def help_text() -> str:
     lines = ["Configuration keys (set in the YAML file or as key=value on the command line):"]
     for f in Config.keys():
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        default = f.default_factory() if callable(f.default_factory) else f.default
         if isinstance(default, list):
             default = _dashes(default)
         lines.append(f"  {f.name:<22} {f.metadata['doc']} [default: {default}]")

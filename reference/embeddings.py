@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Optional
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -55,7 +55,7 @@ def init_table_rows(out: torch.Tensor, seed: int, table: int, table_rows: int, l
 
 
 @torch.no_grad()
-def init_rows(weight: torch.Tensor, seed: int, ranges: list[RowRange], threads: Optional[int] = None) -> None:
+def init_rows(weight: torch.Tensor, seed: int, ranges: list[RowRange], threads: int | None = None) -> None:
     """Initialise the row ranges of ``weight`` (on any device), block by block
     in ``threads`` threads (default: torch's intra-op count). The values are
     drawn on the host from each block's own generator, so they are the same on
@@ -92,7 +92,20 @@ def init_rows(weight: torch.Tensor, seed: int, ranges: list[RowRange], threads: 
             pass
 
 
+class EmbeddingTables(Protocol):
+    """What the model, checkpoints and run summaries use of a tables module:
+    :class:`FusedEmbeddingBag`, or one rank's shards (distributed/sharded.py)."""
+
+    table_sizes: list[int]
+    dim: int
+    weight: nn.Parameter
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor: ...
+
+
 class FusedEmbeddingBag(nn.Module):
+    offsets: torch.Tensor  # a buffer: moves with the module
+
     def __init__(self, table_sizes: list[int], dim: int, seed: int = 0, device=None):
         super().__init__()
         self.table_sizes = [int(n) for n in table_sizes]

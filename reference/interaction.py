@@ -53,6 +53,8 @@ class DotInteraction(nn.Module):
     (3,0)...; with ``self_interaction`` the diagonal too. The bottom output is
     concatenated in front, as in the seed, so its checkpoints map one to one."""
 
+    flat_index: torch.Tensor  # a buffer: moves with the module
+
     def __init__(self, num_vectors: int, self_interaction: bool = False):
         super().__init__()
         offset = 1 if self_interaction else 0
@@ -91,12 +93,12 @@ def build_interaction(kind: str, num_tables: int, dim: int, dense_dim: int,
                       self_interaction: bool = False) -> tuple[nn.Module, int]:
     """Returns the interaction module and the width of its output."""
     if kind == "dot":
-        module = DotInteraction(num_tables + 1, self_interaction)
-        return module, module.output_dim(dim)
+        dot = DotInteraction(num_tables + 1, self_interaction)
+        return dot, dot.output_dim(dim)
     if kind == "cat":
-        module = CatInteraction(num_tables + 1)
-        return module, module.output_dim(dim, dense_dim)
+        cat = CatInteraction(num_tables + 1)
+        return cat, cat.output_dim(dim, dense_dim)
     if kind == "sum":
-        module = SumInteraction()
-        return module, module.output_dim(dim)
+        add = SumInteraction()
+        return add, add.output_dim(dim)
     raise ValueError(f"unknown interaction {kind!r}: expected dot, cat or sum")

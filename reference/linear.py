@@ -14,7 +14,7 @@ call, so a run's numerics do not change mid-way.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

@@ -9,7 +9,7 @@ step's loss as a tensor and reads a whole window at once, with one host read
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 
@@ -22,7 +22,7 @@ class LossMeter:
         self._pending: list[torch.Tensor] = []
         self._started = time.perf_counter()
 
-    def add(self, step: int, loss: torch.Tensor) -> Optional[tuple[float, float]]:
+    def add(self, step: int, loss: torch.Tensor) -> tuple[float, float] | None:
         """Record ``step``'s loss; every ``every`` steps returns the window's
         (mean loss, samples per second)."""
         self._pending.append(loss.detach().reshape(()))

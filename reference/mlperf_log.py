@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import os
 
-from mlperf_logging.mllog.mllog import MLLogger as _MLLogger
 from mlperf_logging.mllog import constants as C
+from mlperf_logging.mllog.mllog import MLLogger as _MLLogger
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -4,12 +4,12 @@ a feature interaction, and a top MLP that outputs one click logit."""
 from __future__ import annotations
 
 import math
-from typing import Optional
+from itertools import pairwise
 
 import torch
 from torch import nn
 
-from .embeddings import FusedEmbeddingBag
+from .embeddings import EmbeddingTables, FusedEmbeddingBag
 from .interaction import build_interaction
 from .linear import Linear, resolve_kernel
 
@@ -21,7 +21,7 @@ def mlp(widths: list[int], final_relu: bool, generator: torch.Generator, kernel:
     Without the final ReLU the last layer outputs the logits: it stays fp32 under autocast."""
     layers: list[nn.Module] = []
     count = len(widths) - 1
-    for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
+    for i, (fan_in, fan_out) in enumerate(pairwise(widths)):
         linear = Linear(fan_in, fan_out, kernel, fp32_output=not final_relu and i == count - 1)
         with torch.no_grad():
             linear.weight.normal_(0.0, math.sqrt(2.0 / (fan_in + fan_out)), generator=generator)
@@ -33,9 +33,11 @@ def mlp(widths: list[int], final_relu: bool, generator: torch.Generator, kernel:
 
 
 class DLRM(nn.Module):
+    embeddings: EmbeddingTables
+
     def __init__(self, table_sizes: list[int], embedding_dim: int, bottom_mlp: list[int],
                  top_mlp: list[int], interaction: str = "dot", self_interaction: bool = False,
-                 seed: int = 0, embeddings: Optional[nn.Module] = None, linear_kernel: str = "aten",
+                 seed: int = 0, embeddings: EmbeddingTables | None = None, linear_kernel: str = "aten",
                  device=None):
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
@@ -49,7 +51,7 @@ class DLRM(nn.Module):
         self.top_mlp = mlp([width] + list(top_mlp), final_relu=False, generator=generator, kernel=linear_kernel)
 
     @classmethod
-    def from_config(cls, cfg, table_sizes: list[int], linear_kernel: Optional[str] = None, device=None) -> "DLRM":
+    def from_config(cls, cfg, table_sizes: list[int], linear_kernel: str | None = None, device=None) -> DLRM:
         """``linear_kernel``: one already resolved (:func:`resolve_linear_kernel`); default: cfg's, resolved now.
         ``device``: where the tables are built (the MLPs are built on the host, then moved)."""
         kernel = linear_kernel or resolve_linear_kernel(cfg)[0]
@@ -68,7 +70,7 @@ class DLRM(nn.Module):
         _, width = build_interaction(cfg.interaction, num_tables, cfg.embedding_dim, cfg.bottom_mlp[-1],
                                      cfg.self_interaction)
         widths = [list(cfg.bottom_mlp), [width] + list(cfg.top_mlp)]
-        return [(i, o) for w in widths for i, o in zip(w[:-1], w[1:])]
+        return [(i, o) for w in widths for i, o in pairwise(w)]
 
     @staticmethod
     def dense_parameter_count(cfg, num_tables: int) -> int:
@@ -77,9 +79,6 @@ class DLRM(nn.Module):
 
     def dense_parameters(self) -> list[nn.Parameter]:
         return [p for name, p in self.named_parameters() if not name.startswith("embeddings.")]
-
-    def sparse_parameters(self) -> list[nn.Parameter]:
-        return [self.embeddings.weight]
 
     def mlperf_tensor_names(self) -> list[str]:
         """Names of the initialised tensors as MLPerf's weights_initialization expects them."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -23,7 +22,7 @@ class PrecisionError(ValueError):
     """The precision asked for is unknown or this machine cannot run it well."""
 
 
-def cpu_bf16_support() -> Optional[str]:
+def cpu_bf16_support() -> str | None:
     """None when this CPU has native bf16 (AVX512_BF16 or AMX); else what it lacks."""
     if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
         return None

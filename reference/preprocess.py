@@ -51,6 +51,7 @@ from tqdm import tqdm
 from .data.binary import COLUMNS, RECORD_BYTES, write_counts
 from .data.criteo_raw import NUM_DENSE, NUM_SPARSE, RawFormatError, parse_block
 from .data.vocabulary import Vocabulary
+from .jsonfile import write_json
 from .malloc import keep_freed_memory, release_freed_memory
 
 # Input read and parsed at a time: small enough that a block's arrays stay under glibc's mmap
@@ -135,8 +136,8 @@ def kaggle_days(path: str, days: int) -> list[DaySource]:
                 targets.pop(0)
             line += ends.size
             position += len(chunk)
-    bounds = offsets + [None]
-    return [DaySource(path, bounds[d], bounds[d + 1], int(firsts[d])) for d in range(days)]
+    day_ends: list[int | None] = [*offsets[1:], None]
+    return [DaySource(path, offsets[d], day_ends[d], int(firsts[d])) for d in range(days)]
 
 
 def _ends_with_newline(f) -> bool:
@@ -178,13 +179,13 @@ def read_blocks(source: DaySource):
     are a view of one buffer that the next read overwrites: use each block
     before asking for the next. The day's last line may lack its newline."""
     path = source.path
-    opener = gzip.open if path.endswith(".gz") else open
     left = None if source.end is None else source.end - source.start
     buffer = bytearray(BLOCK_BYTES)
     filled = 0  # bytes at the front of the buffer: the carried-over start of a line
     try:
-        with opener(path, "rb") as f:
-            raw_handle = f.fileobj if path.endswith(".gz") else f
+        # The progress is raw_handle's position: bytes of the input file, compressed or not.
+        with open(path, "rb") as raw_handle, \
+                (gzip.GzipFile(fileobj=raw_handle) if path.endswith(".gz") else raw_handle) as f:
             f.seek(source.start)
             while left is None or left > 0:
                 if filled == len(buffer):  # one line longer than the buffer: a bigger one (the caller
@@ -241,7 +242,7 @@ class ParseAhead:
     the caller, so the outputs do not depend on the number of workers. Queues
     are bounded: memory stays at a few blocks per worker."""
 
-    def __init__(self, sources: dict, options: "Options", workers: int):
+    def __init__(self, sources: dict, options: Options, workers: int):
         self.sources, self.o, self.workers = sources, options, workers
         self.pending = sorted(sources)
         self.running: dict = {}
@@ -314,26 +315,19 @@ class _DayWriter:
 
     def _write(self, records: np.ndarray) -> None:
         if not self.buckets:
-            self.files[0].write(records)
+            self.files[0].write(records.data)
             return
-        which = self.rng.integers(0, self.buckets, records.shape[0])
+        which = self.rng.integers(0, self.buckets, size=len(records))
         order = np.argsort(which, kind="stable")
         bounds = np.searchsorted(which[order], np.arange(self.buckets + 1))
         grouped = records[order]
         for k in range(self.buckets):
-            self.files[k].write(grouped[bounds[k]:bounds[k + 1]])
+            self.files[k].write(grouped[bounds[k]:bounds[k + 1]].data)
         self.counts += np.diff(bounds)
 
 
-def _write_json(path: str, data) -> None:
-    tmp = path + ".partial"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
-
-
 def _pwrite_all(fd: int, data: np.ndarray, offset: int) -> None:
-    view = memoryview(data.reshape(-1).view(np.uint8))
+    view = data.reshape(-1).view(np.uint8).data
     while view:  # one pwrite moves at most ~2 GB on Linux
         written = os.pwrite(fd, view, offset)
         view, offset = view[written:], offset + written
@@ -475,11 +469,13 @@ class Pipeline:
         additions = self.vocab.take_additions()
         if 0 < self.o.max_ind_range <= 2 ** 31:  # values below max_ind_range: half the disk as int32
             additions = [a.astype(np.int32) for a in additions]
-        np.savez(os.path.join(folder, "vocabulary.npz"), **{f"c{c}": a for c, a in enumerate(additions)})
+        # numpy's stub types **kwds as if one could be allow_pickle (a bool): they are the arrays to save.
+        np.savez(os.path.join(folder, "vocabulary.npz"),
+                 **{f"c{c}": a for c, a in enumerate(additions)})  # type: ignore[arg-type]
         record = {"day": day, "path": source.label, "source": source.signature(), "lines": lines,
                   "skipped": skipped, "kept": kept, "train": is_train, "buckets": counts.tolist(),
                   "in_order_seconds": round(busy, 3)}
-        _write_json(os.path.join(folder, "record.json"), record)
+        write_json(os.path.join(folder, "record.json"), record)
         return record
 
     # --- stage 2 ----------------------------------------------------------
@@ -579,13 +575,13 @@ class Pipeline:
             with open(manifest_path) as f:
                 return json.load(f)
         os.makedirs(self.work, exist_ok=True)
-        _write_json(os.path.join(self.work, "options.json"), asdict(self.o))
+        write_json(os.path.join(self.work, "options.json"), asdict(self.o))
         started = time.time()
         stages = {}
         records = self.map_days()
         stages["map"] = time.time() - started
         table_sizes = self.vocab.sizes
-        self.vocab = None  # up to 4.2 GB of dictionaries: freed before the shuffle's buffers
+        del self.vocab  # up to 4.2 GB of dictionaries: freed before the shuffle's buffers
         release_freed_memory()
         train = self.shuffle_train(records)
         stages["shuffle"] = time.time() - started - sum(stages.values())
@@ -609,7 +605,7 @@ class Pipeline:
             # the serial part of the map stage (ids in day order): what more cores cannot shorten
             "map_in_order_seconds": round(sum(r.get("in_order_seconds", 0) for r in records), 1),
         }
-        _write_json(manifest_path, manifest)
+        write_json(manifest_path, manifest)
         shutil.rmtree(self.work, ignore_errors=True)
         return manifest
 
@@ -666,7 +662,8 @@ def main(argv=None) -> int:
     skipped = sum(i["skipped"] for i in manifest["inputs"])
     print(f"done: train {splits['train']:,} / test {splits['test']:,} / val {splits['val']:,} rows; "
           f"{skipped:,} bad lines skipped; {sum(manifest['table_sizes']):,} embedding rows in "
-          f"{len(manifest['table_sizes'])} tables; {manifest['seconds']} s; manifest {os.path.join(args.out, 'manifest.json')}")
+          f"{len(manifest['table_sizes'])} tables; {manifest['seconds']} s; "
+          f"manifest {os.path.join(args.out, 'manifest.json')}")
     return 0
 
 

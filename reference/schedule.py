@@ -35,5 +35,5 @@ class PolyWarmupSchedule:
         return max(self.min_lr, self.base_lr * scale)
 
     @classmethod
-    def from_config(cls, cfg) -> "PolyWarmupSchedule":
+    def from_config(cls, cfg) -> PolyWarmupSchedule:
         return cls(cfg.learning_rate, cfg.warmup_steps, cfg.decay_start_step, cfg.decay_steps, cfg.decay_power)

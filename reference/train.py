@@ -12,7 +12,6 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +28,7 @@ from .distributed import runtime
 from .distributed.comm import DistributedError
 from .distributed.launch import LaunchError, detect
 from .distributed.planner import format_plan
+from .jsonfile import write_json
 from .loss_meter import LossMeter
 from .mlperf_log import MLPerfLogger, log_hyperparameters, log_submission
 from .model import DLRM
@@ -55,8 +55,8 @@ class RunResult:
     epoch_num: float = 0.0
     run_seconds: float = 0.0
     samples_per_second: float = 0.0
-    log_path: Optional[str] = None
-    summary_path: Optional[str] = None
+    log_path: str | None = None
+    summary_path: str | None = None
 
     @property
     def final(self) -> dict:
@@ -96,7 +96,7 @@ class Trainer:
     checkpoints and the MLPerf log. Every decision depends on the config and
     the data only; the logger and the progress bar only observe."""
 
-    def __init__(self, cfg: Config, model: DLRM, train_data: Optional[BinaryDataset],
+    def __init__(self, cfg: Config, model: DLRM, train_data: BinaryDataset | None,
                  eval_data: BinaryDataset, log: MLPerfLogger, out=sys.stderr, parallel=None):
         self.cfg = cfg
         # One process or one rank of several: reads, losses and metrics go through it.
@@ -119,6 +119,7 @@ class Trainer:
         if self.cfg.eval_every:
             return self.cfg.eval_every
         if self.cfg.eval_every_epochs:
+            assert self.train_data is not None, "only a training run evaluates by epochs"
             return max(1, round(self.cfg.eval_every_epochs * self.train_data.num_batches))
         return 0
 
@@ -182,7 +183,6 @@ class Trainer:
             raise checkpoint.CheckpointError(f"optimiser state does not match optimizer="
                                              f"{self.cfg.optimizer!r}: {e}") from None
         self.position = Position(int(data["step"]), int(data["epoch"]), int(data["batch_in_epoch"]))
-        torch.set_rng_state(data["rng"])
 
     # --- the run ----------------------------------------------------------
     def _next_eval(self, i: int, nb: int, interval: int) -> int:
@@ -209,6 +209,7 @@ class Trainer:
         block_stop pair around the training between two evaluations, so a run
         that converges inside its first epoch still closes a block."""
         cfg, data, log = self.cfg, self.train_data, self.log
+        assert data is not None, "fit() needs training data (an inference-only run only evaluates)"
         result = RunResult(converged=False, status=C.ABORTED)
         interval = self.eval_interval()
         nb = data.num_batches
@@ -225,8 +226,8 @@ class Trainer:
             order = data.batch_order(epoch, cfg.shuffle_batches, cfg.seed)
             log.start(C.EPOCH_START, epoch_num=epoch + 1)
             bar = tqdm(total=nb, initial=self.position.batch_in_epoch, desc=f"epoch {epoch + 1}",
-                       file=self.out, disable=not (cfg.progress and self.parallel.is_root), unit="it", dynamic_ncols=True,
-                       mininterval=0.5 if self.out.isatty() else 30)
+                       file=self.out, disable=not (cfg.progress and self.parallel.is_root), unit="it",
+                       dynamic_ncols=True, mininterval=0.5 if self.out.isatty() else 30)
             with self.batches(data, order[self.position.batch_in_epoch:]) as batches:
                 for batch in batches:
                     i = self.position.batch_in_epoch
@@ -336,10 +337,7 @@ def write_summary(path: str, cfg: Config, result: RunResult, table_sizes: list[i
         "samples_per_second": result.samples_per_second, "evaluations": result.evaluations,
         "loss_curve": result.loss_curve, "mlperf_log": result.log_path,
     }
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(summary, f, indent=1)
-    os.replace(tmp, path)
+    write_json(path, summary)
 
 
 def describe_dense_compute(cfg: Config, kernel: str, reason: str) -> str:
@@ -366,6 +364,7 @@ def run(cfg: Config, out=sys.stderr, parallel=None) -> RunResult:
         eval_data = open_split(cfg, cfg.eval_file, cfg.eval_batch_size, table_sizes)
         train_data = None if cfg.inference_only else open_split(cfg, cfg.train_file, cfg.batch_size, table_sizes)
         parallel.check_data(train_data, eval_data)
+        assert cfg.data_dir is not None, "open_split() refuses a run without data_dir"
         meta = read_meta(cfg.data_dir)
         if root and meta is not None and "best_auc_test" in meta:
             print(f"synthetic data: the teacher's AUC on the test split (the best achievable) is "
@@ -392,10 +391,11 @@ def run(cfg: Config, out=sys.stderr, parallel=None) -> RunResult:
                 print(json.dumps(metrics), file=sys.stdout)
             return RunResult(converged=trainer.reached_target(metrics), status="inference",
                              evaluations=[metrics])
+        assert train_data is not None, "opened for every run that is not inference-only"
         log_hyperparameters(log, cfg, train_data.num_samples, eval_data.num_samples)
         log.end(C.INIT_STOP)
         result = trainer.fit()
-        if root:
+        if summary_path is not None:  # rank 0
             result.log_path, result.summary_path = log_path, summary_path
             write_summary(summary_path, cfg, result, table_sizes, parallel.world_size, parallel.linear_kernel)
         return result
@@ -403,7 +403,7 @@ def run(cfg: Config, out=sys.stderr, parallel=None) -> RunResult:
         log.close()
 
 
-def plan_only(cfg: Config, world_size: Optional[int], out=sys.stdout) -> None:
+def plan_only(cfg: Config, world_size: int | None, out=sys.stdout) -> None:
     info = detect()
     if world_size is None:
         world_size = info.world_size if info is not None else 1

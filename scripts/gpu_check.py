@@ -18,8 +18,8 @@ import warnings
 
 import numpy as np
 import torch
-import yaml
 import torch.nn.functional as F
+import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -102,11 +102,12 @@ def cuda_tests(python: str):
 def split_shard_run():
     """ShardedDLRM with one rank holding table 0 as two row ranges (the exchange sums them),
     on the GPU through NCCL, against DLRM on the host: 20 SGD steps, losses within rtol 1e-4."""
+    import torch.distributed as dist
+
     from reference.distributed.comm import build_communicator
     from reference.distributed.launch import LaunchInfo
     from reference.distributed.planner import Plan, Shard, state_bytes_per_row
     from reference.distributed.sharded import ShardedDLRM
-    import torch.distributed as dist
 
     device = torch.device("cuda", 0) if CUDA else torch.device("cpu")
     backend = "nccl" if CUDA else "gloo"
@@ -135,7 +136,7 @@ def split_shard_run():
         losses = [[], []]
         syncs = []
         for step, (gpu_batch, cpu_batch) in enumerate(zip(random_batches(SMALL, 512, 20, device),
-                                                          random_batches(SMALL, 512, 20, "cpu"))):
+                                                          random_batches(SMALL, 512, 20, "cpu"), strict=True)):
             for k, (model, batch) in enumerate(((sharded, gpu_batch), (host, cpu_batch))):
                 opts[k].zero_grad(set_to_none=True)
                 audit = CUDA and k == 0 and step >= 3

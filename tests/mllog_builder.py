@@ -54,7 +54,7 @@ def events(**change):
     aucs = change.get("aucs", [0.79, 0.80, 0.8031])
     epochs = change.get("epochs", [1.05, 1.10, 1.15])
     start = 1.0
-    for i, (epoch, auc) in enumerate(zip(epochs, aucs)):
+    for i, (epoch, auc) in enumerate(zip(epochs, aucs, strict=True)):
         logged = i + 1 if change.get("epochs_count_evals") else epoch
         e += [("block_start", None, {"first_epoch_num": start, "epoch_count": round(epoch - start, 4)}),
               ("block_stop", None, {"first_epoch_num": start}), ("eval_start", None, {"epoch_num": logged})]

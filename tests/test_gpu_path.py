@@ -125,6 +125,7 @@ def mlperf_config(**values):
 
 def test_gpu_memory_is_checked_against_the_gpu_not_the_host(monkeypatch):
     import yaml
+
     from conftest import ROOT
     sizes = yaml.safe_load(open(f"{ROOT}/configs/mlperf_closed.yaml"))["table_sizes"]
     asked = []
@@ -206,6 +207,7 @@ class Handle:
 def test_a_collective_past_its_deadline_is_diagnosed_though_no_wait_raises():
     import threading
     import time
+
     from reference.distributed.comm import CollectiveWatch
     fired, event = [], threading.Event()
     watch = CollectiveWatch(0.2, lambda what, cause: (fired.append((what, str(cause))), event.set()), poll=0.02)
@@ -219,6 +221,7 @@ def test_a_collective_past_its_deadline_is_diagnosed_though_no_wait_raises():
 
 def test_collectives_that_complete_are_never_reported():
     import time
+
     from reference.distributed.comm import CollectiveWatch
     fired = []
     watch = CollectiveWatch(0.15, lambda what, cause: fired.append(what), poll=0.02)
@@ -343,6 +346,7 @@ def test_gpu_check_runs_what_the_cpu_can_check_and_says_why_it_skips_the_rest():
     import os
     import subprocess
     import sys
+
     from conftest import ROOT
     if os.environ.get("DLRM_IN_GPU_CHECK"):
         pytest.skip("run by gpu_check itself (it must not start itself again)")
@@ -360,6 +364,7 @@ def test_gpu_check_runs_what_the_cpu_can_check_and_says_why_it_skips_the_rest():
 
 def test_ranks_publish_their_gpus_and_a_shared_one_is_refused(monkeypatch):
     import torch.distributed as dist
+
     from reference.distributed.launch import LaunchInfo
 
     class Props:
@@ -412,6 +417,7 @@ def test_nccl_waits_are_tracked_by_an_event_not_the_handle(monkeypatch):
 def test_the_deadline_runs_from_when_the_collective_was_issued():
     import threading
     import time
+
     from reference.distributed.comm import CollectiveWatch
     event = threading.Event()
     watch = CollectiveWatch(30.0, lambda what, cause: event.set(), poll=0.02)

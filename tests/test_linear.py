@@ -38,7 +38,7 @@ def test_onednn_forward_and_backward_match_nn_linear(batch, in_features, out_fea
         outputs.append(y.detach())
         grads.append((xi.grad, layer.weight.grad, layer.bias.grad))
     assert max_relative(outputs[1], outputs[0]) < 1e-5
-    for ours_grad, reference_grad in zip(grads[1], grads[0]):
+    for ours_grad, reference_grad in zip(grads[1], grads[0], strict=True):
         assert max_relative(ours_grad, reference_grad) < 1e-5
 
 

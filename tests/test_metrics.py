@@ -79,7 +79,7 @@ def test_tensor_auc_keeps_rank_sums_past_2_53_exact():
     positives = torch.tensor([10_000_001, 29_999_999, 35_000_001])
     n, n_pos = int(counts.sum()), int(positives.sum())
     starts = [0, 60_000_001, 110_000_001]
-    doubled = sum(p * (s + 1 + s + c) for p, s, c in zip(positives.tolist(), starts, counts.tolist()))
+    doubled = sum(p * (s + 1 + s + c) for p, s, c in zip(positives.tolist(), starts, counts.tolist(), strict=True))
     assert doubled > 2 ** 53
     expected = (doubled - n_pos * (n_pos + 1)) / (2.0 * n_pos * (n - n_pos))
     assert auc_from_groups(counts, positives) == expected

@@ -51,7 +51,8 @@ def test_log_structure(converged_log):
     assert keys.count("run_stop") == 1
     assert events[keys.index("run_stop")]["metadata"]["status"] == "success"
     evals = [e for e in events if e["key"] == "eval_accuracy"]
-    assert [e["metadata"]["epoch_num"] for e in evals] == [1.2, 1.4, 1.6, 1.8, 2.0, 2.2, 2.4, 2.6, 2.8, 3.0][:len(evals)]
+    expected_epochs = [1.2, 1.4, 1.6, 1.8, 2.0, 2.2, 2.4, 2.6, 2.8, 3.0]
+    assert [e["metadata"]["epoch_num"] for e in evals] == expected_epochs[:len(evals)]
     assert evals[-1]["value"] >= 0.8025
     tensors = [e["metadata"]["tensor"] for e in events if e["key"] == "weights_initialization"]
     assert tensors == ["embeddings"] + [f"bottom_mlp_dense{i}" for i in (1, 2, 3)] + [

@@ -1,8 +1,8 @@
 import math
+import subprocess
 import sys
 
 import pytest
-import numpy as np
 import torch
 
 from reference.embeddings import FusedEmbeddingBag
@@ -93,7 +93,7 @@ def test_dlrm_shapes_init_and_sparse_gradient():
 
 def test_same_seed_same_model_other_seed_other_model():
     a, b, c = (DLRM([10] * 3, 8, [13, 8], [4, 1], seed=s) for s in (0, 0, 1))
-    for (k, va), vb, vc in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
+    for (k, va), vb, vc in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values(), strict=True):
         assert torch.equal(va, vb), k
         assert not torch.equal(va, vc), k
 
@@ -108,17 +108,45 @@ def test_dot_interaction_gradient_against_autograd_of_the_plain_form(self_intera
     upstream = torch.randn(6, module.output_dim(5), dtype=torch.double)
     grads = torch.autograd.grad((module(dense, sparse) * upstream).sum(), (dense, sparse))
     expected = torch.autograd.grad((dot_by_loop(dense, sparse, self_interaction) * upstream).sum(), (dense, sparse))
-    for got, want in zip(grads, expected):
+    for got, want in zip(grads, expected, strict=True):
         torch.testing.assert_close(got, want)
+
+
+# In a fresh process (in this one, a new tensor may reuse memory an earlier test advised): whether
+# the mapping behind a 32 MB torch tensor and a numpy array is advised (VmFlags "hg" in
+# /proc/self/smaps) before and after advise_huge_pages, and what the call returned.
+ADVISE = """
+import numpy as np
+import torch
+from reference.hugepages import advise_huge_pages
+def advised(address):
+    inside = False
+    for line in open("/proc/self/smaps"):
+        head = line.split()[0]
+        if "-" in head and ":" not in head:
+            lo, hi = (int(x, 16) for x in head.split("-"))
+            inside = lo <= address < hi
+        elif inside and head == "VmFlags:":
+            return "hg" in line.split()[1:]
+    raise AssertionError(f"no mapping holds {address:#x}")
+big = torch.empty(8 << 20)
+middle = big.data_ptr() + big.numel() * big.element_size() // 2
+before = advised(middle)
+print(before, advise_huge_pages(big), advised(middle))
+array = np.zeros(8 << 20, dtype=np.int32)
+middle = array.ctypes.data + array.nbytes // 2
+print(advise_huge_pages(array), advised(middle))
+"""
 
 
 def test_huge_page_advice_on_large_tables_only():
     from reference.hugepages import advise_huge_pages
     assert advise_huge_pages(torch.empty(10)) is False  # too small to matter
-    big = torch.empty(8 << 20)  # 32 MB
-    if sys.platform.startswith("linux"):
-        assert advise_huge_pages(big) is True
-    big.fill_(1.5)
-    assert big.sum().item() == 1.5 * (8 << 20)
-    array = np.zeros(8 << 20, dtype=np.int32)
-    assert advise_huge_pages(array) is sys.platform.startswith("linux")
+    if not sys.platform.startswith("linux"):
+        assert advise_huge_pages(torch.empty(8 << 20)) is False
+        return
+    out = subprocess.run([sys.executable, "-c", ADVISE], capture_output=True, text=True, check=True).stdout
+    tensor, array = (line.split() for line in out.splitlines())
+    assert tensor == ["False", "True", "True"], "the tensor's mapping is advised by the call, not before"
+    # numpy advises its own large allocations already; the call must still take.
+    assert array == ["True", "True"]

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from reference.optim import RowWiseAdagrad, build_optimizer
 from reference.model import DLRM
+from reference.optim import RowWiseAdagrad, build_optimizer
 
 
 def test_rowwise_adagrad_against_the_formulas_with_duplicates():
@@ -13,7 +13,7 @@ def test_rowwise_adagrad_against_the_formulas_with_duplicates():
     opt = RowWiseAdagrad([w, dense], lr=lr, eps=eps)
     ref_w, ref_dense = w.detach().clone(), dense.detach().clone()
     acc, dense_acc = torch.zeros(rows), torch.zeros(3)
-    for step in range(3):
+    for _ in range(3):
         ids = torch.tensor([1, 3, 1, 4, 1])          # row 1 three times: must be coalesced
         upstream = torch.randn(len(ids), dim)
         opt.zero_grad()

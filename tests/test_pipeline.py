@@ -26,7 +26,7 @@ def test_prefetched_batches_equal_direct_reads(dataset, depth):
     with Batches(dataset.batch, order, depth) as batches:
         got = list(batches)
     assert len(got) == len(order)
-    assert all(same(b, dataset.batch(int(i))) for b, i in zip(got, order))
+    assert all(same(b, dataset.batch(int(i))) for b, i in zip(got, order, strict=True))
 
 
 def test_read_error_surfaces_at_its_batch(dataset):

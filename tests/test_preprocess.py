@@ -84,7 +84,8 @@ def test_handwritten_days_give_the_expected_binary_rows(tmp_path):
 
 
 def test_first_appearance_spans_days_and_the_test_day(tmp_path):
-    raw = write_days(tmp_path / "raw", [[line(0, [], ["5"])], [line(0, [], ["3"])], [line(0, [], ["9"]), line(0, [], ["3"])]])
+    days = [[line(0, [], ["5"])], [line(0, [], ["3"])], [line(0, [], ["9"]), line(0, [], ["3"])]]
+    raw = write_days(tmp_path / "raw", days)
     run(raw, tmp_path / "out", days=3, max_ind_range=1000)
     test = rows(tmp_path / "out" / NAMES["test"])
     assert test[:, 14].tolist() == [2]          # 9 is the third value seen: day 0's 5, day 1's 3
@@ -121,7 +122,7 @@ def test_same_seed_same_bytes_other_seed_other_order(tmp_path):
 def synthetic_raw(tmp_path, days=4, per_day=400):
     rng = np.random.default_rng(3)
     out = []
-    for d in range(days):
+    for _ in range(days):
         out.append([line(int(rng.integers(0, 2)), [str(rng.integers(-2, 50))], [format(int(rng.integers(0, 60)), "x")])
                     for _ in range(per_day)])
     return write_days(tmp_path / "raw", out, gz={1})
@@ -173,7 +174,8 @@ sys.exit(preprocess.main(sys.argv[1:]))
     assert killed.returncode == 9, killed.stderr
     assert preprocess.main(args) == 0  # the rerun resumes
     for key in ("train", "test", "val", "counts"):
-        assert open(tmp_path / "killed" / NAMES[key], "rb").read() == open(tmp_path / "clean" / NAMES[key], "rb").read(), key
+        resumed, uninterrupted = (open(tmp_path / run / NAMES[key], "rb").read() for run in ("killed", "clean"))
+        assert resumed == uninterrupted, key
     clean = json.load(open(tmp_path / "clean" / "manifest.json"))
     resumed = json.load(open(tmp_path / "killed" / "manifest.json"))
     assert clean["files"] == resumed["files"] and clean["splits"] == resumed["splits"]
@@ -245,7 +247,7 @@ def test_synthetic_raw_days_round_trip_through_preprocessing(tmp_path):
     assert len(rows(tmp_path / "out" / NAMES["test"])) == 501  # ceil(1001 / 2)
     assert (got[:, :14] == expected[:, :14]).all()
     for c in range(26):  # ids are renumbered by first appearance, one to one with the teacher's
-        pairs = set(zip(expected[:, 14 + c].tolist(), got[:, 14 + c].tolist()))
+        pairs = set(zip(expected[:, 14 + c].tolist(), got[:, 14 + c].tolist(), strict=True))
         assert len(pairs) == len({a for a, _ in pairs}) == len({b for _, b in pairs})
     manifest = json.load(open(tmp_path / "out" / "manifest.json"))
     assert manifest["splits"]["train"] == 2002 and manifest["inputs"][1]["path"].endswith("day_1.gz")

@@ -98,7 +98,8 @@ def test_tables_too_large_for_memory_rejected_before_allocating(easy_data, tmp_p
     cfg = tiny_config(easy_data, tmp_path, table_sizes=[2 ** 40] * 26, optimizer="rowwise_adagrad",
                       submission_division="open")
     with pytest.raises(ConfigError, match=r"test: the embedding tables need .* GiB \(28,587,302,322,176 rows x 8 "
-                                          r"x 4 B, plus rowwise_adagrad state\) but only .* GiB of memory is available"):
+                                          r"x 4 B, plus rowwise_adagrad state\) but only .* GiB of memory is "
+                                          r"available"):
         train.run(cfg, out=open("/dev/null", "w"))
 
 

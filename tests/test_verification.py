@@ -137,6 +137,7 @@ def package_data(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_package_of_five_synthetic_runs_passes_the_official_package_checker(tmp_path, package_data):
     out = tmp_path / "pkg"
     proc = subprocess.run([sys.executable, "-m", "verification", "package", "--config", "configs/synthetic.yaml",

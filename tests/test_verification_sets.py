@@ -1,6 +1,5 @@
 """Sets of runs and submission folders: the RCP verdict is the official tool's (direct
 or by interpolation, with its figures), and a submission's score is the result summarizer's."""
-import json
 import os
 import re
 import subprocess

@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable, Optional
+from itertools import pairwise
 
 from .runlog import RunLog
+
 
 @dataclass
 class Finding:
     check: str
     verdict: str
     reason: str = ""
-    line: Optional[int] = None
+    line: int | None = None
     rule: str = ""
 
     def as_dict(self) -> dict:
@@ -47,7 +49,7 @@ def _epoch(epoch_num) -> str:
     return f"{epoch_num:.4f}" if isinstance(epoch_num, float) else repr(epoch_num)
 
 
-def target_of(run: RunLog, rules: dict, claim: Optional[Claim]) -> float:
+def target_of(run: RunLog, rules: dict, claim: Claim | None) -> float:
     if claim is not None and claim.values.get("auc_threshold") is not None:
         return float(claim.values["auc_threshold"])
     return float(rules["target_auc"])
@@ -144,7 +146,7 @@ def check_weights_initialization(run, rules, claim):
 def check_monotonic_timestamps(run, rules, claim):
     f = rule_finding("timestamps_monotonic", "time_ms does not go backwards (no round's checker tests it; time to "
                                              "train is run_stop - run_start)")
-    backwards = [(b, a) for b, a in zip(run.events, run.events[1:]) if a.time_ms < b.time_ms]
+    backwards = [(b, a) for b, a in pairwise(run.events) if a.time_ms < b.time_ms]
     if not backwards:
         return f("pass")
     before, after = backwards[0]
@@ -263,7 +265,7 @@ def check_eval_cadence(run, rules, claim):
     return f("pass", f"{len(evals)} evaluations every ~{every} epoch")
 
 
-def _synthetic_source(run: RunLog, claim: Optional[Claim]) -> Optional[str]:
+def _synthetic_source(run: RunLog, claim: Claim | None) -> str | None:
     config = run.config or (claim.values if claim else {})
     data_dir = config.get("data_dir")
     if data_dir and os.path.isfile(os.path.join(data_dir, "synthetic.json")):
@@ -273,7 +275,7 @@ def _synthetic_source(run: RunLog, claim: Optional[Claim]) -> Optional[str]:
     return None
 
 
-def _samples_trained(run: RunLog, train, expected: dict) -> Optional[str]:
+def _samples_trained(run: RunLog, train, expected: dict) -> str | None:
     """Why ``train`` reads as the samples trained (the HugeCTR-based logs' way), or None.
     They log it at the end of the run (v0.7: just before run_stop, later: after it); it
     cannot exceed the epochs the evaluations say were trained (with one evaluation
@@ -347,7 +349,7 @@ def check_hyperparameters_match_config(run, rules, claim):
     return f("pass", f"equal to {claim.source}")
 
 
-def check_closed_division_rules(run, rules, claim, reference: Optional[dict] = None):
+def check_closed_division_rules(run, rules, claim, reference: dict | None = None):
     closed = rules["closed_division"]
     f = rule_finding("closed_division_rules",
                      f"closed division: optimizer {closed['optimizer']}, decay power {closed['decay_power']}, no "
@@ -402,7 +404,7 @@ CHECKS: list[Callable] = [
 ]
 
 
-def run_checks(run: RunLog, rules: dict, claim: Optional[Claim], reference: Optional[dict]) -> list:
+def run_checks(run: RunLog, rules: dict, claim: Claim | None, reference: dict | None) -> list:
     findings = [check(run, rules, claim) for check in CHECKS]
     findings.append(check_closed_division_rules(run, rules, claim, reference))
     findings.append(epochs_to_target(run, rules, claim))

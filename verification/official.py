@@ -25,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
-from typing import Optional
 
 USAGE = "training"
 DLRM_RUNS = 5
@@ -77,7 +76,7 @@ print("RCP_RESULT " + json.dumps({{"passed": bool(passed), "message": message, "
 """
 
 _SPEC = importlib.util.find_spec("mlperf_logging")
-_PACKAGE = os.path.dirname(_SPEC.origin) if _SPEC else None
+_PACKAGE = os.path.dirname(_SPEC.origin) if _SPEC and _SPEC.origin else None
 
 
 def support(ruleset: str) -> dict:
@@ -103,7 +102,7 @@ class ToolResult:
     warnings: list = field(default_factory=list)  # its warnings, and for the package checker its RCP verdict
 
 
-def _run(args: list, cwd: str, script: Optional[str] = None) -> subprocess.CompletedProcess:
+def _run(args: list, cwd: str, script: str | None = None) -> subprocess.CompletedProcess:
     command = [sys.executable, "-c", script.format(runs=DLRM_RUNS)] + args if script else [sys.executable, "-m"] + args
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True)
 
@@ -114,7 +113,7 @@ def _levels(output: str, level: str) -> list:
             if re.match(rf"{level} -", line) and line.split("-", 1)[1].strip() not in ("FAILED", "")]
 
 
-def _checker_messages(output: str, limit: Optional[int] = 400) -> list:
+def _checker_messages(output: str, limit: int | None = 400) -> list:
     """The compliance checker's findings, one line each: a WARNING/ERROR line and
     its continuation lines (multi-line rules), without the quoted log line and
     the dump of the checker's state."""
@@ -140,7 +139,7 @@ def _checker_messages(output: str, limit: Optional[int] = 400) -> list:
     return cleaned
 
 
-def compliance(path: str, ruleset: str) -> Optional[ToolResult]:
+def compliance(path: str, ruleset: str) -> ToolResult | None:
     """The official compliance checker (``--werror``) on one log; None when the
     installed package lacks the round's DLRM rules."""
     if support(ruleset)["compliance"]:
@@ -157,9 +156,9 @@ class RcpResult:
     passed: bool
     message: str                  # the tool's own: 'RCP found', 'RCP Interpolation', 'Missing RCP, ...'
     norm_factor: float
-    rcp_mean: Optional[float]     # of the record the tool compared with
-    min_epochs: Optional[float]   # the fastest mean the tool accepts
-    submission_mean: Optional[float]
+    rcp_mean: float | None     # of the record the tool compared with
+    min_epochs: float | None   # the fastest mean the tool accepts
+    submission_mean: float | None
     records: list                 # batch sizes of the RCP(s) used
     output: str
 
@@ -173,7 +172,7 @@ def rcp(result_files: list, ruleset: str) -> RcpResult:
             shutil.copyfile(path, os.path.join(folder, f"result_{i}.txt"))
         proc = _run([folder, ruleset], tmp, script=_RCP)
     output = proc.stdout + proc.stderr
-    line = next((l for l in proc.stdout.splitlines() if l.startswith("RCP_RESULT ")), None)
+    line = next((s for s in proc.stdout.splitlines() if s.startswith("RCP_RESULT ")), None)
     if proc.returncode != 0 or line is None:
         tail = " | ".join(output.strip().splitlines()[-3:])
         return RcpResult(False, f"the RCP checker failed: {tail}", 1.0, None, None, None, [], output)
@@ -193,7 +192,7 @@ def package_checker(org_folder: str, ruleset: str, rcp_bypass: bool, work_dir: s
     proc = _run(args, work_dir, script=_RUN_MODULE)
     output = proc.stdout + proc.stderr
     # Whole messages (not cut short): the verdict matches them against the accepted errors.
-    errors = _checker_messages("\n".join(l for l in output.splitlines() if not l.startswith("WARNING")), None)
+    errors = _checker_messages("\n".join(s for s in output.splitlines() if not s.startswith("WARNING")), None)
     # Its RCP step's verdict is an INFO line when it passes: keep it with the warnings.
     rcp_lines = [m.group(0).strip() for m in re.finditer(r"RCP Test (?:Passed|Failed): .*", output)]
     return ToolResult(proc.returncode == 0 and "FOUND NO ERRORS" in output, output, errors,

@@ -134,6 +134,7 @@ def build_package(cfg, system: str, org: str, runs: int, out: str, seed_base: in
             result = train.run(run_cfg)
             log(f"  status={result.status} steps={result.steps} auc={result.final.get('auc', float('nan')):.5f} "
                 f"time_to_train={result.run_seconds:.1f} s")
+            assert result.log_path is not None, "a training run on one process writes its MLPerf log"
             shutil.copy(result.log_path, os.path.join(results, f"result_{i}.txt"))
             times.append(result.run_seconds)
             logs.append(result.log_path)
@@ -206,13 +207,14 @@ def check_package(built: dict, system: str, out: str, ruleset: str) -> int:
     claims = {}
     for i, log_path in enumerate(built["logs"]):
         summary = RunLog.read(log_path).summary
+        assert summary is not None, "reference.train writes a run summary beside each log"
         claims[os.path.join(results_dir, f"result_{i}.txt")] = Claim(
             f"run summary {os.path.splitext(log_path)[0]}.json", summary["config"])
     report = verify([built["package"]], claims=claims, ruleset=ruleset, work_dir=out)
     print(render_text(report))
     [entry] = [s for s in report["submissions"][0]["systems"] if s["system"] == system]
     findings = {f["check"]: f for f in entry["findings"]}
-    checker, score = findings.get("package_checker"), findings.get("score")
+    checker, score = findings["package_checker"], findings.get("score")
     print(f"official package checker (training {ruleset}): {checker['verdict'].upper()}: {checker['reason']}")
     print(f"  note: {official.SUPPLIED}")
     row = entry.get("summarizer") or {}

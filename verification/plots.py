@@ -48,7 +48,8 @@ def write_plots(runs: list, folder: str, target: float) -> list:
     for run in runs:
         samples = run.value("train_samples") or 0
         points = []
-        for start, stop in zip(run.all("block_start"), run.all("block_stop")):
+        # A run that stopped inside a block logged one start more than stops: that block has no time.
+        for start, stop in zip(run.all("block_start"), run.all("block_stop"), strict=False):
             seconds = (stop.time_ms - start.time_ms) / 1000
             if seconds > 0:
                 count = start.metadata.get("epoch_count", 0)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from typing import Optional
 
+from reference import jsonfile
 from reference.config import Config
 
 from . import official, runsets, submission
@@ -50,7 +50,7 @@ def find_submissions(paths: list) -> list:
     return found
 
 
-def load_claim(config_path: Optional[str]) -> Optional[Claim]:
+def load_claim(config_path: str | None) -> Claim | None:
     if config_path is None:
         return None
     return Claim(config_path, Config.from_sources(config_path).as_dict())
@@ -122,8 +122,8 @@ def _check_submission(folder, rules, runs_by_path, files_by_path, with_official,
     return entry
 
 
-def verify(paths: list, config_path: Optional[str] = None, with_official: bool = True,
-           claims: Optional[dict] = None, ruleset: str = DEFAULT_RULESET, work_dir: Optional[str] = None) -> dict:
+def verify(paths: list, config_path: str | None = None, with_official: bool = True,
+           claims: dict | None = None, ruleset: str = DEFAULT_RULESET, work_dir: str | None = None) -> dict:
     """Check every log under ``paths`` under ``ruleset``. The config a run claims
     is, in order: ``claims[path]``, the file named by ``config_path``, or the
     run's own .json summary beside its log. Submission folders among ``paths``
@@ -167,7 +167,7 @@ def verify(paths: list, config_path: Optional[str] = None, with_official: bool =
             "passed": counts["fail"] == 0 and bool(files), "runs": runs}
 
 
-def _json_division(path: str) -> Optional[str]:
+def _json_division(path: str) -> str | None:
     try:
         with open(path) as f:
             return json.load(f).get("division")
@@ -191,7 +191,7 @@ def _lines(f: dict) -> list:
 def render_text(report: dict) -> str:
     """The verdict as text, with the rule under each FAIL and WARN."""
     lines = [f"ruleset: training {report['ruleset']}"]
-    for tool, why in report["support"].items():
+    for why in report["support"].values():
         if why:
             lines.append(f"  note: {why}")
     for file in report["files"]:
@@ -224,8 +224,4 @@ def render_text(report: dict) -> str:
 
 
 def write_json(report: dict, path: str) -> None:
-    data = {k: v for k, v in report.items() if k != "runs"}
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
+    jsonfile.write_json(path, {k: v for k, v in report.items() if k != "runs"})

@@ -13,7 +13,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 TOKEN = ":::MLLOG "
 _RANK = re.compile(r"^\[(\d+)\]\s*$")
@@ -27,7 +27,7 @@ class LogError(ValueError):
 class Event:
     line: int          # 1-based line number in the file
     time_ms: float
-    event_type: Optional[str]
+    event_type: str | None
     key: str
     value: Any
     metadata: dict
@@ -47,12 +47,13 @@ class Variants:
 class RunLog:
     path: str
     events: list
-    summary: Optional[dict] = field(default=None)  # <stem>.json written by reference.train, when present
+    summary: dict | None = field(default=None)  # <stem>.json written by reference.train, when present
     variants: Variants = field(default_factory=Variants)
 
     @classmethod
-    def read(cls, path: str) -> "RunLog":
-        events, variants, seen = [], Variants(), {}
+    def read(cls, path: str) -> RunLog:
+        events, variants = [], Variants()
+        seen: dict[str, str] = {}
         with open(path, "rb") as f:
             raw_lines = f.read().split(b"\n")
         for number, raw in enumerate(raw_lines, 1):
@@ -108,7 +109,7 @@ class RunLog:
     def all(self, key: str) -> list:
         return [e for e in self.events if e.key == key]
 
-    def first(self, key: str) -> Optional[Event]:
+    def first(self, key: str) -> Event | None:
         return next((e for e in self.events if e.key == key), None)
 
     def value(self, key: str, default=None):
@@ -116,11 +117,11 @@ class RunLog:
         return event.value if event is not None else default
 
     @property
-    def division(self) -> Optional[str]:
+    def division(self) -> str | None:
         return self.value("submission_division")
 
     @property
-    def config(self) -> Optional[dict]:
+    def config(self) -> dict | None:
         return self.summary.get("config") if self.summary else None
 
     def evaluations(self) -> list:

@@ -18,12 +18,18 @@ import shutil
 import statistics
 import tempfile
 from dataclasses import dataclass
-from typing import Optional
 
 from . import official
 from .checks import Finding, rule_finding
 
 _RESULT = re.compile(r"^result_(\d+)\.txt$")
+
+
+def _result_number(name: str) -> int:
+    """N of a file named result_N.txt (only such names are passed)."""
+    match = _RESULT.match(name)
+    assert match is not None, name
+    return int(match.group(1))
 
 
 @dataclass
@@ -48,13 +54,13 @@ def find_systems(folder: str) -> list:
             if name in ("systems", "results", "benchmarks") or not os.path.isdir(results_dir):
                 continue
             files = sorted((f for f in os.listdir(results_dir) if _RESULT.match(f)),
-                           key=lambda f: int(_RESULT.match(f).group(1)))
+                           key=_result_number)
             found.append(System(name, results_dir, os.path.join(systems_dir, name + ".json"),
                                 [os.path.join(results_dir, f) for f in files]))
     return found
 
 
-def olympic_mean(values: list, dropped: int = 0) -> Optional[float]:
+def olympic_mean(values: list, dropped: int = 0) -> float | None:
     """MLPerf's score: drop the fastest and the slowest, average the rest. A run
     already dropped (non-compliant) counts as the slowest; more than one leaves no score."""
     if dropped > 1:
@@ -67,7 +73,7 @@ def check_result_files(system: System, rules: dict) -> Finding:
     needed = rules["result_count"]
     f = rule_finding("result_files", f"exactly {needed} files result_N.txt, N numbered 0..{needed - 1} or "
                                          f"1..{needed} (training {rules['ruleset']})")
-    numbers = [int(_RESULT.match(os.path.basename(p)).group(1)) for p in system.files]
+    numbers = [_result_number(os.path.basename(p)) for p in system.files]
     if len(numbers) > needed:
         return f("fail", f"{len(numbers)} result files, the round allows {needed}: runs may not be chosen")
     if len(numbers) < needed:
@@ -146,7 +152,8 @@ def official_package_checks(folder: str, system: System, rules: dict, rcp_bypass
         # The summarizer after the checker: the checker's RCP step writes scaling.json, which the summarizer reads.
         summary = official.result_summarizer(org, ruleset, work_dir)
     staged = os.path.join(org, "results", system.name, "dlrm")
-    accepted, broken = {}, []
+    accepted: dict[str, list[str]] = {}
+    broken = []
     for reason in (r.replace(staged, system.results_dir) for r in checker.reasons):
         why = next((a["why"] for a in rules["accepted_package_checker_errors"]
                     if re.fullmatch(a["pattern"], reason.strip())), None)

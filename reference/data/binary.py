@@ -8,7 +8,7 @@ preprocessing does not pay for importing it.
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 

@@ -93,6 +93,7 @@ class _Problems:
             self.first = candidate + (describe(k),)
 
     def raise_first(self, path: str, first_line: int) -> None:
+        assert self.first is not None, "raise_first() with no problem added"
         line, field, reason = self.first
         where = f"{path}:{first_line + line}"
         if field < 0:
@@ -245,7 +246,7 @@ def parse_checked(data, path: str = "<data>", first_line: int = 1, max_ind_range
     first_char = buf[starts[:, 0]]
     label_bad = np.flatnonzero((lengths[:, 0] != 1) | ((first_char != 48) & (first_char != 49)))
     problems.add(good[label_bad], np.zeros(label_bad.size, dtype=np.int64),
-                 lambda k: f"must be 0 or 1, got {text(label_bad[k], 0)!r}")
+                 lambda k: f"must be 0 or 1, got {text(int(label_bad[k]), 0)!r}")
 
     # Integers: empty -> 0, optional leading '-', decimal digits; negative -> 0.
     d_start, d_len = starts[:, 1:1 + NUM_DENSE], lengths[:, 1:1 + NUM_DENSE]
@@ -253,7 +254,7 @@ def parse_checked(data, path: str = "<data>", first_line: int = 1, max_ind_range
     digit_len = d_len - negative
     values, nondigit = _digits(buf, d_start + negative, digit_len, MAX_DENSE_DIGITS, _DIGIT, 10)
     rows, cols = np.nonzero(nondigit | (negative & (digit_len == 0)))
-    problems.add(good[rows], 1 + cols, lambda k: f"expected an integer, got {text(rows[k], 1 + cols[k])!r}")
+    problems.add(good[rows], 1 + cols, lambda k: f"expected an integer, got {text(int(rows[k]), 1 + int(cols[k]))!r}")
     dense = np.where(negative, 0, np.minimum(values, INT32_MAX)).astype(np.int32)
 
     # Categoricals: empty -> 0, else hexadecimal, reduced mod max_ind_range.
@@ -261,7 +262,7 @@ def parse_checked(data, path: str = "<data>", first_line: int = 1, max_ind_range
     hashes, nonhex = _digits(buf, c_start, c_len, MAX_HEX_DIGITS, _HEX, 16)
     crows, ccols = np.nonzero(nonhex)
     problems.add(good[crows], 1 + NUM_DENSE + ccols,
-                 lambda k: f"expected hexadecimal, got {text(crows[k], 1 + NUM_DENSE + ccols[k])!r}")
+                 lambda k: f"expected hexadecimal, got {text(int(crows[k]), 1 + NUM_DENSE + int(ccols[k]))!r}")
     if max_ind_range > 0:
         hashes = hashes % np.uint64(max_ind_range)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -43,10 +42,10 @@ class Batch:
     def __len__(self) -> int:
         return self.labels.shape[0]
 
-    def pin_memory(self) -> "Batch":
+    def pin_memory(self) -> Batch:
         return Batch(self.dense.pin_memory(), self.ids.pin_memory(), self.labels.pin_memory(), self.global_size)
 
-    def to(self, device: torch.device) -> "Batch":
+    def to(self, device: torch.device) -> Batch:
         if device.type == "cpu":
             return self
         return Batch(self.dense.to(device, non_blocking=True), self.ids.to(device, non_blocking=True),
@@ -60,7 +59,7 @@ class BinaryDataset:
     outside its table would otherwise silently read another table's row.
     """
 
-    def __init__(self, path: str, batch_size: int, table_sizes: Optional[list[int]] = None):
+    def __init__(self, path: str, batch_size: int, table_sizes: list[int] | None = None):
         if not os.path.isfile(path):
             raise DataError(f"{path}: binary data file not found")
         size = os.path.getsize(path)
@@ -76,7 +75,7 @@ class BinaryDataset:
         self.num_samples = size // RECORD_BYTES
         self.num_batches = -(-self.num_samples // batch_size)
         self._data = np.memmap(path, dtype="<i4", mode="r", shape=(self.num_samples, COLUMNS))
-        self._limits = None
+        self._limits: np.ndarray | None = None
         if table_sizes is not None:
             if len(table_sizes) != NUM_SPARSE:
                 raise DataError(f"{path}: the model has {len(table_sizes)} tables but the file holds "
@@ -119,10 +118,10 @@ class BinaryDataset:
         return start, min(start + self.batch_size, self.num_samples)
 
     def _make_batch(self, raw: np.ndarray, ids: np.ndarray, start: int, global_size: int, columns: np.ndarray,
-                    dense_start: Optional[int] = None) -> Batch:
+                    dense_start: int | None = None) -> Batch:
         ids = ids.astype(np.int64)
         if self._limits is not None:
-            self._check_ids(ids, start, columns)
+            self._check_ids(ids, start, columns, self._limits[columns])
         dense = raw[:, 1:1 + NUM_DENSE]
         if (dense < 0).any():
             row = (start if dense_start is None else dense_start) + int(np.argwhere(dense < 0)[0, 0])
@@ -132,15 +131,10 @@ class BinaryDataset:
                      ids=torch.from_numpy(ids),
                      labels=torch.from_numpy(raw[:, 0].astype(np.float32)), global_size=global_size)
 
-    def _check_ids(self, ids: np.ndarray, start: int, columns: np.ndarray) -> None:
-        limits = self._limits[columns]
+    def _check_ids(self, ids: np.ndarray, start: int, columns: np.ndarray, limits: np.ndarray) -> None:
         bad = (ids < 0) | (ids >= limits)
         if bad.any():
             r, c = np.argwhere(bad)[0]
             raise DataError(f"{self.path}: sample {start + r}, categorical column {columns[c]}: id {ids[r, c]} "
                             f"is outside its table of {limits[c]} rows (wrong counts file or "
                             f"max_ind_range?)")
-
-    def __iter__(self) -> Iterator[Batch]:
-        for i in range(self.num_batches):
-            yield self.batch(i)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Callable, Iterable, Iterator, Optional
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 
@@ -60,9 +60,9 @@ class Batches:
         self.read, self.indices, self.depth, self.device = read, list(indices), depth, device
         self._cuda = device.type == "cuda"
         self._stream = torch.cuda.Stream(device) if self._cuda and depth else None
-        self._queue: Optional[queue.Queue] = None
+        self._queue: queue.Queue | None = None
         self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
 
     def __iter__(self) -> Iterator[Batch]:
         if not self.depth:
@@ -85,7 +85,7 @@ class Batches:
 
     def _produce(self) -> None:
         try:
-            if self._cuda:  # a new thread starts on device 0, whichever GPU this rank owns
+            if self._stream is not None:  # a new thread starts on device 0, whichever GPU this rank owns
                 torch.cuda.set_device(self._stream.device)
             for i in self.indices:
                 batch = self.read(i)
@@ -98,6 +98,7 @@ class Batches:
         self._put(_DONE)
 
     def _put(self, item) -> bool:
+        assert self._queue is not None, "__iter__ makes the queue before it starts the producer"
         while not self._stop.is_set():
             try:
                 self._queue.put(item, timeout=0.1)
@@ -112,7 +113,7 @@ class Batches:
             self._thread.join()
             self._thread = None
 
-    def __enter__(self) -> "Batches":
+    def __enter__(self) -> Batches:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from ..jsonfile import write_json
 from ..metrics import roc_auc
 from .binary import NUM_DENSE, NUM_SPARSE, write_binary, write_counts
 
@@ -113,28 +114,25 @@ def generate(out_dir: str, spec: SyntheticSpec, log=print) -> dict:
     for split, count, stream in (("train", spec.train_samples, 1), ("test", spec.eval_samples, 2),
                                  ("val", spec.eval_samples, 3)):
         rng = np.random.default_rng([spec.seed, stream])
-        probs, labels = [], []
+        probs: list[np.ndarray] = []
+        labels: list[np.ndarray] = []
 
-        def chunks():
-            left = count
+        def chunks(rng: np.random.Generator, left: int, keep: bool, probs: list, labels: list):
             while left:
                 rows, prob = teacher.sample(rng, min(spec.chunk_rows, left))
                 left -= rows.shape[0]
-                if split != "train":
+                if keep:
                     probs.append(prob)
                     labels.append(rows[:, 0])
                 yield rows
 
-        write_binary(os.path.join(out_dir, FILES[split]), chunks())
+        write_binary(os.path.join(out_dir, FILES[split]), chunks(rng, count, split != "train", probs, labels))
         if split != "train":
             meta[f"best_auc_{split}"] = roc_auc(np.concatenate(probs), np.concatenate(labels))
             meta[f"click_rate_{split}"] = float(np.concatenate(labels).mean())
     write_counts(os.path.join(out_dir, FILES["counts"]), spec.table_sizes)
     meta["seconds"] = round(time.time() - started, 2)
-    tmp = os.path.join(out_dir, FILES["meta"] + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(meta, f, indent=2)
-    os.replace(tmp, os.path.join(out_dir, FILES["meta"]))
+    write_json(os.path.join(out_dir, FILES["meta"]), meta, indent=2)
     log(f"synthetic data: {spec.train_samples} train / {spec.eval_samples} test samples in {out_dir} "
         f"({meta['seconds']} s); click rate {meta['click_rate_test']:.3f}; "
         f"best achievable AUC on test (the teacher's own) {meta['best_auc_test']:.4f}")
@@ -177,7 +175,7 @@ def raw_lines(rows: np.ndarray, rng: np.random.Generator, max_ind_range: int) ->
         text = np.char.zfill(np.char.mod("%x", values), 8).astype(object)
         text[values == 0] = ""
         table.append(text)
-    return ("\n".join("\t".join(fields) for fields in zip(*table)) + "\n").encode()
+    return ("\n".join("\t".join(fields) for fields in zip(*table, strict=True)) + "\n").encode()
 
 
 def write_raw_days(out_dir: str, spec: SyntheticSpec, days: int, rows_per_day: int, gz_days=(),
@@ -235,10 +233,7 @@ def generate_via_raw(out_dir: str, spec: SyntheticSpec, log=print) -> dict:
     meta = {"spec": asdict(spec), "via": "raw", "files": output_names("terabyte"), "raw_days": RAW_DAYS,
             "best_auc_test": roc_auc(prob[test], labels[test]), "click_rate_test": float(labels[test].mean()),
             "seconds": round(time.time() - started, 2)}
-    tmp = os.path.join(out_dir, FILES["meta"] + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(meta, f, indent=2)
-    os.replace(tmp, os.path.join(out_dir, FILES["meta"]))
+    write_json(os.path.join(out_dir, FILES["meta"]), meta, indent=2)
     log(f"synthetic data via raw day files: {RAW_DAYS} Criteo-format days in {raw} -> preprocessed into "
         f"{out_dir} ({meta['seconds']} s); best achievable AUC on test (the teacher's own) {meta['best_auc_test']:.4f}")
     return meta
@@ -266,6 +261,7 @@ def ensure(out_dir: str, spec: SyntheticSpec, via_raw: bool = False, log=print) 
     binary files directly, or (``via_raw``) raw day files run through preprocessing."""
     if is_complete(out_dir, spec, via_raw):
         meta = read_meta(out_dir)
+        assert meta is not None, "is_complete() read it"
         log(f"synthetic data in {out_dir} is up to date; best achievable AUC {meta['best_auc_test']:.4f}")
         return meta
     return generate_via_raw(out_dir, spec, log=log) if via_raw else generate(out_dir, spec, log=log)

@@ -68,7 +68,8 @@ class _Column:
             advise_huge_pages(self.dense)  # random first touches: 2 MB pages fault 512x less often
             used = self.ids >= 0
             self.dense[self.keys[used]] = self.ids[used] + 1
-            self.keys = self.ids = None
+            # Fresh empty arrays (not views) free the hash table: the dense array holds the ids now.
+            self.keys, self.ids = np.empty(0, np.int64), np.empty(0, np.int32)
             release_freed_memory()  # the outgrown tables, which the heap would keep (reference/malloc.py)
             return
         keys, ids = np.zeros(capacity, dtype=np.int64), np.full(capacity, -1, dtype=np.int32)
@@ -184,8 +185,8 @@ class Vocabulary:
             results = [map_group(self._groups[0])] if self._groups else []
         else:
             results = list(self._pool.map(map_group, self._groups))  # raises what a thread raised
-        for columns, news in zip(self._groups, results):
-            for c, new in zip(columns, news):
+        for columns, news in zip(self._groups, results, strict=True):
+            for c, new in zip(columns, news, strict=True):
                 if new.size:
                     self._added[c].append(new)
         return out

@@ -22,8 +22,9 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Callable, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -187,12 +188,12 @@ class FaultMonitor:
     does not say which rank is gone)."""
 
     def __init__(self, store: dist.Store, rank: int, world_size: int, timeout: float,
-                 on_peer_failure: Optional[Callable[[str], None]] = None):
+                 on_peer_failure: Callable[[str], None] | None = None):
         self.store, self.rank, self.world_size, self.timeout = store, rank, world_size, timeout
         self.on_peer_failure = on_peer_failure
         self.progress = 0
         self._stop = threading.Event()
-        self._client = store.clone()
+        self._client = store.clone()  # type: ignore[attr-defined]  # torch's stub omits Store.clone
         self._thread = threading.Thread(target=self._beat, name="dlrm-heartbeat", daemon=True)
         self._thread.start()
 
@@ -252,8 +253,8 @@ class FaultMonitor:
         except Exception:
             pass
 
-    def _snapshot(self) -> Optional[dict[int, tuple[int, int]]]:
-        client = self.store.clone()
+    def _snapshot(self) -> dict[int, tuple[int, int]] | None:
+        client = self.store.clone()  # type: ignore[attr-defined]  # torch's stub omits Store.clone
         client.set_timeout(_timedelta(3 * HEARTBEAT_SECONDS))
         beats = {}
         try:
@@ -269,7 +270,7 @@ class FaultMonitor:
         out = {}
         try:
             if client is None:
-                client = self.store.clone()
+                client = self.store.clone()  # type: ignore[attr-defined]  # torch's stub omits Store.clone
                 client.set_timeout(_timedelta(3 * HEARTBEAT_SECONDS))
             for r in range(self.world_size):
                 if r != self.rank and client.check([f"failed/{r}"]):
@@ -315,9 +316,10 @@ class Work:
     """A collective in flight. ``wait`` returns when it is complete, or
     raises :class:`DistributedError` naming the rank at fault."""
 
-    def __init__(self, comm: "Communicator", what: str, handle, done: Optional[Callable[[], None]] = None):
+    def __init__(self, comm: Communicator, what: str, handle, done: Callable[[], object] | None = None):
         self.comm, self.what, self.handle, self.done = comm, what, handle, done
         self.issued = time.monotonic()
+        self.keep: object = None  # buffers that must outlive the collective (the MPI backend's host copies)
 
     def wait(self) -> None:
         self.comm._wait(self)
@@ -337,7 +339,7 @@ class Communicator:
     world_size: int
     device: torch.device
 
-    def __init__(self, monitor: Optional[FaultMonitor], timeout: float):
+    def __init__(self, monitor: FaultMonitor | None, timeout: float):
         self.monitor, self.timeout = monitor, timeout
         self.bytes_all_to_all = 0   # sent by this rank, for the benchmark
         self.bytes_all_reduce = 0
@@ -362,6 +364,20 @@ class Communicator:
         self.all_reduce(torch.zeros(1, device=self.device), what).wait()
         if self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()
+
+    # Each backend starts its collectives and waits for them.
+    def _all_to_all(self, output: torch.Tensor, input: torch.Tensor, output_splits: list[int],
+                    input_splits: list[int], what: str) -> Work:
+        raise NotImplementedError
+
+    def _all_reduce(self, tensor: torch.Tensor, what: str) -> Work:
+        raise NotImplementedError
+
+    def _broadcast(self, tensor: torch.Tensor, root: int, what: str) -> Work:
+        raise NotImplementedError
+
+    def _wait(self, work: Work) -> None:
+        raise NotImplementedError
 
     def _issue(self, what: str, start, *args) -> Work:
         """Start a collective; a failure to even start it (a peer already gone) is diagnosed too."""
@@ -410,7 +426,7 @@ class CollectiveWatch:
     timeout is set later than this one, so the diagnosis comes first."""
 
     def __init__(self, timeout: float, on_timeout: Callable[[str, BaseException], None], poll: float = 1.0,
-                 device: Optional[torch.device] = None):
+                 device: torch.device | None = None):
         self.timeout, self.on_timeout, self.poll, self.device = timeout, on_timeout, poll, device
         self._pending: collections.deque = collections.deque()  # (deadline, what, completed), oldest first
         self._lock = threading.Lock()
@@ -449,11 +465,12 @@ class TorchCommunicator(Communicator):
     not queue behind the gradient all-reduces issued before it."""
 
     def __init__(self, backend: str, store, rank: int, world_size: int, timeout: float,
-                 monitor: Optional[FaultMonitor], device: torch.device):
+                 monitor: FaultMonitor | None, device: torch.device):
         super().__init__(monitor, timeout)
         self.backend, self.rank, self.world_size, self.device = backend, rank, world_size, device
         self.watch = None
         group_timeout = timeout
+        kwargs: dict[str, Any]
         if backend == "mpi":  # MPI knows rank and size itself
             kwargs = {}
         else:
@@ -508,7 +525,7 @@ class MPI4PyCommunicator(Communicator):
 
     backend = "mpi"
 
-    def __init__(self, timeout: float, monitor: Optional[FaultMonitor], device: torch.device):
+    def __init__(self, timeout: float, monitor: FaultMonitor | None, device: torch.device):
         super().__init__(monitor, timeout)
         self.device = device
         from mpi4py import MPI
@@ -526,7 +543,7 @@ class MPI4PyCommunicator(Communicator):
         return host, [host.numpy(), getattr(self.MPI, _MPI_TYPES[tensor.dtype])]
 
     @staticmethod
-    def _copy_back(device_tensor: torch.Tensor, host: torch.Tensor) -> Optional[Callable[[], None]]:
+    def _copy_back(device_tensor: torch.Tensor, host: torch.Tensor) -> Callable[[], object] | None:
         return None if device_tensor.device.type == "cpu" else (lambda: device_tensor.copy_(host))
 
     def _all_to_all(self, output, input, output_splits, input_splits, what):
@@ -571,7 +588,7 @@ class MPI4PyCommunicator(Communicator):
 
 
 def build_communicator(backend: str, info: LaunchInfo, store, timeout: float, device: torch.device,
-                       monitor: Optional[FaultMonitor]) -> Communicator:
+                       monitor: FaultMonitor | None) -> Communicator:
     """The communicator for a backend name; ``mpi`` falls back to mpi4py when
     this PyTorch has no MPI process group (the PyPI wheels)."""
     if backend == "gloo":

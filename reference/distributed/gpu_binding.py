@@ -11,18 +11,16 @@ then catches, from the GPUs' UUIDs, ranks that a wrapper stacked on one GPU.
 
 from __future__ import annotations
 
-from typing import Optional
-
 from .launch import LaunchError
 
 
-def parse_device(device: str) -> Optional[int]:
+def parse_device(device: str) -> int | None:
     """The N of ``cuda:N``; None for plain ``cuda``."""
     return int(device[5:]) if device.startswith("cuda:") else None
 
 
 def gpu_index(device: str, rank: int, local_rank: int, local_world_size: int, visible: int,
-              cuda_visible_devices: Optional[str]) -> int:
+              cuda_visible_devices: str | None) -> int:
     """The CUDA device index (among the visible ones) this process binds to.
 
     ``visible`` is ``torch.cuda.device_count()``; ``cuda_visible_devices`` the

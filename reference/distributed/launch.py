@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping, Optional
 
 DEFAULT_PORT = 29500
 
@@ -39,12 +39,8 @@ class LaunchInfo:
     world_size: int
     local_rank: int
     local_world_size: int
-    master_addr: Optional[str]   # None: agree on one through MPI
+    master_addr: str | None   # None: agree on one through MPI
     master_port: int
-
-    @property
-    def is_mpi(self) -> bool:
-        return self.launcher in MPI_LAUNCHERS
 
 
 def _int(env: Mapping[str, str], name: str, launcher: str) -> int:
@@ -76,7 +72,7 @@ def _slurm_tasks_here(tasks_per_node: str, nodelist, nodename, node_id) -> int:
     return counts[index] if index < len(counts) else counts[0]
 
 
-def detect(env: Mapping[str, str] = os.environ) -> Optional[LaunchInfo]:
+def detect(env: Mapping[str, str] = os.environ) -> LaunchInfo | None:
     """The launch, or None for a plain single-process run."""
     for launcher, rank_var, size_var, local_var, local_size_var in _SCHEMES:
         if rank_var not in env or size_var not in env:

@@ -18,7 +18,6 @@ into row ranges that fill the least-loaded ranks up to the even share.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 # Default budget over the even share: room for the small tables once the large ones are spread.
 SLACK = 0.05
@@ -96,7 +95,7 @@ class Plan:
 
 
 def plan_tables(table_sizes: list[int], world_size: int, dim: int, optimizer: str = "sgd",
-                budget_bytes: Optional[int] = None) -> Plan:
+                budget_bytes: int | None = None) -> Plan:
     if world_size < 1:
         raise PlanError(f"world size must be >= 1, got {world_size}")
     bytes_per_row = dim * 4 + state_bytes_per_row(optimizer, dim)

