@@ -341,7 +341,10 @@ def write_summary(path: str, cfg: Config, result: RunResult, table_sizes: list[i
 
 
 def describe_dense_compute(cfg: Config, kernel: str, reason: str) -> str:
-    return f"dense compute: precision {cfg.precision}, MLP GEMMs on {kernel} ({reason})"
+    if cfg.precision == "fp32":
+        return f"dense compute: precision fp32, MLP GEMMs on {kernel} ({reason})"
+    return (f"dense compute: precision {cfg.precision} (autocast: {cfg.precision} GEMMs accumulating in fp32; "
+            f"fp32 weights, tables and logits)")
 
 
 def run(cfg: Config, out=sys.stderr, parallel=None) -> RunResult:

@@ -98,3 +98,11 @@ def test_checkpoints_move_between_precisions(easy_data, tmp_path, first, second)
     assert resumed.steps == 12 and len(resumed.losses) == 6
     uninterrupted = run_tiny(easy_data, tmp_path, max_steps=12, precision=second)
     assert resumed.losses == pytest.approx(uninterrupted.losses[6:], rel=0.05)
+
+
+def test_the_run_says_how_it_computes(easy_data, tmp_path):
+    fp32 = train.describe_dense_compute(tiny_config(easy_data, tmp_path, linear_kernel="aten"), "aten",
+                                        "set by linear_kernel")
+    assert fp32 == "dense compute: precision fp32, MLP GEMMs on aten (set by linear_kernel)"
+    bf16 = train.describe_dense_compute(tiny_config(easy_data, tmp_path, precision="bf16"), "aten", "")
+    assert bf16.startswith("dense compute: precision bf16 (autocast: bf16 GEMMs accumulating in fp32")
