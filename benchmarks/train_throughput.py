@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from reference.config import Config
+from reference.cpuinfo import cpu_info
 from reference.data.binary import write_binary
 from reference.data.loader import BinaryDataset
 from reference.jsonfile import write_json
@@ -52,17 +53,8 @@ FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx_vnni")
 
 
 def cpu_description() -> dict:
-    model, flags = "unknown", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and model == "unknown":
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return {"cpu": model, "flags": [name for name in FLAGS if name in flags],
+    info = cpu_info()
+    return {"cpu": info.model, "flags": [name for name in FLAGS if name in info.flags],
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 

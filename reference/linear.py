@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cpuinfo import cpu_info
+
 
 def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
@@ -89,18 +91,6 @@ class Linear(nn.Linear):
         return f"{super().extra_repr()}, kernel={self.kernel}" + (", fp32_output" if self.fp32_output else "")
 
 
-def cpu_vendor() -> str:
-    """The CPU's vendor id (GenuineIntel, AuthenticAMD, ...); empty where unknown."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
-
-
 def resolve_kernel(kernel: str) -> tuple[str, str]:
     """The fp32 CPU kernel a run uses, and why. ``auto`` decides from the CPU,
     not from a timing: a timing on a busy machine could flip the choice, and
@@ -113,7 +103,7 @@ def resolve_kernel(kernel: str) -> tuple[str, str]:
         return kernel, "set by linear_kernel"
     if not onednn_available():
         return "aten", "auto: this torch build has no oneDNN"
-    vendor = cpu_vendor()
+    vendor = cpu_info().vendor
     if vendor and vendor != "GenuineIntel" and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
         return "onednn", f"auto: {vendor} CPU, where MKL's sgemm is not tuned"
     return "aten", f"auto: {vendor or 'unknown'} CPU, torch's BLAS"

@@ -4,6 +4,7 @@ from torch import nn
 
 from reference import linear
 from reference.config import Config, ConfigError
+from reference.cpuinfo import CPUInfo
 from reference.linear import Linear, onednn_available, resolve_kernel
 from reference.model import DLRM, resolve_linear_kernel
 
@@ -92,7 +93,7 @@ def test_fp32_output_layer_stays_fp32_under_autocast():
                                                         ("", "AVX2", "aten")])
 def test_auto_decides_from_the_cpu(monkeypatch, vendor, capability, expected):
     monkeypatch.setattr(linear, "onednn_available", lambda: True)
-    monkeypatch.setattr(linear, "cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(linear, "cpu_info", lambda: CPUInfo("a CPU", vendor, frozenset()))
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     kernel, reason = resolve_kernel("auto")
     assert kernel == expected and reason.startswith("auto: ")

@@ -20,6 +20,8 @@ import re
 import shutil
 import sys
 
+from reference.cpuinfo import cpu_info
+
 from . import official
 from .checks import Claim
 from .plots import write_plots
@@ -31,17 +33,6 @@ STATUS_NAMES = {"onprem": "Available on-premise", "cloud": "Available cloud", "p
                 "research": "Research, Development, or Internal (RDI)"}
 IMPLEMENTATION_FILES = ["reference", "configs", "scripts", "logging", "run_and_time.sh", "requirements.txt",
                         "README.md", "Dockerfile"]
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _memory_gb() -> str:
@@ -77,7 +68,7 @@ def system_description(cfg, system: str, org: str) -> dict:
         "submitter": org, "division": cfg.submission_division,
         "status": STATUS_NAMES[cfg.submission_status], "system_name": system,
         "number_of_nodes": "1", "host_processors_per_node": "1",
-        "host_processor_model_name": _cpu_model(),
+        "host_processor_model_name": cpu_info().model,
         "host_processor_core_count": str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                                          else os.cpu_count()),
         "host_processor_vcpu_count": str(os.cpu_count()), "host_processor_frequency": "N/A",
