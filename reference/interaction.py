@@ -15,18 +15,15 @@ class _PairwiseDots(torch.autograd.Function):
     the Gram matrix's shape. Small batched GEMMs are slow on CPU, so this
     halves the interaction's share of a step (benchmarks/RESULTS.md).
 
-    Under autocast the forward ``bmm`` runs in bf16; the backward (which
-    autograd runs outside autocast) uses the same bf16 copy of the vectors,
-    so both passes compute in one precision, and returns the input's dtype.
+    Both passes compute in the vectors' dtype (:func:`stack_vectors` makes
+    them bf16 under autocast): the backward, which autograd runs outside
+    autocast, would otherwise mix dtypes.
     """
 
     @staticmethod
     def forward(ctx, vectors: torch.Tensor, flat_index: torch.Tensor) -> torch.Tensor:
-        device = vectors.device.type
-        compute = vectors.to(torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device) else vectors
-        gram = torch.bmm(compute, compute.transpose(1, 2))
-        ctx.save_for_backward(compute, flat_index)
-        ctx.input_dtype = vectors.dtype
+        ctx.save_for_backward(vectors, flat_index)
+        gram = torch.bmm(vectors, vectors.transpose(1, 2))
         return gram.view(gram.shape[0], -1).index_select(1, flat_index)
 
     @staticmethod
@@ -34,7 +31,7 @@ class _PairwiseDots(torch.autograd.Function):
         vectors, flat_index = ctx.saved_tensors
         b, n, _ = vectors.shape
         g = vectors.new_zeros(b, n * n).index_copy_(1, flat_index, grad.to(vectors.dtype)).view(b, n, n)
-        return torch.bmm(g + g.transpose(1, 2), vectors).to(ctx.input_dtype), None
+        return torch.bmm(g + g.transpose(1, 2), vectors), None
 
 
 def stack_vectors(dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
