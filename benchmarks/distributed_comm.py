@@ -39,7 +39,7 @@ from reference.distributed.launch import detect
 from reference.distributed.planner import plan_tables
 from reference.mlperf_log import MLPerfLogger
 from reference.model import DLRM
-from reference.train import Trainer
+from reference.trainer import Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CRITEO = yaml.safe_load(open(os.path.join(ROOT, "configs", "mlperf_closed.yaml")))["table_sizes"]

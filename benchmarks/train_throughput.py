@@ -44,7 +44,7 @@ from reference.linear import onednn_available
 from reference.mlperf_log import MLPerfLogger
 from reference.model import DLRM, resolve_linear_kernel
 from reference.precision import cpu_bf16_support
-from reference.train import Trainer
+from reference.trainer import Trainer
 
 PATHS = {"fp32 aten": dict(precision="fp32", linear_kernel="aten"),
          "fp32 onednn": dict(precision="fp32", linear_kernel="onednn"),

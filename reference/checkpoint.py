@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .model import DLRM
+from .training_state import TrainingState
 
 FORMAT = "dlrm-mlperf-checkpoint"
 VERSION = 1
@@ -27,17 +28,29 @@ class CheckpointError(ValueError):
     pass
 
 
-def save(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, step: int, epoch: int,
-         batch_in_epoch: int, config: dict, table_sizes: list[int]) -> None:
+class CheckpointPolicy:
+    """When a run saves: every ``every`` steps (0: only at its end), never without a path."""
+
+    def __init__(self, path: str | None, every: int):
+        self.path, self.every = path, every
+
+    def due(self, step: int) -> bool:
+        return self.path is not None and self.every > 0 and step % self.every == 0
+
+    @property
+    def at_end(self) -> bool:
+        return self.path is not None
+
+
+def save(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, training: TrainingState, *,
+         config: dict, table_sizes: list[int]) -> None:
     """Everything a resumed run needs: weights, optimiser state (row-wise
-    accumulators included), the schedule step and the data position. No RNG
-    state: every random draw (initialisation, batch order) comes from a
-    generator seeded from the config, never from torch's global one.
+    accumulators included) and the training state (see TrainingState).
     Written to a temporary name and renamed, so a crash never leaves half a file."""
     state = {
         "format": FORMAT, "version": VERSION,
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+        **training.as_dict(),
         "config": config, "table_sizes": list(table_sizes),
     }
     folder = os.path.dirname(os.path.abspath(path))
@@ -168,3 +181,24 @@ def load_weights(path: str, model: DLRM) -> dict:
                                   f"the model expects {tuple(expected[key].shape)}")
     model.load_state_dict(state)
     return data
+
+
+def resume(path: str, model: DLRM, optimizer: torch.optim.Optimizer, optimizer_name: str) -> TrainingState:
+    """Load a checkpoint saved by :func:`save` into ``model`` and
+    ``optimizer``; returns where the run it came from stood."""
+    data = load_weights(path, model)
+    if "optimizer" not in data:
+        raise CheckpointError(f"{path}: the checkpoint has no optimiser state; it can initialise a model "
+                              f"(load_checkpoint) but not resume a run")
+    saved = data.get("config", {}).get("optimizer")
+    if saved != optimizer_name:  # another optimiser's state may load without complaint, then fail or mislead
+        raise CheckpointError(f"{path}: written by a run with optimizer={saved!r}; this run has "
+                              f"optimizer={optimizer_name!r}")
+    try:
+        optimizer.load_state_dict(data["optimizer"])
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: optimiser state does not match optimizer={optimizer_name!r}: {e}") from None
+    try:
+        return TrainingState.from_dict(data)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: training state: {e}") from None

@@ -3,7 +3,9 @@
 Every option the trainer understands is a field of :class:`Config`. A YAML file
 names a subset of them; ``key=value`` overrides on the command line replace
 values after the file is read; :meth:`Config.validate` runs once, before any
-work starts, and every error names the key and where its value came from.
+work starts, and every error names the key and where its value came from. A
+validated config is frozen: nothing downstream can change a value the run was
+checked with (:meth:`Config.replace` makes a new, validated one).
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ STATUSES = ("onprem", "cloud", "preview", "research")
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown, of the wrong type or impossible."""
+
+
+class FrozenConfigError(AttributeError):
+    """A validated config was assigned to; the run was checked with the old value."""
 
 
 def _doc(text: str, **kwargs: Any) -> Any:
@@ -131,6 +137,13 @@ class Config:
     # Where values came from, for error messages; not a configuration key.
     source: dict = field(default_factory=dict, repr=False, compare=False, metadata={"internal": True})
     name: str = field(default="default", compare=False, metadata={"internal": True})
+    _frozen: bool = field(default=False, init=False, repr=False, compare=False, metadata={"internal": True})
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        if getattr(self, "_frozen", False):
+            raise FrozenConfigError(f"the configuration is validated and frozen; {key} cannot change "
+                                    f"(Config.replace makes a new one)")
+        object.__setattr__(self, key, value)
 
     # ------------------------------------------------------------------
     @classmethod
@@ -164,6 +177,12 @@ class Config:
                                   f"`python -m reference.train --help` lists every key")
             setattr(self, key, _coerce(key, value, hints[key], origin))
             self.source[key] = origin
+
+    def replace(self, origin: str, **values: Any) -> Config:
+        """A new validated config: this one with ``values`` (recorded as coming from ``origin``)."""
+        new = dataclasses.replace(self, source=dict(self.source))
+        new.update(values, origin=origin)
+        return new.validate()
 
     def where(self, key: str) -> str:
         return self.source.get(key, "default")
@@ -243,6 +262,7 @@ class Config:
                                      f"(torch {torch.__version__})")
         if self.inference_only and self.load_checkpoint is None and self.resume is None:
             self._fail("inference_only", "needs load_checkpoint (or resume) to name the model to evaluate")
+        object.__setattr__(self, "_frozen", True)
         return self
 
     def as_dict(self) -> dict:

@@ -1,4 +1,4 @@
-"""Training losses, kept where they are computed and read every few steps.
+"""Training losses and throughput, losses kept where they are computed and read every few steps.
 
 Reading a loss (``.item()``, or an all-reduce across ranks) waits for the step
 that made it: on a GPU every step would stall the host. The meter holds each
@@ -15,25 +15,29 @@ import torch
 
 
 class LossMeter:
-    def __init__(self, every: int, read: Callable[[torch.Tensor], list[float]], samples_per_step: int):
-        self.every, self.read, self.samples_per_step = every, read, samples_per_step
+    def __init__(self, every: int, read: Callable[[torch.Tensor], list[float]]):
+        self.every, self.read = every, read
         self.losses: list[float] = []             # one per step, in order
         self.curve: list[tuple[int, float]] = []  # (step, mean loss of the window ending there), full windows
+        self.samples = 0                          # trained on, all ranks together
         self._pending: list[torch.Tensor] = []
+        self._window_samples = 0
         self._started = time.perf_counter()
 
-    def add(self, step: int, loss: torch.Tensor) -> tuple[float, float] | None:
-        """Record ``step``'s loss; every ``every`` steps returns the window's
-        (mean loss, samples per second)."""
+    def add(self, step: int, loss: torch.Tensor, samples: int) -> tuple[float, float] | None:
+        """Record ``step``'s loss over ``samples`` (the global batch); every
+        ``every`` steps returns the window's (mean loss, samples per second)."""
         self._pending.append(loss.detach().reshape(()))
+        self.samples += samples
+        self._window_samples += samples
         if len(self._pending) < self.every:
             return None
         values = self.flush()
         mean = sum(values) / len(values)
         self.curve.append((step, mean))
         now = time.perf_counter()
-        rate = len(values) * self.samples_per_step / max(now - self._started, 1e-9)
-        self._started = now
+        rate = self._window_samples / max(now - self._started, 1e-9)
+        self._started, self._window_samples = now, 0
         return mean, rate
 
     def flush(self) -> list[float]:

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from collections.abc import Callable
 
 from mlperf_logging.mllog import constants as C
 from mlperf_logging.mllog.mllog import MLLogger as _MLLogger
+
+from .training_state import TrainingState
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,6 +48,58 @@ class MLPerfLogger:
         for handler in list(self._logger.handlers):
             handler.close()
             self._logger.removeHandler(handler)
+
+
+class RunBracketing:
+    """The timed part of the log: run_start/run_stop around it, an
+    epoch_start/epoch_stop pair per whole epoch, a block_start/block_stop pair
+    around the training between two evaluations (so a run that converges inside
+    its first epoch still closes a block), and the evaluations."""
+
+    def __init__(self, log: MLPerfLogger, batches_per_epoch: int):
+        self.log, self.batches_per_epoch = log, batches_per_epoch
+        self._block_first: float | None = None  # epoch_num where the open block began
+
+    def run_start(self) -> int:
+        """Logs run_start; returns its time in ms (the time to train is run_stop minus it, one clock)."""
+        now = int(time.time() * 1000)
+        self.log.start(C.RUN_START, time_ms=now)
+        return now
+
+    def epoch_start(self, state: TrainingState) -> None:
+        self.log.start(C.EPOCH_START, epoch_num=state.epoch + 1)
+
+    def before_step(self, state: TrainingState, block_end: int) -> None:
+        """Opens a block if none is open; ``block_end``: the batch in the epoch where it will end."""
+        if self._block_first is None:
+            self._block_first = state.epoch_num(self.batches_per_epoch)
+            self.log.start(C.BLOCK_START, first_epoch_num=self._block_first,
+                           epoch_count=(block_end - state.batch_in_epoch) / self.batches_per_epoch)
+
+    def evaluation(self, state: TrainingState, evaluate: Callable[[], dict]) -> dict:
+        """Closes the open block, runs ``evaluate`` between eval_start and eval_stop, logs its AUC."""
+        self._end_block()
+        epoch_num = state.epoch_num(self.batches_per_epoch)
+        self.log.start(C.EVAL_START, epoch_num=epoch_num)
+        metrics = evaluate()
+        self.log.end(C.EVAL_STOP, epoch_num=epoch_num)
+        self.log.event(C.EVAL_ACCURACY, metrics["auc"], epoch_num=epoch_num)
+        return metrics
+
+    def epoch_stop(self, state: TrainingState) -> None:
+        self.log.end(C.EPOCH_STOP, epoch_num=state.epoch + 1)
+
+    def run_stop(self, status: str) -> int:
+        """Closes a block left open (a run stopped by max_steps between evaluations); returns the time in ms."""
+        self._end_block()
+        now = int(time.time() * 1000)
+        self.log.end(C.RUN_STOP, time_ms=now, status=status)
+        return now
+
+    def _end_block(self) -> None:
+        if self._block_first is not None:
+            self.log.end(C.BLOCK_STOP, first_epoch_num=self._block_first)
+            self._block_first = None
 
 
 def log_submission(log: MLPerfLogger, cfg) -> None:

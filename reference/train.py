@@ -1,6 +1,10 @@
 """Train (or evaluate) DLRM on MLPerf binary data, with MLPerf logging.
 
     python -m reference.train --config configs/FILE.yaml [key=value ...]
+
+The command line, its exit codes, and the run around the training loop
+(reference/trainer.py): the MLPerf init phase (data, model, checkpoint) and
+the outputs.
 """
 
 from __future__ import annotations
@@ -11,56 +15,23 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from mlperf_logging.mllog import constants as C
-from tqdm import tqdm
 
 from . import checkpoint
 from .config import Config, ConfigError, help_text
 from .data.binary import DataError, load_counts
 from .data.loader import BinaryDataset
-from .data.pipeline import Batches
 from .data.synthetic import read_meta
 from .distributed import runtime
 from .distributed.comm import DistributedError
 from .distributed.launch import LaunchError, detect
 from .distributed.planner import format_plan
 from .jsonfile import write_json
-from .loss_meter import LossMeter
 from .mlperf_log import MLPerfLogger, log_hyperparameters, log_submission
 from .model import DLRM
-from .optim import build_optimizer, set_learning_rate
-from .schedule import PolyWarmupSchedule
-
-
-@dataclass
-class Position:
-    """Where training stands: optimiser steps taken, and the next batch."""
-    step: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0
-
-
-@dataclass
-class RunResult:
-    converged: bool
-    status: str
-    evaluations: list = field(default_factory=list)
-    losses: list = field(default_factory=list)
-    loss_curve: list = field(default_factory=list)  # (step, mean loss over the last log_every steps)
-    steps: int = 0
-    epoch_num: float = 0.0
-    run_seconds: float = 0.0
-    samples_per_second: float = 0.0
-    log_path: str | None = None
-    summary_path: str | None = None
-
-    @property
-    def final(self) -> dict:
-        return self.evaluations[-1] if self.evaluations else {}
+from .trainer import RunResult, RunStatus, Trainer
 
 
 def resolve_table_sizes(cfg: Config) -> list[int]:
@@ -89,188 +60,6 @@ def open_split(cfg: Config, name: str, batch_size: int, table_sizes: list[int]) 
         raise ConfigError(f"{cfg.where('data_dir')}: data_dir is not set; point it at the folder with "
                           f"{cfg.train_file} and {cfg.eval_file}")
     return BinaryDataset(os.path.join(cfg.data_dir, name), batch_size, table_sizes)
-
-
-class Trainer:
-    """The training loop: steps, periodic exact evaluation, early stopping,
-    checkpoints and the MLPerf log. Every decision depends on the config and
-    the data only; the logger and the progress bar only observe."""
-
-    def __init__(self, cfg: Config, model: DLRM, train_data: BinaryDataset | None,
-                 eval_data: BinaryDataset, log: MLPerfLogger, out=sys.stderr, parallel=None):
-        self.cfg = cfg
-        # One process or one rank of several: reads, losses and metrics go through it.
-        self.parallel = parallel if parallel is not None else runtime.SingleProcess(cfg)
-        self.device = self.parallel.device
-        self.precision = self.parallel.precision
-        self.model = model.to(self.device)
-        self.train_data = train_data
-        self.eval_data = eval_data
-        self.log = log
-        self.out = out
-        self.optimizer = build_optimizer(cfg.optimizer, model, cfg.learning_rate, cfg.adagrad_eps,
-                                         cfg.adagrad_lr_decay)
-        self.schedule = PolyWarmupSchedule.from_config(cfg)
-        self.position = Position()
-
-    # --- pieces -----------------------------------------------------------
-    def eval_interval(self) -> int:
-        """Iterations between evaluations (0: only at epoch end)."""
-        if self.cfg.eval_every:
-            return self.cfg.eval_every
-        if self.cfg.eval_every_epochs:
-            assert self.train_data is not None, "only a training run evaluates by epochs"
-            return max(1, round(self.cfg.eval_every_epochs * self.train_data.num_batches))
-        return 0
-
-    def batches(self, data: BinaryDataset, indices) -> Batches:
-        """This process's part of each batch in ``indices``, read ahead and on the device."""
-        return Batches(lambda i: self.parallel.batch(data, int(i)), indices, self.cfg.prefetch_batches,
-                       self.device)
-
-    def forward(self, batch) -> torch.Tensor:
-        with self.precision.autocast():
-            return self.model(batch.dense, batch.ids)
-
-    def train_step(self, batch) -> torch.Tensor:
-        """One optimiser step; returns this process's share of the loss, unread (see LossMeter)."""
-        self.position.step += 1
-        set_learning_rate(self.optimizer, self.schedule(self.position.step))
-        self.optimizer.zero_grad(set_to_none=True)
-        batch = batch.to(self.device)
-        logits = self.forward(batch)
-        # This process's share of the global batch mean: summed over ranks it is the mean.
-        loss = F.binary_cross_entropy_with_logits(logits, batch.labels, reduction="sum") / batch.global_size
-        self.parallel.backward(loss, self.position.step)
-        self.optimizer.step()
-        return loss.detach()
-
-    @torch.no_grad()
-    def evaluate(self) -> dict:
-        self.model.eval()
-        logits, labels = [], []
-        with self.batches(self.eval_data, range(self.eval_data.num_batches)) as batches:
-            for batch in batches:
-                logits.append(self.forward(batch))
-                labels.append(batch.labels)
-        self.model.train()
-        return self.parallel.metrics(torch.cat(logits), torch.cat(labels))
-
-    def reached_target(self, metrics: dict) -> bool:
-        cfg = self.cfg
-        return ((cfg.auc_threshold is not None and metrics["auc"] >= cfg.auc_threshold)
-                or (cfg.accuracy_threshold is not None and metrics["accuracy"] >= cfg.accuracy_threshold))
-
-    def has_target(self) -> bool:
-        return self.cfg.auc_threshold is not None or self.cfg.accuracy_threshold is not None
-
-    def save_checkpoint(self) -> None:
-        if self.cfg.checkpoint_path is None:
-            return
-        p = self.position
-        checkpoint.save(self.cfg.checkpoint_path, self.model, self.optimizer, step=p.step, epoch=p.epoch,
-                        batch_in_epoch=p.batch_in_epoch, config=self.cfg.as_dict(),
-                        table_sizes=self.model.embeddings.table_sizes)
-
-    def restore(self, data: dict) -> None:
-        """Continue from a checkpoint saved by :meth:`save_checkpoint` (weights already loaded)."""
-        if "optimizer" not in data:
-            raise checkpoint.CheckpointError("the checkpoint has no optimiser state; it can initialise "
-                                             "a model (load_checkpoint) but not resume a run")
-        try:
-            self.optimizer.load_state_dict(data["optimizer"])
-        except (ValueError, KeyError) as e:
-            raise checkpoint.CheckpointError(f"optimiser state does not match optimizer="
-                                             f"{self.cfg.optimizer!r}: {e}") from None
-        self.position = Position(int(data["step"]), int(data["epoch"]), int(data["batch_in_epoch"]))
-
-    # --- the run ----------------------------------------------------------
-    def _next_eval(self, i: int, nb: int, interval: int) -> int:
-        """Batch index (within the epoch) of the evaluation that ends the block starting at i."""
-        return min(nb, (i // interval + 1) * interval) if interval else nb
-
-    def _evaluate_and_log(self, epoch_num: float, result: RunResult, bar) -> bool:
-        """One evaluation, logged; returns whether the target is reached."""
-        log = self.log
-        log.start(C.EVAL_START, epoch_num=epoch_num)
-        metrics = self.evaluate()
-        log.end(C.EVAL_STOP, epoch_num=epoch_num)
-        log.event(C.EVAL_ACCURACY, metrics["auc"], epoch_num=epoch_num)
-        metrics.update(step=self.position.step, epoch_num=epoch_num)
-        result.evaluations.append(metrics)
-        if self.parallel.is_root:
-            bar.write(f"eval @ epoch {epoch_num:.3f} (step {self.position.step}): AUC {metrics['auc']:.5f} "
-                      f"accuracy {metrics['accuracy']:.5f} log loss {metrics['log_loss']:.5f}", file=self.out)
-        return self.reached_target(metrics)
-
-    def fit(self) -> RunResult:
-        """Train until the target, ``epochs`` or ``max_steps``. MLPerf log:
-        an epoch_start/epoch_stop pair per whole epoch, and a block_start/
-        block_stop pair around the training between two evaluations, so a run
-        that converges inside its first epoch still closes a block."""
-        cfg, data, log = self.cfg, self.train_data, self.log
-        assert data is not None, "fit() needs training data (an inference-only run only evaluates)"
-        result = RunResult(converged=False, status=C.ABORTED)
-        interval = self.eval_interval()
-        nb = data.num_batches
-        samples = 0
-        meter = LossMeter(cfg.log_every, self.parallel.global_losses, cfg.batch_size)
-        self.parallel.barrier()  # every rank starts the clock together
-        # The time to train is run_stop minus run_start as logged, so take both from one clock.
-        run_start_ms = int(time.time() * 1000)
-        log.start(C.RUN_START, time_ms=run_start_ms)
-        stop = False
-        block_first = None  # 1-based epoch number where the open block began
-        while self.position.epoch < cfg.epochs and not stop:
-            epoch = self.position.epoch
-            order = data.batch_order(epoch, cfg.shuffle_batches, cfg.seed)
-            log.start(C.EPOCH_START, epoch_num=epoch + 1)
-            bar = tqdm(total=nb, initial=self.position.batch_in_epoch, desc=f"epoch {epoch + 1}",
-                       file=self.out, disable=not (cfg.progress and self.parallel.is_root), unit="it",
-                       dynamic_ncols=True, mininterval=0.5 if self.out.isatty() else 30)
-            with self.batches(data, order[self.position.batch_in_epoch:]) as batches:
-                for batch in batches:
-                    i = self.position.batch_in_epoch
-                    if block_first is None:
-                        block_first = epoch + 1 + i / nb
-                        log.start(C.BLOCK_START, first_epoch_num=block_first,
-                                  epoch_count=(self._next_eval(i, nb, interval) - i) / nb)
-                    loss = self.train_step(batch)
-                    self.position.batch_in_epoch = i = i + 1
-                    samples += batch.global_size
-                    bar.update(1)
-                    window = meter.add(self.position.step, loss)
-                    if window is not None:
-                        bar.set_postfix(loss=f"{window[0]:.4f}", samples_per_s=f"{window[1]:,.0f}")
-                    if (interval and i % interval == 0) or i == nb:
-                        log.end(C.BLOCK_STOP, first_epoch_num=block_first)
-                        block_first = None
-                        stop = self._evaluate_and_log(epoch + 1 + i / nb, result, bar)
-                        result.converged = stop
-                    if cfg.checkpoint_every and self.position.step % cfg.checkpoint_every == 0:
-                        self.save_checkpoint()
-                    if cfg.max_steps and self.position.step >= cfg.max_steps:
-                        stop = True
-                    if stop:
-                        break
-            bar.close()
-            if self.position.batch_in_epoch == nb:
-                log.end(C.EPOCH_STOP, epoch_num=epoch + 1)
-                self.position.epoch += 1
-                self.position.batch_in_epoch = 0
-        if block_first is not None:  # stopped by max_steps between evaluations
-            log.end(C.BLOCK_STOP, first_epoch_num=block_first)
-        result.status = C.SUCCESS if result.converged or not self.has_target() else C.ABORTED
-        run_stop_ms = int(time.time() * 1000)
-        log.end(C.RUN_STOP, time_ms=run_stop_ms, status=result.status)
-        result.run_seconds = (run_stop_ms - run_start_ms) / 1000
-        meter.flush()
-        result.losses, result.loss_curve = meter.losses, meter.curve
-        self.save_checkpoint()
-        result.steps = self.position.step
-        result.epoch_num = result.evaluations[-1]["epoch_num"] if result.evaluations else 0.0
-        result.samples_per_second = samples / max(result.run_seconds, 1e-9)
-        return result
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -378,21 +167,21 @@ def run(cfg: Config, out=sys.stderr, parallel=None) -> RunResult:
         for name in model.mlperf_tensor_names():
             log.event(C.WEIGHTS_INITIALIZATION, tensor=name)
         trainer = Trainer(cfg, model, train_data, eval_data, log, out=out, parallel=parallel)
+        # Neither keeps the file's dictionary: its copy of the tables is gone before fit().
         source = cfg.resume or cfg.load_checkpoint
-        if source is not None:
-            data = checkpoint.load_weights(source, model)
-            if cfg.resume is not None and not cfg.inference_only:
-                trainer.restore(data)
-                print(f"resumed from {cfg.resume} at step {trainer.position.step} "
-                      f"(epoch {trainer.position.epoch + 1}, batch {trainer.position.batch_in_epoch})", file=out)
-            del data  # the loaded tensors (a copy of the tables) must not stay referenced during fit()
+        if cfg.resume is not None and not cfg.inference_only:
+            trainer.state = checkpoint.resume(cfg.resume, model, trainer.optimizer, cfg.optimizer)
+            print(f"resumed from {cfg.resume} at step {trainer.state.step} (epoch {trainer.state.epoch + 1}, "
+                  f"batch {trainer.state.batch_in_epoch})", file=out)
+        elif source is not None:
+            checkpoint.load_weights(source, model)
         if cfg.inference_only:
             started = time.time()
             metrics = trainer.evaluate()
             metrics["seconds"] = time.time() - started
             if root:
                 print(json.dumps(metrics), file=sys.stdout)
-            return RunResult(converged=trainer.reached_target(metrics), status="inference",
+            return RunResult(converged=trainer.reached_target(metrics), status=RunStatus.INFERENCE,
                              evaluations=[metrics])
         assert train_data is not None, "opened for every run that is not inference-only"
         log_hyperparameters(log, cfg, train_data.num_samples, eval_data.num_samples)
@@ -453,8 +242,8 @@ def main(argv=None) -> int:
         parallel.abort(1)
         return 1
     if not parallel.is_root:
-        return 0 if result.status in ("success", "inference") else 1
-    if result.status == "inference":
+        return 0 if result.status in (RunStatus.SUCCESS, RunStatus.INFERENCE) else 1
+    if result.status == RunStatus.INFERENCE:
         return 0
     final = result.final
     print(f"RESULT: status={result.status} converged={result.converged} steps={result.steps} "
@@ -463,7 +252,7 @@ def main(argv=None) -> int:
           f"ranks={parallel.world_size}")
     print(f"MLPerf log: {result.log_path}")
     print(f"summary:    {result.summary_path}")
-    return 0 if result.status == "success" else 1
+    return 0 if result.status == RunStatus.SUCCESS else 1
 
 
 if __name__ == "__main__":

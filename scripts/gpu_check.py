@@ -24,13 +24,13 @@ import yaml
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from reference import train  # noqa: E402
 from reference.config import Config  # noqa: E402
 from reference.data.loader import Batch  # noqa: E402
 from reference.distributed import runtime  # noqa: E402
 from reference.metrics import roc_auc, roc_auc_tensor  # noqa: E402
 from reference.model import DLRM  # noqa: E402
 from reference.optim import build_optimizer  # noqa: E402
+from reference.trainer import Trainer  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 NO_GPU = "no CUDA device: torch sees no GPU here"
@@ -177,7 +177,7 @@ def sync_audit():
                      top_mlp=[32, 1], table_sizes=SMALL, learning_rate=0.1)
         parallel = runtime.SingleProcess(cfg)
         model = parallel.build_model(cfg, SMALL)
-        trainer = train.Trainer(cfg, model, None, None, None, parallel=parallel)
+        trainer = Trainer(cfg, model, None, None, None, parallel=parallel)
         caught_all = []
         for step, batch in enumerate(random_batches(SMALL, 1024, 12, parallel.device)):
             with warnings.catch_warnings(record=True) as caught:
@@ -217,7 +217,7 @@ def throughput_rows():
             try:
                 run_cfg = config(table_sizes=sizes, batch_size=batch_size, **base, **values)
                 mode_parallel = runtime.SingleProcess(run_cfg)  # applies TF32 and determinism
-                trainer = train.Trainer(run_cfg, model, None, None, None, parallel=mode_parallel)
+                trainer = Trainer(run_cfg, model, None, None, None, parallel=mode_parallel)
                 for b in batches[:3]:
                     trainer.train_step(b)
                 torch.cuda.synchronize()

@@ -9,6 +9,8 @@ from conftest import tiny_config
 from reference import checkpoint, train
 from reference.model import DLRM
 from reference.train import resolve_table_sizes
+from reference.trainer import Trainer
+from reference.training_state import TrainingState
 
 DEVNULL = open(os.devnull, "w")
 
@@ -120,8 +122,8 @@ def test_a_failed_save_leaves_no_file_behind(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoint, "save_streamed", broken)
     model = DLRM([5, 3], 4, [13, 4], [4, 1])
     with pytest.raises(OSError, match="disk full"):
-        checkpoint.save(str(tmp_path / "c.pt"), model, torch.optim.SGD(model.parameters(), lr=0.1), step=1,
-                        epoch=0, batch_in_epoch=1, config={}, table_sizes=[5, 3])
+        checkpoint.save(str(tmp_path / "c.pt"), model, torch.optim.SGD(model.parameters(), lr=0.1),
+                        TrainingState(step=1, batch_in_epoch=1), config={}, table_sizes=[5, 3])
     assert os.listdir(tmp_path) == []
 
 
@@ -138,7 +140,7 @@ def test_the_loaded_checkpoint_is_released_before_training(easy_data, tmp_path, 
         refs.append(weakref.ref(data["model"]["embeddings.weight"]))
         return data
 
-    fit = train.Trainer.fit
+    fit = Trainer.fit
 
     def checked(self):
         gc.collect()
@@ -146,7 +148,7 @@ def test_the_loaded_checkpoint_is_released_before_training(easy_data, tmp_path, 
         return fit(self)
 
     monkeypatch.setattr(checkpoint, "load_weights", tracked)
-    monkeypatch.setattr(train.Trainer, "fit", checked)
+    monkeypatch.setattr(Trainer, "fit", checked)
     train.run(tiny_config(easy_data, tmp_path, resume=ckpt, max_steps=8), out=DEVNULL)
     assert alive == [False]  # the tables' copy from the file is gone once training starts
 
@@ -156,7 +158,29 @@ def test_a_model_on_the_gpu_is_saved_and_loaded_streamed(tmp_path):
     model = DLRM([5000, 3], 8, [13, 8], [8, 1]).cuda()
     opt = torch.optim.Adagrad(model.parameters(), lr=0.1)
     path = str(tmp_path / "c.pt")
-    checkpoint.save(path, model, opt, step=1, epoch=0, batch_in_epoch=1, config={}, table_sizes=[5000, 3])
+    checkpoint.save(path, model, opt, TrainingState(step=1, batch_in_epoch=1), config={}, table_sizes=[5000, 3])
     other = DLRM([5000, 3], 8, [13, 8], [8, 1], seed=1).cuda()
     checkpoint.load_weights(path, other)
     assert torch.equal(other.embeddings.weight, model.embeddings.weight)
+
+
+def test_resume_refuses_what_cannot_continue_a_run(tmp_path):
+    model = DLRM([5, 3], 4, [13, 4], [4, 1])
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    good = str(tmp_path / "c.pt")
+    checkpoint.save(good, model, sgd, TrainingState(step=9, epoch=1, batch_in_epoch=2),
+                    config={"optimizer": "sgd"}, table_sizes=[5, 3])
+    assert checkpoint.resume(good, model, sgd, "sgd") == TrainingState(step=9, epoch=1, batch_in_epoch=2)
+    adagrad = torch.optim.Adagrad(model.parameters(), lr=0.1)
+    with pytest.raises(checkpoint.CheckpointError, match="c.pt: written by a run with optimizer='sgd'; this run has optimizer='adagrad'"):
+        checkpoint.resume(good, model, adagrad, "adagrad")
+    original = str(tmp_path / "seed.pt")
+    save_like_the_seed(original, model)
+    with pytest.raises(checkpoint.CheckpointError, match="seed.pt: the checkpoint has no optimiser state"):
+        checkpoint.resume(original, model, sgd, "sgd")
+    data = torch.load(good, weights_only=True)
+    data["step"] = -3
+    bad = str(tmp_path / "bad.pt")
+    torch.save(data, bad)
+    with pytest.raises(checkpoint.CheckpointError, match="bad.pt: training state: step must be an integer >= 0"):
+        checkpoint.resume(bad, model, sgd, "sgd")

@@ -5,7 +5,7 @@ import re
 import pytest
 
 from conftest import ROOT
-from reference.config import Config, ConfigError, help_text
+from reference.config import Config, ConfigError, FrozenConfigError, help_text
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml"))))
@@ -88,3 +88,19 @@ def test_help_lists_every_key():
     text = help_text()
     for f in Config.keys():
         assert f"  {f.name} " in text
+
+
+def test_a_validated_config_is_frozen_and_replace_validates_again():
+    cfg = Config.from_sources(None, ["batch_size=512"])
+    with pytest.raises(FrozenConfigError, match="batch_size cannot change"):
+        cfg.batch_size = 1024
+    with pytest.raises(FrozenConfigError):
+        cfg.update({"seed": 3}, origin="late")
+    other = cfg.replace("package", seed=3)
+    assert (other.seed, other.batch_size, other.where("seed"), other.where("batch_size")) == \
+        (3, 512, "package", "command line")
+    assert (cfg.seed, cfg.where("seed")) == (0, "default")  # the original is untouched
+    with pytest.raises(FrozenConfigError):
+        other.seed = 4
+    with pytest.raises(ConfigError, match="^package: batch_size: must be > 0"):
+        cfg.replace("package", batch_size=0)

@@ -310,13 +310,14 @@ def test_split_tables_looked_up_without_nonzero_give_the_same_outputs_and_update
 def test_a_training_step_on_the_gpu_does_not_sync_the_host(easy_data, tmp_path):
     from conftest import tiny_config
     from reference import train
+    from reference.trainer import Trainer
     for optimizer in ("sgd", "rowwise_adagrad"):
         cfg = tiny_config(easy_data, tmp_path, device="cuda", optimizer=optimizer, submission_division="open")
         parallel = runtime.SingleProcess(cfg)
         sizes = train.resolve_table_sizes(cfg)
         model = parallel.build_model(cfg, sizes)
         data = train.open_split(cfg, cfg.train_file, cfg.batch_size, sizes)
-        trainer = train.Trainer(cfg, model, data, data, None, parallel=parallel)
+        trainer = Trainer(cfg, model, data, data, None, parallel=parallel)
         with trainer.batches(data, range(6)) as batches:
             for i, batch in enumerate(batches):
                 if i >= 2:  # after the warm-up steps (lazy optimiser state, cuBLAS handles)

@@ -9,7 +9,9 @@ from reference import checkpoint, precision, train
 from reference.config import ConfigError
 from reference.distributed import runtime
 from reference.interaction import DotInteraction
+from reference.mlperf_log import MLPerfLogger
 from reference.precision import PrecisionError, build_precision, cpu_bf16_support
+from reference.trainer import Trainer
 
 needs_bf16 = pytest.mark.skipif(cpu_bf16_support() is not None,
                                 reason=f"this CPU lacks native bf16: {cpu_bf16_support()}")
@@ -81,7 +83,7 @@ def test_bf16_logits_and_weights_stay_fp32(easy_data, tmp_path):
     parallel = runtime.SingleProcess(cfg)
     model = parallel.build_model(cfg, train.resolve_table_sizes(cfg))
     data = train.open_split(cfg, cfg.eval_file, 64, model.embeddings.table_sizes)
-    trainer = train.Trainer(cfg, model, data, data, train.MLPerfLogger(None), parallel=parallel)
+    trainer = Trainer(cfg, model, data, data, MLPerfLogger(None), parallel=parallel)
     assert trainer.forward(data.batch(0)).dtype == torch.float32
     trainer.train_step(data.batch(0))
     assert {p.dtype for p in model.parameters()} == {torch.float32}

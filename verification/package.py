@@ -12,7 +12,6 @@ The package is assembled under a temporary name and renamed when complete.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -119,8 +118,8 @@ def build_package(cfg, system: str, org: str, runs: int, out: str, seed_base: in
     times, logs = [], []
     try:
         for i in range(runs):
-            run_cfg = dataclasses.replace(cfg, seed=seed_base + i, results_dir=runs_dir,
-                                          run_name=f"{system}-seed{seed_base + i}", source=dict(cfg.source))
+            run_cfg = cfg.replace("package", seed=seed_base + i, results_dir=runs_dir,
+                                  run_name=f"{system}-seed{seed_base + i}")
             log(f"run {i + 1}/{runs} (seed {run_cfg.seed})")
             result = train.run(run_cfg)
             log(f"  status={result.status} steps={result.steps} auc={result.final.get('auc', float('nan')):.5f} "
