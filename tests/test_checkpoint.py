@@ -172,7 +172,8 @@ def test_resume_refuses_what_cannot_continue_a_run(tmp_path):
                     config={"optimizer": "sgd"}, table_sizes=[5, 3])
     assert checkpoint.resume(good, model, sgd, "sgd") == TrainingState(step=9, epoch=1, batch_in_epoch=2)
     adagrad = torch.optim.Adagrad(model.parameters(), lr=0.1)
-    with pytest.raises(checkpoint.CheckpointError, match="c.pt: written by a run with optimizer='sgd'; this run has optimizer='adagrad'"):
+    with pytest.raises(checkpoint.CheckpointError,
+                       match="c.pt: written by a run with optimizer='sgd'; this run has optimizer='adagrad'"):
         checkpoint.resume(good, model, adagrad, "adagrad")
     original = str(tmp_path / "seed.pt")
     save_like_the_seed(original, model)
