@@ -25,7 +25,7 @@ from .data.loader import BinaryDataset
 from .data.pipeline import Batches
 from .data.synthetic import read_meta
 from .distributed import runtime
-from .distributed.comm import DistributedError
+from .distributed.errors import DistributedError
 from .distributed.launch import LaunchError, detect
 from .distributed.planner import format_plan
 from .jsonfile import write_json

@@ -104,7 +104,7 @@ def split_shard_run():
     on the GPU through NCCL, against DLRM on the host: 20 SGD steps, losses within rtol 1e-4."""
     import torch.distributed as dist
 
-    from reference.distributed.comm import build_communicator
+    from reference.distributed.communicator import build_communicator
     from reference.distributed.launch import LaunchInfo
     from reference.distributed.planner import Plan, Shard, state_bytes_per_row
     from reference.distributed.sharded import ShardedDLRM

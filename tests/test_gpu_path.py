@@ -208,7 +208,7 @@ def test_a_collective_past_its_deadline_is_diagnosed_though_no_wait_raises():
     import threading
     import time
 
-    from reference.distributed.comm import CollectiveWatch
+    from reference.distributed.monitor import CollectiveWatch
     fired, event = [], threading.Event()
     watch = CollectiveWatch(0.2, lambda what, cause: (fired.append((what, str(cause))), event.set()), poll=0.02)
     now = time.monotonic()
@@ -222,7 +222,7 @@ def test_a_collective_past_its_deadline_is_diagnosed_though_no_wait_raises():
 def test_collectives_that_complete_are_never_reported():
     import time
 
-    from reference.distributed.comm import CollectiveWatch
+    from reference.distributed.monitor import CollectiveWatch
     fired = []
     watch = CollectiveWatch(0.15, lambda what, cause: fired.append(what), poll=0.02)
     for i in range(50):
@@ -236,7 +236,8 @@ def test_collectives_that_complete_are_never_reported():
 
 
 def test_a_timed_out_collective_names_the_rank_and_ends_the_job():
-    from reference.distributed.comm import Communicator, DistributedError
+    from reference.distributed.communicator import Communicator
+    from reference.distributed.errors import DistributedError
 
     class Monitor:
         def __init__(self):
@@ -259,7 +260,7 @@ def test_a_timed_out_collective_names_the_rank_and_ends_the_job():
 
 
 def test_barrier_on_a_gpu_waits_for_the_stream(monkeypatch):
-    from reference.distributed.comm import Communicator
+    from reference.distributed.communicator import Communicator
     synced = []
 
     class Stream:
@@ -387,7 +388,7 @@ def test_ranks_publish_their_gpus_and_a_shared_one_is_refused(monkeypatch):
 
 def test_nccl_waits_are_tracked_by_an_event_not_the_handle(monkeypatch):
     # The handle keeps the collective's tensors alive; the event recorded after the wait does not.
-    from reference.distributed.comm import TorchCommunicator, Work
+    from reference.distributed.communicator import TorchCommunicator, Work
     tracked, recorded = [], []
 
     class Event:
@@ -418,7 +419,7 @@ def test_the_deadline_runs_from_when_the_collective_was_issued():
     import threading
     import time
 
-    from reference.distributed.comm import CollectiveWatch
+    from reference.distributed.monitor import CollectiveWatch
     event = threading.Event()
     watch = CollectiveWatch(30.0, lambda what, cause: event.set(), poll=0.02)
     watch.track("loss all-reduce", lambda: False, time.monotonic() - 31.0)  # waited on long after its start

@@ -23,11 +23,13 @@ from ..data.loader import BinaryDataset
 from ..metrics import evaluate_scores
 from ..model import DLRM, resolve_linear_kernel
 from ..precision import Precision, PrecisionError, build_precision
-from .comm import HEARTBEAT_SECONDS, Communicator, FaultMonitor, agree, build_communicator, join, open_store
+from .communicator import Communicator, build_communicator
 from .data_parallel import GradientReducer
 from .gpu_binding import check_distinct, gpu_index
 from .launch import LaunchError, LaunchInfo, detect
+from .monitor import HEARTBEAT_SECONDS, FaultMonitor
 from .planner import Plan, PlanError, plan_tables, state_bytes_per_row
+from .rendezvous import agree, join, open_store
 from .sharded import ShardedDLRM
 
 GIB = 2 ** 30

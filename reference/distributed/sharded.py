@@ -20,7 +20,7 @@ from ..data.loader import split_sizes
 from ..embeddings import RowRange, init_rows
 from ..hugepages import advise_huge_pages
 from ..model import DLRM
-from .comm import Communicator, Work
+from .communicator import Communicator, Work
 from .planner import Plan
 
 
