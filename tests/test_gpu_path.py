@@ -3,6 +3,8 @@ environments, GPU memory checks against a mocked ``mem_get_info``,
 initialisation on a device equal to the host's, and the CUDA-only checks,
 which skip with the reason where torch sees no GPU."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -178,6 +180,11 @@ def test_initialisation_is_the_same_for_any_thread_count(monkeypatch):
     assert torch.equal(one, embeddings.FusedEmbeddingBag(sizes, 4, seed=9).weight)
 
 
+def comm_of(rank: int, device: str) -> SimpleNamespace:
+    """What building one rank's shards reads of its communicator (a lookup alone sends nothing)."""
+    return SimpleNamespace(rank=rank, device=torch.device(device))
+
+
 @needs_cuda
 def test_tables_built_on_the_gpu_equal_the_hosts():
     from reference.distributed.planner import plan_tables
@@ -189,7 +196,7 @@ def test_tables_built_on_the_gpu_equal_the_hosts():
     assert gpu.weight.is_cuda and torch.equal(gpu.weight.cpu(), host.weight)
     plan = plan_tables(sizes, 3, 16)
     for rank in range(3):
-        a, b = ShardedEmbeddings(plan, rank, 5), ShardedEmbeddings(plan, rank, 5, torch.device("cuda"))
+        a, b = (ShardedEmbeddings(plan, comm_of(rank, device), 5) for device in ("cpu", "cuda"))
         assert torch.equal(a.weight, b.weight.cpu())
 
 
@@ -293,10 +300,10 @@ def test_split_tables_looked_up_without_nonzero_give_the_same_outputs_and_update
                            for n in (3000, 40, 7)], dim=1)
     results = []
     for sync_free in (False, True):
-        emb = ShardedEmbeddings(plan, rank, seed=2)
+        emb = ShardedEmbeddings(plan, comm_of(rank, "cpu"), seed=2)
         emb.sync_free = sync_free  # the GPU's code, run on the host
         ids = ids_all[:, emb.columns]
-        out = emb(ids)
+        out = emb.lookup(ids)
         upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
         (out * upstream).sum().backward()
         before = emb.weight.detach().clone()

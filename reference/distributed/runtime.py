@@ -30,7 +30,7 @@ from .launch import LaunchError, LaunchInfo, detect
 from .monitor import HEARTBEAT_SECONDS, FaultMonitor
 from .planner import Plan, PlanError, plan_tables, state_bytes_per_row
 from .rendezvous import agree, join, open_store
-from .sharded import ShardedDLRM
+from .sharded import ShardedEmbeddings
 
 GIB = 2 ** 30
 
@@ -268,8 +268,9 @@ class MultiProcess:
         if self.plan is None:
             self.plan = make_plan(cfg, table_sizes, self.world_size)
         self.linear_kernel = self._agreed_kernel()
-        model = ShardedDLRM(cfg, table_sizes, self.plan, self.comm, self.linear_kernel).to(self.device)
-        self.columns = model.embeddings.columns
+        embeddings = ShardedEmbeddings(self.plan, self.comm, cfg.seed)
+        model = DLRM.from_config(cfg, table_sizes, self.linear_kernel, embeddings=embeddings).to(self.device)
+        self.columns = embeddings.columns
         self.reducer = GradientReducer(model.dense_parameters(), self.comm)
         return model
 
