@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -94,13 +94,19 @@ def init_rows(weight: torch.Tensor, seed: int, ranges: list[RowRange], threads: 
 
 class EmbeddingTables(Protocol):
     """What the model, checkpoints and run summaries use of a tables module:
-    :class:`FusedEmbeddingBag`, or one rank's shards (distributed/sharded.py)."""
+    :class:`FusedEmbeddingBag`, or one rank's shards and their all-to-all
+    (distributed/sharded.py). A lookup is started and finished in two calls
+    so that the model computes its bottom MLP while the all-to-all is in flight."""
 
     table_sizes: list[int]
     dim: int
     weight: nn.Parameter
 
-    def __call__(self, ids: torch.Tensor) -> torch.Tensor: ...
+    def start(self, ids: torch.Tensor) -> Any:
+        """Begin looking ``ids`` up; returns what :meth:`finish` needs."""
+
+    def finish(self, pending: Any) -> torch.Tensor:
+        """The (samples, tables, dim) vectors of the lookup :meth:`start` began."""
 
 
 class FusedEmbeddingBag(nn.Module):
@@ -146,3 +152,9 @@ class FusedEmbeddingBag(nn.Module):
         rows = ids.long() + self.offsets.view(shape)
         out = F.embedding(rows, self.weight, sparse=True)
         return out if ids.dim() == 2 else out.sum(dim=2)
+
+    def start(self, ids: torch.Tensor) -> torch.Tensor:
+        return self(ids)  # every table is here: the lookup is all there is to do
+
+    def finish(self, pending: torch.Tensor) -> torch.Tensor:
+        return pending

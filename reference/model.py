@@ -33,6 +33,10 @@ def mlp(widths: list[int], final_relu: bool, generator: torch.Generator, kernel:
 
 
 class DLRM(nn.Module):
+    """The model, whatever the distribution: ``embeddings`` holds every table
+    (:class:`FusedEmbeddingBag`) or one rank's shards with their all-to-all
+    (distributed/sharded.py), and the MLPs are the same either way."""
+
     embeddings: EmbeddingTables
 
     def __init__(self, table_sizes: list[int], embedding_dim: int, bottom_mlp: list[int],
@@ -51,17 +55,22 @@ class DLRM(nn.Module):
         self.top_mlp = mlp([width] + list(top_mlp), final_relu=False, generator=generator, kernel=linear_kernel)
 
     @classmethod
-    def from_config(cls, cfg, table_sizes: list[int], linear_kernel: str | None = None, device=None) -> DLRM:
+    def from_config(cls, cfg, table_sizes: list[int], linear_kernel: str | None = None, device=None,
+                    embeddings: EmbeddingTables | None = None) -> DLRM:
         """``linear_kernel``: one already resolved (:func:`resolve_linear_kernel`); default: cfg's, resolved now.
-        ``device``: where the tables are built (the MLPs are built on the host, then moved)."""
+        ``embeddings``: the tables module, when not all tables are here (one rank's shards);
+        default: every table, built on ``device`` (the MLPs are built on the host, then moved)."""
         kernel = linear_kernel or resolve_linear_kernel(cfg)[0]
         return cls(table_sizes, cfg.embedding_dim, cfg.bottom_mlp, cfg.top_mlp, cfg.interaction,
-                   cfg.self_interaction, cfg.seed, linear_kernel=kernel, device=device)
+                   cfg.self_interaction, cfg.seed, embeddings=embeddings, linear_kernel=kernel, device=device)
 
     def forward(self, dense: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """Returns click logits of shape (B,); sigmoid gives probabilities."""
-        x = self.bottom_mlp(dense)
-        e = self.embeddings(ids)
+        """Click logits of shape (B,) for the B samples of ``dense``; sigmoid gives
+        probabilities. ``ids``: what the embeddings look up for them (with sharded
+        tables: the ids of the whole global batch for this rank's tables)."""
+        pending = self.embeddings.start(ids)
+        x = self.bottom_mlp(dense)  # overlaps the all-to-all of sharded tables
+        e = self.embeddings.finish(pending)
         return self.top_mlp(self.interaction(x, e)).squeeze(1)
 
     @staticmethod

@@ -25,7 +25,7 @@ from .data.binary import DataError, load_counts
 from .data.loader import BinaryDataset
 from .data.synthetic import read_meta
 from .distributed import runtime
-from .distributed.comm import DistributedError
+from .distributed.errors import DistributedError
 from .distributed.launch import LaunchError, detect
 from .distributed.planner import format_plan
 from .jsonfile import write_json
@@ -136,7 +136,7 @@ def describe_dense_compute(cfg: Config, kernel: str, reason: str) -> str:
             f"fp32 weights, tables and logits)")
 
 
-def run(cfg: Config, out=sys.stderr, parallel=None) -> RunResult:
+def run(cfg: Config, out=sys.stderr, parallel: runtime.Parallel | None = None) -> RunResult:
     """Everything between the command line and the result: the MLPerf
     init phase (data, model), the timed run, and the outputs. With several
     ranks only rank 0 writes the log, the summary and the progress."""

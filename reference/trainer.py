@@ -73,10 +73,10 @@ class EvalSchedule:
 class Trainer:
     def __init__(self, cfg: Config, model: DLRM, train_data: BinaryDataset | None,
                  eval_data: BinaryDataset, log: MLPerfLogger, out=sys.stderr,
-                 parallel: runtime.SingleProcess | runtime.MultiProcess | None = None):
+                 parallel: runtime.Parallel | None = None):
         self.cfg = cfg
         # One process or one rank of several: reads, losses and metrics go through it.
-        self.parallel = parallel if parallel is not None else runtime.SingleProcess(cfg)
+        self.parallel: runtime.Parallel = parallel if parallel is not None else runtime.SingleProcess(cfg)
         self.device = self.parallel.device
         self.precision = self.parallel.precision
         self.model = model.to(self.device)

@@ -100,14 +100,14 @@ def cuda_tests(python: str):
 
 @check("1-rank run, table split in two shards, vs CPU")
 def split_shard_run():
-    """ShardedDLRM with one rank holding table 0 as two row ranges (the exchange sums them),
+    """DLRM on sharded embeddings, one rank holding table 0 as two row ranges (the exchange sums them),
     on the GPU through NCCL, against DLRM on the host: 20 SGD steps, losses within rtol 1e-4."""
     import torch.distributed as dist
 
-    from reference.distributed.comm import build_communicator
+    from reference.distributed.communicator import build_communicator
     from reference.distributed.launch import LaunchInfo
     from reference.distributed.planner import Plan, Shard, state_bytes_per_row
-    from reference.distributed.sharded import ShardedDLRM
+    from reference.distributed.sharded import ShardedEmbeddings
 
     device = torch.device("cuda", 0) if CUDA else torch.device("cpu")
     backend = "nccl" if CUDA else "gloo"
@@ -128,7 +128,8 @@ def split_shard_run():
         torch.cuda.set_device(device)
     comm = build_communicator(backend, info, store, 60.0, device, None)
     try:
-        sharded = ShardedDLRM(cfg, SMALL, plan, comm).to(device)
+        sharded = DLRM.from_config(cfg, SMALL, "aten", embeddings=ShardedEmbeddings(plan, comm, cfg.seed))
+        sharded = sharded.to(device)
         host = DLRM.from_config(cfg, SMALL, "aten")
         if not torch.equal(sharded.embeddings.weight[:SMALL[0]].cpu(), host.embeddings.weight[:SMALL[0]]):
             return "FAIL", "the split table's initial rows differ from the host's"

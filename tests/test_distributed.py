@@ -159,8 +159,8 @@ def test_ranks_that_disagree_all_get_the_same_error():
 
     import torch.distributed as dist
 
-    from reference.distributed.comm import agree
     from reference.distributed.launch import LaunchInfo
+    from reference.distributed.rendezvous import agree
 
     port = free_port()
     master = dist.TCPStore("127.0.0.1", port, 2, is_master=True, wait_for_workers=False)

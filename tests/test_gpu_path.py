@@ -3,6 +3,8 @@ environments, GPU memory checks against a mocked ``mem_get_info``,
 initialisation on a device equal to the host's, and the CUDA-only checks,
 which skip with the reason where torch sees no GPU."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -178,6 +180,11 @@ def test_initialisation_is_the_same_for_any_thread_count(monkeypatch):
     assert torch.equal(one, embeddings.FusedEmbeddingBag(sizes, 4, seed=9).weight)
 
 
+def comm_of(rank: int, device: str) -> SimpleNamespace:
+    """What building one rank's shards reads of its communicator (a lookup alone sends nothing)."""
+    return SimpleNamespace(rank=rank, device=torch.device(device))
+
+
 @needs_cuda
 def test_tables_built_on_the_gpu_equal_the_hosts():
     from reference.distributed.planner import plan_tables
@@ -189,7 +196,7 @@ def test_tables_built_on_the_gpu_equal_the_hosts():
     assert gpu.weight.is_cuda and torch.equal(gpu.weight.cpu(), host.weight)
     plan = plan_tables(sizes, 3, 16)
     for rank in range(3):
-        a, b = ShardedEmbeddings(plan, rank, 5), ShardedEmbeddings(plan, rank, 5, torch.device("cuda"))
+        a, b = (ShardedEmbeddings(plan, comm_of(rank, device), 5) for device in ("cpu", "cuda"))
         assert torch.equal(a.weight, b.weight.cpu())
 
 
@@ -208,7 +215,7 @@ def test_a_collective_past_its_deadline_is_diagnosed_though_no_wait_raises():
     import threading
     import time
 
-    from reference.distributed.comm import CollectiveWatch
+    from reference.distributed.monitor import CollectiveWatch
     fired, event = [], threading.Event()
     watch = CollectiveWatch(0.2, lambda what, cause: (fired.append((what, str(cause))), event.set()), poll=0.02)
     now = time.monotonic()
@@ -222,7 +229,7 @@ def test_a_collective_past_its_deadline_is_diagnosed_though_no_wait_raises():
 def test_collectives_that_complete_are_never_reported():
     import time
 
-    from reference.distributed.comm import CollectiveWatch
+    from reference.distributed.monitor import CollectiveWatch
     fired = []
     watch = CollectiveWatch(0.15, lambda what, cause: fired.append(what), poll=0.02)
     for i in range(50):
@@ -236,7 +243,8 @@ def test_collectives_that_complete_are_never_reported():
 
 
 def test_a_timed_out_collective_names_the_rank_and_ends_the_job():
-    from reference.distributed.comm import Communicator, DistributedError
+    from reference.distributed.communicator import Communicator
+    from reference.distributed.errors import DistributedError
 
     class Monitor:
         def __init__(self):
@@ -259,7 +267,7 @@ def test_a_timed_out_collective_names_the_rank_and_ends_the_job():
 
 
 def test_barrier_on_a_gpu_waits_for_the_stream(monkeypatch):
-    from reference.distributed.comm import Communicator
+    from reference.distributed.communicator import Communicator
     synced = []
 
     class Stream:
@@ -292,10 +300,10 @@ def test_split_tables_looked_up_without_nonzero_give_the_same_outputs_and_update
                            for n in (3000, 40, 7)], dim=1)
     results = []
     for sync_free in (False, True):
-        emb = ShardedEmbeddings(plan, rank, seed=2)
+        emb = ShardedEmbeddings(plan, comm_of(rank, "cpu"), seed=2)
         emb.sync_free = sync_free  # the GPU's code, run on the host
         ids = ids_all[:, emb.columns]
-        out = emb(ids)
+        out = emb.lookup(ids)
         upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
         (out * upstream).sum().backward()
         before = emb.weight.detach().clone()
@@ -388,7 +396,7 @@ def test_ranks_publish_their_gpus_and_a_shared_one_is_refused(monkeypatch):
 
 def test_nccl_waits_are_tracked_by_an_event_not_the_handle(monkeypatch):
     # The handle keeps the collective's tensors alive; the event recorded after the wait does not.
-    from reference.distributed.comm import TorchCommunicator, Work
+    from reference.distributed.communicator import TorchCommunicator, Work
     tracked, recorded = [], []
 
     class Event:
@@ -419,7 +427,7 @@ def test_the_deadline_runs_from_when_the_collective_was_issued():
     import threading
     import time
 
-    from reference.distributed.comm import CollectiveWatch
+    from reference.distributed.monitor import CollectiveWatch
     event = threading.Event()
     watch = CollectiveWatch(30.0, lambda what, cause: event.set(), poll=0.02)
     watch.track("loss all-reduce", lambda: False, time.monotonic() - 31.0)  # waited on long after its start

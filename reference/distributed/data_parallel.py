@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .comm import Communicator
+from .communicator import Communicator
 
 BUCKET_BYTES = 8 << 20
 

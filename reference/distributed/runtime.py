@@ -1,9 +1,10 @@
 """How the trainer runs: as one process, or as one of several ranks.
 
-The Trainer talks to one of these two objects and never branches on the world
-size itself: they build the model, read this process's part of a batch, turn
-a local loss into a global one with its gradients, and turn this process's
-evaluation scores into the global metrics.
+The Trainer talks to one of these two objects, through the interface they
+share (:class:`Parallel`), and never branches on the world size itself: they
+build the model, read this process's part of a batch, turn a local loss into
+a global one with its gradients, and turn this process's evaluation scores
+into the global metrics.
 """
 
 from __future__ import annotations
@@ -13,22 +14,25 @@ import socket
 import sys
 import time
 from datetime import timedelta
+from typing import Protocol
 
 import torch
 import torch.distributed as dist
 
 from ..config import Config, ConfigError
 from ..data.binary import DataError
-from ..data.loader import BinaryDataset
+from ..data.loader import Batch, BinaryDataset
 from ..metrics import evaluate_scores
 from ..model import DLRM, resolve_linear_kernel
 from ..precision import Precision, PrecisionError, build_precision
-from .comm import HEARTBEAT_SECONDS, Communicator, FaultMonitor, agree, build_communicator, join, open_store
+from .communicator import Communicator, build_communicator
 from .data_parallel import GradientReducer
 from .gpu_binding import check_distinct, gpu_index
 from .launch import LaunchError, LaunchInfo, detect
+from .monitor import HEARTBEAT_SECONDS, FaultMonitor
 from .planner import Plan, PlanError, plan_tables, state_bytes_per_row
-from .sharded import ShardedDLRM
+from .rendezvous import agree, join, open_store
+from .sharded import ShardedEmbeddings
 
 GIB = 2 ** 30
 
@@ -150,6 +154,52 @@ def check_gpus_distinct(store, info: LaunchInfo, device: torch.device, timeout: 
     check_distinct([(r, *store.get(k).decode().split("\t", 1)) for r, k in enumerate(keys)])
 
 
+class Parallel(Protocol):
+    """What the trainer and ``train.run`` use of the runtime: :class:`SingleProcess`,
+    or :class:`MultiProcess` (one rank of several)."""
+
+    device: torch.device  # where the model and the batches live
+    precision: Precision
+    rank: int
+    world_size: int
+    is_root: bool  # rank 0: the one that writes the log, the summary and the progress
+    linear_kernel: str  # the MLPs' GEMM kernel (the same on every rank), and why it was chosen
+    kernel_reason: str
+
+    def check_memory(self, cfg: Config, table_sizes: list[int]) -> None:
+        """Refuse, before allocating them, tables (this process's shards of them) that cannot fit."""
+
+    def check_data(self, *datasets: BinaryDataset | None) -> None:
+        """Refuse data whose batches cannot be shared out over the ranks."""
+
+    def build_model(self, cfg: Config, table_sizes: list[int]) -> DLRM:
+        """The model this process trains: every table, or this rank's shards of them."""
+
+    def batch(self, data: BinaryDataset, index: int) -> Batch:
+        """This process's part of batch ``index``: its samples, and the ids its tables look up."""
+
+    def backward(self, loss: torch.Tensor, step: int) -> None:
+        """The gradients of the global batch from this process's share of its loss."""
+
+    def global_losses(self, local: torch.Tensor) -> list[float]:
+        """Training losses of consecutive steps, from this process's shares (one host read)."""
+
+    def metrics(self, logits: torch.Tensor, labels: torch.Tensor) -> dict:
+        """The exact evaluation metrics of every process's scores, on every process."""
+
+    def barrier(self) -> None:
+        """Return once every process has reached it."""
+
+    def fail(self, message: str) -> None:
+        """Tell the other processes why this one is about to end."""
+
+    def abort(self, code: int) -> None:
+        """End this process at once (the others may be waiting in a collective)."""
+
+    def close(self) -> None:
+        """The end of a run that went well: leave together, release the communicator."""
+
+
 class SingleProcess:
     """The whole batch and the whole model in this process."""
 
@@ -169,7 +219,7 @@ class SingleProcess:
     def build_model(self, cfg: Config, table_sizes: list[int]) -> DLRM:
         return DLRM.from_config(cfg, table_sizes, self.linear_kernel, self.device)
 
-    def batch(self, data: BinaryDataset, index: int):
+    def batch(self, data: BinaryDataset, index: int) -> Batch:
         return data.batch(index)
 
     def backward(self, loss: torch.Tensor, step: int) -> None:
@@ -266,8 +316,9 @@ class MultiProcess:
         if self.plan is None:
             self.plan = make_plan(cfg, table_sizes, self.world_size)
         self.linear_kernel = self._agreed_kernel()
-        model = ShardedDLRM(cfg, table_sizes, self.plan, self.comm, self.linear_kernel).to(self.device)
-        self.columns = model.embeddings.columns
+        embeddings = ShardedEmbeddings(self.plan, self.comm, cfg.seed)
+        model = DLRM.from_config(cfg, table_sizes, self.linear_kernel, embeddings=embeddings).to(self.device)
+        self.columns = embeddings.columns
         self.reducer = GradientReducer(model.dense_parameters(), self.comm)
         return model
 
@@ -278,7 +329,7 @@ class MultiProcess:
         self.comm.broadcast(choice, 0, "linear kernel broadcast")
         return choices[int(choice.item())]
 
-    def batch(self, data: BinaryDataset, index: int):
+    def batch(self, data: BinaryDataset, index: int) -> Batch:
         return data.batch_part(index, self.rank, self.world_size, self.columns)
 
     def backward(self, loss: torch.Tensor, step: int) -> None:
@@ -350,7 +401,7 @@ class MultiProcess:
         self.comm.close()
 
 
-def start(cfg: Config, info: LaunchInfo | None = None):
+def start(cfg: Config, info: LaunchInfo | None = None) -> Parallel:
     """The runtime for this process, from the launcher's environment."""
     info = info if info is not None else detect()
     if info is None or info.world_size == 1:

@@ -2,6 +2,9 @@
 tables) and looks them up for the whole global batch; one all-to-all (the
 "butterfly shuffle") then hands every rank the pooled vectors of its own
 samples, and the backward pass sends the gradients back the same way.
+:class:`ShardedEmbeddings` is both, behind the tables interface of the one
+DLRM model (reference/embeddings.py), which computes its bottom MLP while
+the all-to-all is in flight.
 
 Exactness with one process: a row-split table is looked up on every shard
 owner with the ids outside its range giving zero vectors, and the receiver
@@ -12,6 +15,8 @@ owner applies the same update one process would.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,14 +24,15 @@ from torch import nn
 from ..data.loader import split_sizes
 from ..embeddings import RowRange, init_rows
 from ..hugepages import advise_huge_pages
-from ..model import DLRM
-from .comm import Communicator, Work
+from .communicator import Communicator, Work
 from .planner import Plan
 
 
 class ShardedEmbeddings(nn.Module):
-    """This rank's shards in one fused weight. Input: the ids of the global
-    batch for the tables in ``columns``; output: (batch, shards, dim)."""
+    """This rank's shards in one fused weight, and the all-to-all that trades
+    their vectors for those of this rank's samples. Input: the ids of the
+    global batch for the tables in ``columns``; output: (this rank's samples,
+    tables, dim), as one process's tables would give for those samples."""
 
     # Buffers: they move with the module.
     shard_column: torch.Tensor
@@ -34,10 +40,11 @@ class ShardedEmbeddings(nn.Module):
     shard_rows: torch.Tensor
     shard_offset: torch.Tensor
 
-    def __init__(self, plan: Plan, rank: int, seed: int, device=None):
+    def __init__(self, plan: Plan, comm: Communicator, seed: int):
         super().__init__()
+        device = comm.device
         self.table_sizes = list(plan.table_sizes)
-        self.shards = plan.shards_of(rank)
+        self.shards = plan.shards_of(comm.rank)
         self.dim = plan.dim
         self.columns = sorted({s.table for s in self.shards})
         position = {t: i for i, t in enumerate(self.columns)}
@@ -60,8 +67,16 @@ class ShardedEmbeddings(nn.Module):
         self.weight = nn.Parameter(weight)
         # The GPU's lookup of split tables (no host sync); an attribute so tests run it on the host too.
         self.sync_free = weight.device.type == "cuda"
+        self.exchange = ButterflyExchange(comm, plan)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def start(self, ids: torch.Tensor) -> InFlight:
+        return self.exchange.start(self.lookup(ids))
+
+    def finish(self, pending: InFlight) -> torch.Tensor:
+        return self.exchange.finish(pending)
+
+    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        """This rank's shards for the global batch: (batch, shards, dim)."""
         if ids.dim() != 2 or ids.shape[1] != len(self.columns):
             raise ValueError(f"expected ids of shape (batch, {len(self.columns)}), got {tuple(ids.shape)}")
         batch, count = ids.shape[0], len(self.shards)
@@ -81,6 +96,14 @@ class ShardedEmbeddings(nn.Module):
         return self.weight.new_zeros(batch * count, self.dim).index_put((valid,), found).view(batch, count, self.dim)
 
 
+class InFlight(NamedTuple):
+    """A forward all-to-all begun by :meth:`ButterflyExchange.start`."""
+    pooled: torch.Tensor  # what was sent: its gradient is what the backward all-to-all returns
+    work: Work
+    received: torch.Tensor
+    mine: int  # this rank's samples
+
+
 class _Exchange(torch.autograd.Function):
     """Arranges the values the forward all-to-all delivered; its backward is
     the reverse all-to-all of the gradients to the shards' owners."""
@@ -98,20 +121,20 @@ class _Exchange(torch.autograd.Function):
 class ButterflyExchange:
     """The all-to-all between the owners of shards and the owners of samples."""
 
-    def __init__(self, comm: Communicator, plan: Plan, device=None):
+    def __init__(self, comm: Communicator, plan: Plan):
         self.comm, self.dim = comm, plan.dim
         self.counts = [len(plan.shards_of(r)) for r in range(plan.world_size)]
         self.mine = self.counts[comm.rank]
         ordered = plan.ordered_shards()
         self.num_tables = len(plan.table_sizes)
         # On the device once: a copy from the host in every forward would block the host each step.
-        self.shard_table = torch.tensor([s.table for s in ordered], dtype=torch.int64, device=device)
+        self.shard_table = torch.tensor([s.table for s in ordered], dtype=torch.int64, device=comm.device)
         # Without split tables the shards are a permutation of the tables: gather instead of sum.
         self.permutation = None
         if len(ordered) == self.num_tables:
             self.permutation = torch.argsort(self.shard_table)
 
-    def start(self, pooled: torch.Tensor) -> tuple[Work, torch.Tensor, list[int]]:
+    def start(self, pooled: torch.Tensor) -> InFlight:
         """Send every rank its samples' rows of ``pooled`` (global batch, my shards, dim)."""
         sizes = split_sizes(pooled.shape[0], self.comm.world_size)
         mine = sizes[self.comm.rank]
@@ -119,13 +142,12 @@ class ButterflyExchange:
         work = self.comm.all_to_all(received, pooled.detach().contiguous().view(-1),
                                     [mine * c * self.dim for c in self.counts],
                                     [n * self.mine * self.dim for n in sizes], "embedding all-to-all (forward)")
-        return work, received, sizes
+        return InFlight(pooled, work, received, mine)
 
-    def finish(self, pending, pooled: torch.Tensor) -> torch.Tensor:
+    def finish(self, pending: InFlight) -> torch.Tensor:
         """Wait for :meth:`start`; the (my samples, tables, dim) input of the interaction."""
-        work, received, sizes = pending
-        work.wait()
-        shards = _Exchange.apply(pooled, self, received, sizes[self.comm.rank])
+        pending.work.wait()
+        shards = _Exchange.apply(pending.pooled, self, pending.received, pending.mine)
         if self.permutation is not None:
             return shards.index_select(1, self.permutation)
         out = shards.new_zeros(shards.shape[0], self.num_tables, self.dim)
@@ -148,24 +170,3 @@ class ButterflyExchange:
         self.comm.all_to_all(out, send, [n * self.mine * self.dim for n in sizes],
                              [mine * c * self.dim for c in self.counts], "embedding all-to-all (backward)").wait()
         return out.view(batch, self.mine, self.dim)
-
-
-class ShardedDLRM(DLRM):
-    """DLRM with model-parallel tables and replicated MLPs. ``dense`` holds
-    this rank's samples; ``ids`` the whole global batch, for this rank's tables."""
-
-    embeddings: ShardedEmbeddings
-
-    def __init__(self, cfg, table_sizes: list[int], plan: Plan, comm: Communicator, linear_kernel: str = "aten"):
-        super().__init__(table_sizes, cfg.embedding_dim, cfg.bottom_mlp, cfg.top_mlp, cfg.interaction,
-                         cfg.self_interaction, cfg.seed,
-                         embeddings=ShardedEmbeddings(plan, comm.rank, cfg.seed, comm.device),
-                         linear_kernel=linear_kernel)
-        self.exchange = ButterflyExchange(comm, plan, comm.device)
-
-    def forward(self, dense: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        pooled = self.embeddings(ids)
-        pending = self.exchange.start(pooled)
-        x = self.bottom_mlp(dense)  # overlaps the all-to-all
-        e = self.exchange.finish(pending, pooled)
-        return self.top_mlp(self.interaction(x, e)).squeeze(1)
