@@ -23,7 +23,6 @@ from .config import Config, ConfigError, help_text
 from .data.binary import DataError, load_counts
 from .data.loader import BinaryDataset
 from .data.pipeline import Batches
-from .data.synthetic import read_meta
 from .distributed import runtime
 from .distributed.comm import DistributedError
 from .distributed.launch import LaunchError, detect
@@ -34,6 +33,7 @@ from .mlperf_log import MLPerfLogger, log_hyperparameters, log_submission
 from .model import DLRM
 from .optim import build_optimizer, set_learning_rate
 from .schedule import PolyWarmupSchedule
+from .synthetic import read_meta
 
 
 @dataclass
