@@ -94,11 +94,11 @@ def init_rows(weight: torch.Tensor, seed: int, ranges: list[RowRange], threads: 
 
 class EmbeddingTables(Protocol):
     """What the model, checkpoints and run summaries use of a tables module:
-    :class:`FusedEmbeddingBag`, or one rank's shards (distributed/sharded.py)."""
+    :class:`FusedEmbeddingBag`, one rank's shards (distributed/sharded.py), or
+    the QR and MD tables (qr_embeddings.py, md_embeddings.py)."""
 
     table_sizes: list[int]
     dim: int
-    weight: nn.Parameter
 
     def __call__(self, ids: torch.Tensor) -> torch.Tensor: ...
 

@@ -9,6 +9,7 @@ from itertools import pairwise
 import torch
 from torch import nn
 
+from .embedding_factory import build_embeddings
 from .embeddings import EmbeddingTables, FusedEmbeddingBag
 from .interaction import build_interaction
 from .linear import Linear, resolve_kernel
@@ -53,10 +54,12 @@ class DLRM(nn.Module):
     @classmethod
     def from_config(cls, cfg, table_sizes: list[int], linear_kernel: str | None = None, device=None) -> DLRM:
         """``linear_kernel``: one already resolved (:func:`resolve_linear_kernel`); default: cfg's, resolved now.
-        ``device``: where the tables are built (the MLPs are built on the host, then moved)."""
+        ``device``: where the tables are built (the MLPs are built on the host, then moved).
+        The tables are :func:`build_embeddings`'s: ordinary ones unless cfg asks for QR or MD."""
         kernel = linear_kernel or resolve_linear_kernel(cfg)[0]
         return cls(table_sizes, cfg.embedding_dim, cfg.bottom_mlp, cfg.top_mlp, cfg.interaction,
-                   cfg.self_interaction, cfg.seed, linear_kernel=kernel, device=device)
+                   cfg.self_interaction, cfg.seed, embeddings=build_embeddings(cfg, table_sizes, device),
+                   linear_kernel=kernel, device=device)
 
     def forward(self, dense: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """Returns click logits of shape (B,); sigmoid gives probabilities."""
