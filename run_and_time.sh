@@ -49,7 +49,7 @@ source scripts/ensure_venv.sh
 
 if [ "$(basename "$CONFIG")" = "synthetic.yaml" ] && [ -z "$DATA_DIR" ]; then
   DATA_DIR="${DLRM_CACHE_DIR:-.cache}/synthetic"
-  "$PYTHON" -m reference.data.synthetic --out "$DATA_DIR" --raw
+  "$PYTHON" -m reference.synthetic --out "$DATA_DIR" --raw
 fi
 if [ -z "$DATA_DIR" ]; then
   echo "run_and_time.sh: --data-dir (or DATA_DIR) is required with --config $CONFIG" >&2

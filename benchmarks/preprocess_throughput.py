@@ -1,5 +1,5 @@
 """End-to-end preprocessing throughput: synthetic Criteo-format day files (raw
-text, as reference.data.synthetic writes them) -> the three .bin files.
+text, as reference.synthetic writes them) -> the three .bin files.
 
 For each size it reports rows/s from raw text to the outputs (wall time of
 `python -m reference.preprocess`), its CPU time, peak RSS, the seconds of each
@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 
-from reference.data.synthetic import SyntheticSpec, write_raw_days
+from reference.synthetic import SyntheticSpec, write_raw_days
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Runs the command and prints its peak RSS and CPU seconds (a fresh parent per measurement).
@@ -136,10 +136,11 @@ def per_core_rates(raw: str) -> dict:
 
     import numpy as np
 
-    from reference.data.criteo_raw import parse_block, parse_checked
-    from reference.data.vocabulary import Vocabulary
     from reference.malloc import keep_freed_memory
-    from reference.preprocess import BLOCK_BYTES, DaySource, _DayWriter, read_blocks
+    from reference.preprocess.criteo_raw import parse_block, parse_checked
+    from reference.preprocess.days import BLOCK_BYTES, DaySource, read_blocks
+    from reference.preprocess.pipeline import _DayWriter
+    from reference.preprocess.vocabulary import Vocabulary
 
     keep_freed_memory()  # as reference.preprocess does
 
@@ -190,7 +191,7 @@ def pyarrow_comparison(raw: str) -> dict:
     import pyarrow as pa
     import pyarrow.csv as csv
 
-    from reference.data.criteo_raw import parse_block
+    from reference.preprocess.criteo_raw import parse_block
 
     text = open(os.path.join(raw, "day_0"), "rb").read()
     names = ["label"] + [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]

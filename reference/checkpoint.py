@@ -17,6 +17,7 @@ import zipfile
 import numpy as np
 import torch
 
+from .embedding_factory import PLAIN, describe_layout, embedding_layout, layout_of
 from .model import DLRM
 from .training_state import TrainingState
 
@@ -134,6 +135,10 @@ def convert_original(state_dict: dict, model: DLRM, path: str = "checkpoint") ->
     """Map the seed's keys (``emb_l.N.weight``, ``bot_l.K.*``, ``top_l.K.*``)
     onto this model's: the tables are stacked into the fused embedding, and
     the MLP layer indices are the same by construction."""
+    layout = layout_of(model.embeddings)
+    if layout != PLAIN:
+        raise CheckpointError(f"{path}: an original dlrm_s_pytorch.py checkpoint loads into ordinary tables only; "
+                              f"this run's model has {describe_layout(layout)}")
     sizes = model.embeddings.table_sizes
     tables: dict[int, torch.Tensor] = {}
     out = {}
@@ -167,6 +172,12 @@ def load_weights(path: str, model: DLRM) -> dict:
         state = convert_original(data["state_dict"], model, path)
     elif data.get("format") == FORMAT:
         state = data["model"]
+        saved, mine = embedding_layout(data.get("config") or {}), layout_of(model.embeddings)
+        if saved != mine:
+            keys = sorted({k for k in (*saved, *mine) if k != "kind"}) or ["qr_threshold", "md_temperature"]
+            raise CheckpointError(f"{path}: saved with {describe_layout(saved)}, but this run's model has "
+                                  f"{describe_layout(mine)}; set the same {', '.join(keys)} as the run that "
+                                  f"saved it")
     else:
         raise CheckpointError(f"{path}: neither a {FORMAT} nor an original dlrm_s_pytorch.py checkpoint "
                               f"(keys: {', '.join(map(str, data))})")

@@ -20,6 +20,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 import yaml
 
 INTERACTIONS = ("dot", "cat", "sum")
+QR_OPERATIONS = ("mult", "add", "concat")
 OPTIMIZERS = ("sgd", "rowwise_adagrad", "adagrad")
 DIST_BACKENDS = ("auto", "gloo", "nccl", "mpi")
 PRECISIONS = ("fp32", "bf16")
@@ -54,6 +55,17 @@ class Config:
     table_sizes: list | None = _doc("Rows per embedding table; null reads them from the counts file.",
                                     default=None)
     max_ind_range: int = _doc("Cap on rows per table (the ids were hashed mod this); 0 = no cap.", default=0)
+    qr_threshold: int = _doc("Quotient-remainder trick for every table of more rows than this: two tables of "
+                             "ceil(n/qr_collisions) and qr_collisions rows (0 = off; one process only).", default=0)
+    qr_collisions: int = _doc("QR: rows of each remainder table (ids per quotient row), >= 2.", default=4)
+    qr_operation: str = _doc("QR: how the two vectors combine: mult (element-wise), add, or concat (each half "
+                             "embedding_dim/2 wide).", default="mult")
+    md_temperature: float = _doc("Mixed-dimension tables: the alpha of md_solver, widths ~ rows**-alpha, the "
+                                 "smallest table at embedding_dim, projected back to it (0 = off; one process "
+                                 "only).", default=0.0)
+    md_threshold: int = _doc("MD: tables of at most this many rows keep the full embedding_dim.", default=0)
+    md_round_dims: bool = _doc("MD: round each width to the nearest power of 2 (md_solver's round_dim).",
+                               default=False)
 
     # --- optimiser and schedule ---
     optimizer: str = _doc("sgd, rowwise_adagrad or adagrad.", default="sgd")
@@ -200,7 +212,7 @@ class Config:
         for key in non_negative:
             if getattr(self, key) < 0:
                 self._fail(key, f"must be >= 0, got {getattr(self, key)}")
-        for key, allowed in (("interaction", INTERACTIONS), ("optimizer", OPTIMIZERS),
+        for key, allowed in (("interaction", INTERACTIONS), ("optimizer", OPTIMIZERS), ("qr_operation", QR_OPERATIONS),
                              ("dist_backend", DIST_BACKENDS), ("precision", PRECISIONS),
                              ("linear_kernel", LINEAR_KERNELS),
                              ("submission_division", DIVISIONS), ("submission_status", STATUSES)):
@@ -233,6 +245,7 @@ class Config:
         if self.table_sizes is not None:
             if not self.table_sizes or any(n <= 0 for n in self.table_sizes):
                 self._fail("table_sizes", "must be a non-empty list of positive row counts")
+        self._validate_embedding_tricks()
         if self.eval_every_epochs < 0 or self.eval_every_epochs > 1:
             self._fail("eval_every_epochs", f"must be in [0, 1], got {self.eval_every_epochs}")
         if self.eval_every and self.eval_every_epochs:
@@ -264,6 +277,32 @@ class Config:
             self._fail("inference_only", "needs load_checkpoint (or resume) to name the model to evaluate")
         object.__setattr__(self, "_frozen", True)
         return self
+
+    def _validate_embedding_tricks(self) -> None:
+        """QR and MD tables: their keys, one of them at a time, one process, the open division."""
+        if self.qr_threshold < 0:
+            self._fail("qr_threshold", f"must be >= 0 (0 = off), got {self.qr_threshold}")
+        if self.qr_collisions < 2:
+            self._fail("qr_collisions", f"must be >= 2 (remainder rows; 1 would not shrink a table), "
+                                        f"got {self.qr_collisions}")
+        if not (self.md_temperature >= 0 and math.isfinite(self.md_temperature)):
+            self._fail("md_temperature", f"must be a finite number >= 0 (0 = off), got {self.md_temperature}")
+        if self.md_threshold < 0:
+            self._fail("md_threshold", f"must be >= 0, got {self.md_threshold}")
+        qr, md = self.qr_threshold > 0, self.md_temperature > 0
+        if qr and md:
+            self._fail("md_temperature", f"quotient-remainder (qr_threshold={self.qr_threshold}) and mixed-dimension "
+                                         f"tables (md_temperature={self.md_temperature}) do not combine; set one "
+                                         f"of them to 0")
+        if not (qr or md):
+            return
+        key = "qr_threshold" if qr else "md_temperature"
+        if qr and self.qr_operation == "concat" and self.embedding_dim % 2:
+            self._fail("qr_operation", f"concat splits embedding_dim in two halves: needs an even embedding_dim, "
+                                       f"got {self.embedding_dim}")
+        if self.submission_division == "closed":
+            self._fail(key, "QR and MD tables change the reference model, which the closed division forbids "
+                            "(set submission_division=open)")
 
     def as_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in self.keys()}

@@ -94,13 +94,13 @@ def init_rows(weight: torch.Tensor, seed: int, ranges: list[RowRange], threads: 
 
 class EmbeddingTables(Protocol):
     """What the model, checkpoints and run summaries use of a tables module:
-    :class:`FusedEmbeddingBag`, or one rank's shards and their all-to-all
-    (distributed/sharded.py). A lookup is started and finished in two calls
-    so that the model computes its bottom MLP while the all-to-all is in flight."""
+    :class:`FusedEmbeddingBag`, one rank's shards and their all-to-all
+    (distributed/sharded.py), or the QR and MD tables (qr_embeddings.py,
+    md_embeddings.py). A lookup is started and finished in two calls so that
+    the model computes its bottom MLP while an all-to-all is in flight."""
 
     table_sizes: list[int]
     dim: int
-    weight: nn.Parameter
 
     def start(self, ids: torch.Tensor) -> Any:
         """Begin looking ``ids`` up; returns what :meth:`finish` needs."""
@@ -109,7 +109,18 @@ class EmbeddingTables(Protocol):
         """The (samples, tables, dim) vectors of the lookup :meth:`start` began."""
 
 
-class FusedEmbeddingBag(nn.Module):
+class LocalTables(nn.Module):
+    """Tables all held by this process: the lookup is all there is to do, so
+    :meth:`start` does it and :meth:`finish` hands it back."""
+
+    def start(self, ids: torch.Tensor) -> torch.Tensor:
+        return self(ids)
+
+    def finish(self, pending: torch.Tensor) -> torch.Tensor:
+        return pending
+
+
+class FusedEmbeddingBag(LocalTables):
     offsets: torch.Tensor  # a buffer: moves with the module
 
     def __init__(self, table_sizes: list[int], dim: int, seed: int = 0, device=None):
@@ -152,9 +163,3 @@ class FusedEmbeddingBag(nn.Module):
         rows = ids.long() + self.offsets.view(shape)
         out = F.embedding(rows, self.weight, sparse=True)
         return out if ids.dim() == 2 else out.sum(dim=2)
-
-    def start(self, ids: torch.Tensor) -> torch.Tensor:
-        return self(ids)  # every table is here: the lookup is all there is to do
-
-    def finish(self, pending: torch.Tensor) -> torch.Tensor:
-        return pending

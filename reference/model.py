@@ -9,6 +9,7 @@ from itertools import pairwise
 import torch
 from torch import nn
 
+from .embedding_factory import build_embeddings
 from .embeddings import EmbeddingTables, FusedEmbeddingBag
 from .interaction import build_interaction
 from .linear import Linear, resolve_kernel
@@ -59,8 +60,11 @@ class DLRM(nn.Module):
                     embeddings: EmbeddingTables | None = None) -> DLRM:
         """``linear_kernel``: one already resolved (:func:`resolve_linear_kernel`); default: cfg's, resolved now.
         ``embeddings``: the tables module, when not all tables are here (one rank's shards);
-        default: every table, built on ``device`` (the MLPs are built on the host, then moved)."""
+        default: :func:`build_embeddings`'s (ordinary tables unless cfg asks for QR or MD), built on
+        ``device`` (the MLPs are built on the host, then moved)."""
         kernel = linear_kernel or resolve_linear_kernel(cfg)[0]
+        if embeddings is None:
+            embeddings = build_embeddings(cfg, table_sizes, device)
         return cls(table_sizes, cfg.embedding_dim, cfg.bottom_mlp, cfg.top_mlp, cfg.interaction,
                    cfg.self_interaction, cfg.seed, embeddings=embeddings, linear_kernel=kernel, device=device)
 

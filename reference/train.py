@@ -23,7 +23,6 @@ from . import checkpoint
 from .config import Config, ConfigError, help_text
 from .data.binary import DataError, load_counts
 from .data.loader import BinaryDataset
-from .data.synthetic import read_meta
 from .distributed import runtime
 from .distributed.errors import DistributedError
 from .distributed.launch import LaunchError, detect
@@ -31,6 +30,7 @@ from .distributed.planner import format_plan
 from .jsonfile import write_json
 from .mlperf_log import MLPerfLogger, log_hyperparameters, log_submission
 from .model import DLRM
+from .synthetic import read_meta
 from .trainer import RunResult, RunStatus, Trainer
 
 

@@ -91,7 +91,7 @@ grep -q '"key": "seed", "value": 5' "$results"/synthetic-seed5-*.log || fail "se
 
 echo "== 2 ranks inside the container: mpirun, mpi backend (mpi4py)"
 podman run --rm "$IMAGE" bash -c "
-python -m reference.data.synthetic --out /tmp/d --train-samples 65536 --eval-samples 16384 > /dev/null &&
+python -m reference.synthetic --out /tmp/d --train-samples 65536 --eval-samples 16384 > /dev/null &&
 mpirun -np 2 --oversubscribe python -m reference.train --config configs/synthetic.yaml --data-dir /tmp/d \
   --results-dir /tmp/r --dist-backend mpi max_steps=8 progress=false train_file=synthetic_train.bin \
   eval_file=synthetic_test.bin counts_file=synthetic_fea_count.npz" > "$work/mpi.out" 2>&1 || status=$?

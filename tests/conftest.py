@@ -7,7 +7,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from reference.config import Config  # noqa: E402
-from reference.data.synthetic import SyntheticSpec, generate  # noqa: E402
+from reference.synthetic import SyntheticSpec, generate  # noqa: E402
 
 SMALL_TABLES = [40, 3, 25, 7, 60, 3, 12, 5, 9, 50, 30, 20, 4, 11, 18, 6, 4, 8, 5, 45, 35, 40, 15, 10, 6, 5]
 

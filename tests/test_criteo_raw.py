@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from reference.data.criteo_raw import NUM_FIELDS, RawFormatError, field_name, parse_block, parse_checked
+from reference.data.binary import COLUMNS
+from reference.preprocess.criteo_raw import RawFormatError, field_name, parse_block, parse_checked
 
 EMPTY_CATS = [""] * 26
 
@@ -79,7 +80,7 @@ def test_skip_counts_and_drops_bad_lines():
 
 
 def test_field_names():
-    assert [field_name(i) for i in (0, 1, 13, 14, NUM_FIELDS - 1)] == [
+    assert [field_name(i) for i in (0, 1, 13, 14, COLUMNS - 1)] == [
         "label", "integer column I1", "integer column I13", "categorical column C1", "categorical column C26"]
 
 

@@ -19,11 +19,11 @@ import yaml
 from reference import embeddings
 from reference.config import Config, ConfigError
 from reference.data.loader import BinaryDataset, sample_range, split_sizes
-from reference.data.synthetic import SyntheticSpec, generate
 from reference.distributed.launch import LaunchError, detect
 from reference.distributed.planner import PlanError, plan_tables
 from reference.embeddings import FusedEmbeddingBag, init_table_rows
 from reference.model import DLRM
+from reference.synthetic import SyntheticSpec, generate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)

@@ -59,7 +59,7 @@ def test_copies_every_file_the_run_needs():
         if op == "COPY":
             sources += [s.rstrip("/") for s in args.split()[:-1]]
     needed = ["requirements.txt", "run_and_time.sh", "scripts/ensure_venv.sh", "configs/synthetic.yaml",
-              "reference/train.py", "reference/data/synthetic.py"]
+              "reference/train.py", "reference/synthetic.py"]
     for path in needed:
         assert os.path.exists(os.path.join(ROOT, path)), path
         assert any(path == s or path.startswith(s + "/") for s in sources), f"{path} is not copied into the image"

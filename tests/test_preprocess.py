@@ -232,7 +232,7 @@ def test_clear_errors_before_any_work(tmp_path, capsys):
 
 
 def test_synthetic_raw_days_round_trip_through_preprocessing(tmp_path):
-    from reference.data.synthetic import SyntheticSpec, Teacher, raw_lines, write_raw_days
+    from reference.synthetic import SyntheticSpec, Teacher, raw_lines, write_raw_days
     spec = SyntheticSpec(seed=5, chunk_rows=500)
     write_raw_days(str(tmp_path / "raw"), spec, days=3, rows_per_day=1001, gz_days=(1,))
     assert run(tmp_path / "raw", tmp_path / "out", days=3, max_ind_range=40_000_000) == 0
@@ -306,7 +306,7 @@ def test_blocks_smaller_than_a_line_give_the_same_outputs(tmp_path, monkeypatch,
         return preprocess.main(["--dataset", dataset, "--raw", str(raw), "--out", str(out), "--days", "4",
                                 "--buckets", "2", "--no-progress"])
     assert make(tmp_path / "ref") == 0
-    monkeypatch.setattr(preprocess, "BLOCK_BYTES", 64)
+    monkeypatch.setattr(preprocess.days, "BLOCK_BYTES", 64)
     assert make(tmp_path / "small") == 0
     names = preprocess.output_names(dataset)
     for key in ("train", "test", "val", "counts"):
@@ -353,7 +353,7 @@ def test_a_failed_write_in_a_writer_thread_stops_the_run_and_a_rerun_resumes(tmp
         if len(calls) == 2:
             raise OSError(28, "No space left on device", "bucket")
         return original(*args)
-    target = (preprocess._DayWriter, "_write") if stage == "map" else (preprocess, "_pwrite_all")
+    target = (preprocess.pipeline._DayWriter, "_write") if stage == "map" else (preprocess.pipeline, "_pwrite_all")
     original = getattr(*target)
     monkeypatch.setattr(*target, disk_full)
     assert run(raw, tmp_path / "out", days=4, buckets=3, max_ind_range=1000, workers=2) == 2
@@ -377,7 +377,7 @@ GOLDEN = {
 
 @pytest.mark.parametrize("case", sorted(GOLDEN))
 def test_outputs_are_byte_identical_to_the_numpy_pipeline(tmp_path, case):
-    from reference.data.synthetic import SyntheticSpec, write_raw_days
+    from reference.synthetic import SyntheticSpec, write_raw_days
     extra, embedding_rows, hashes = GOLDEN[case]
     write_raw_days(str(tmp_path / "raw"), SyntheticSpec(seed=11), days=4, rows_per_day=3000, gz_days=(1,))
     assert preprocess.main(["--dataset", "terabyte", "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "out"),

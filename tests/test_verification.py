@@ -129,7 +129,7 @@ def test_rcp_over_a_set_of_runs_supplies_the_missing_dlrm_count(tmp_path):
 
 @pytest.fixture(scope="module")
 def package_data(tmp_path_factory):
-    from reference.data.synthetic import SyntheticSpec, generate
+    from reference.synthetic import SyntheticSpec, generate
     out = tmp_path_factory.mktemp("package_data")
     generate(str(out), SyntheticSpec(train_samples=5120, eval_samples=2048, table_sizes=SMALL_TABLES, seed=7,
                                      dense_scale=1.2, id_effect_scale=0.3, pair_scale=0.2, chunk_rows=4096),

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from reference.data.vocabulary import Vocabulary
+from reference.preprocess.vocabulary import Vocabulary
 
 
 @pytest.mark.parametrize("max_ind_range", [0, 100])

@@ -160,8 +160,8 @@ def package_main(argv) -> int:
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", args.system):
         p.error(f"--system {args.system!r}: use letters, digits, '.', '_' and '-' (it names files)")
 
+    from reference import synthetic
     from reference.config import Config, ConfigError
-    from reference.data import synthetic
 
     # The logs must name the organisation and system that the package and its systems JSON name.
     overrides = list(args.overrides) + [f"submission_platform={args.system}"] + \

@@ -7,10 +7,14 @@ common, most are rare, as in Criteo); labels are drawn from the teacher's
 probability. Because the teacher is known, so is the best AUC any model can
 reach on the evaluation split: it is written to ``synthetic.json`` and printed.
 
-    python -m reference.data.synthetic --out DIR [--raw] [--train-samples N] [--seed S]
+    python -m reference.synthetic --out DIR [--raw] [--train-samples N] [--seed S]
 
 With --raw it goes through the real data path (Criteo-format raw day files,
 then reference.preprocess), as ./run_and_time.sh's embedded default does.
+
+It sits above both data layers: it writes the binary format of reference.data
+directly, or raw text that reference.preprocess turns into it, and scores the
+teacher with reference.metrics. reference.data itself only reads.
 """
 
 from __future__ import annotations
@@ -24,9 +28,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..jsonfile import write_json
-from ..metrics import roc_auc
-from .binary import NUM_DENSE, NUM_SPARSE, write_binary, write_counts
+from .data.binary import NUM_DENSE, NUM_SPARSE, write_binary, write_counts
+from .jsonfile import write_json
+from .metrics import roc_auc
 
 # Table sizes shaped like Criteo 1TB's (a few huge, several tiny), scaled down
 # so the MLPerf architecture trains on 2 cores in minutes.
@@ -216,7 +220,7 @@ def generate_via_raw(out_dir: str, spec: SyntheticSpec, log=print) -> dict:
     (``out_dir/raw``), then ``reference.preprocess`` into ``out_dir``, then
     synthetic.json with the teacher's AUC on the test split (the first half of
     the last day, as preprocessing splits it)."""
-    from ..preprocess import Options, Pipeline, find_inputs, output_names
+    from .preprocess import Options, Pipeline, find_inputs, output_names
 
     started = time.time()
     for key in ("train", "test", "val", "counts", "meta"):  # a cache made the direct way, by this module
@@ -268,7 +272,8 @@ def ensure(out_dir: str, spec: SyntheticSpec, via_raw: bool = False, log=print) 
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m reference.synthetic", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--train-samples", type=int, default=SyntheticSpec.train_samples)
     p.add_argument("--eval-samples", type=int, default=SyntheticSpec.eval_samples)

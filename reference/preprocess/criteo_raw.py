@@ -1,4 +1,4 @@
-"""The raw Criteo Click Logs text format: parsing (the writer of synthetic raw days is data/synthetic).
+"""The raw Criteo Click Logs text format: parsing (the writer of synthetic raw days is reference/synthetic.py).
 
 A line is ``label \\t 13 integers \\t 26 hex categoricals \\n``; any field but
 the label may be empty. Parsing follows the original reference's
@@ -22,9 +22,8 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-NUM_DENSE = 13
-NUM_SPARSE = 26
-NUM_FIELDS = 1 + NUM_DENSE + NUM_SPARSE
+from ..data.binary import COLUMNS, NUM_DENSE, NUM_SPARSE
+
 MAX_DENSE_DIGITS = 18   # fits int64 before clamping to int32
 MAX_HEX_DIGITS = 16     # fits uint64
 INT32_MAX = 2 ** 31 - 1
@@ -98,7 +97,7 @@ class _Problems:
         where = f"{path}:{first_line + line}"
         if field < 0:
             raise RawFormatError(f"{where}: {reason}")
-        raise RawFormatError(f"{where}: {field_name(field)} (field {field + 1} of {NUM_FIELDS}): {reason}")
+        raise RawFormatError(f"{where}: {field_name(field)} (field {field + 1} of {COLUMNS}): {reason}")
 
 
 def _digits(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray, max_width: int, table: np.ndarray,
@@ -134,7 +133,7 @@ def parse_block(data, path: str = "<data>", first_line: int = 1, max_ind_range: 
     if buf.size and buf[-1] != 10:
         buf = np.append(buf, np.uint8(10))
         n += 1
-    records = np.empty((n, NUM_FIELDS), dtype=np.int32)
+    records = np.empty((n, COLUMNS), dtype=np.int32)
     categorical = np.empty((NUM_SPARSE, n), dtype=np.int64)  # one contiguous column each, for the vocabulary
     if _parse_clean(buf, max_ind_range, records, categorical) == n:
         return ParsedBlock(records, categorical.T, lines=n, skipped=0)
@@ -226,15 +225,15 @@ def parse_checked(data, path: str = "<data>", first_line: int = 1, max_ind_range
 
     crlf = np.flatnonzero((newlines > line_start) & (buf[np.maximum(newlines - 1, 0)] == 13))
     problems.add(crlf, np.full(crlf.size, -1), lambda k: "line ends with CRLF (\\r\\n); expected LF endings")
-    wrong = np.flatnonzero(tab_count != NUM_FIELDS - 1)
+    wrong = np.flatnonzero(tab_count != COLUMNS - 1)
     problems.add(wrong, np.full(wrong.size, -1),
-                 lambda k: f"{tab_count[wrong[k]] + 1} tab-separated fields, expected {NUM_FIELDS}")
+                 lambda k: f"{tab_count[wrong[k]] + 1} tab-separated fields, expected {COLUMNS}")
     if problems.first is not None and on_bad_line == "error":
         problems.raise_first(path, first_line)
 
     good = np.flatnonzero(~problems.bad)
     # Field boundaries of the well-formed lines: the line start, then after each tab.
-    tab_pos = tabs[np.searchsorted(tabs, line_start[good])[:, None] + np.arange(NUM_FIELDS - 1)]
+    tab_pos = tabs[np.searchsorted(tabs, line_start[good])[:, None] + np.arange(COLUMNS - 1)]
     starts = np.concatenate([line_start[good, None], tab_pos + 1], axis=1)
     ends = np.concatenate([tab_pos, newlines[good, None]], axis=1)
     lengths = ends - starts
@@ -269,11 +268,11 @@ def parse_checked(data, path: str = "<data>", first_line: int = 1, max_ind_range
     if problems.first is not None and on_bad_line == "error":
         problems.raise_first(path, first_line)
     keep = ~problems.bad[good]
-    records = np.zeros((int(keep.sum()), NUM_FIELDS), dtype=np.int32)
+    records = np.zeros((int(keep.sum()), COLUMNS), dtype=np.int32)
     records[:, 0] = first_char[keep] == 49
     records[:, 1:1 + NUM_DENSE] = dense[keep]
     return ParsedBlock(records, hashes[keep].astype(np.int64), lines=n, skipped=int(problems.bad.sum()))
 
 
 def _empty(lines: int, skipped: int) -> ParsedBlock:
-    return ParsedBlock(np.zeros((0, NUM_FIELDS), np.int32), np.zeros((0, NUM_SPARSE), np.int64), lines, skipped)
+    return ParsedBlock(np.zeros((0, COLUMNS), np.int32), np.zeros((0, NUM_SPARSE), np.int64), lines, skipped)

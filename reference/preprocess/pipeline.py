@@ -1,38 +1,8 @@
-"""Raw Criteo day files -> MLPerf binary files (train, test, val), counts and a manifest.
-
-    python -m reference.preprocess --dataset {terabyte,kaggle} --raw PATH --out DIR
-        [--max-ind-range 40000000] [--sub-sample-rate R] [--days N] [--seed S]
-        [--on-bad-line {error,skip}] [--buckets K] [--workers N]
-
-Semantics of the original reference (REFERENCE.md): empty -> 0, negative
-integers -> 0, categorical = hex mod max-ind-range, one dictionary per column
-over all days numbered by first appearance (rows dropped by sub-sampling not
-counted), days 0..N-2 train (negatives sub-sampled with the seed), the last
-day split into test (first ceil(n/2) rows) and val.
-
-Stages, each resumable (temporary names, renamed when complete; a rerun after
-kill -9 skips what is complete and writes byte-identical outputs):
-  1. map:     each day in order is streamed, parsed, sub-sampled and mapped to
-              ids; training rows are scattered into K buckets by a seeded draw;
-              the day's new dictionary entries are saved for resume;
-  2. shuffle: each bucket is shuffled in memory (seeded) and written at its
-              offset in the training file, so no split is ever held whole;
-  3. split:   the last day becomes the test and val files;
-  4. finish:  counts file and manifest (rows, table sizes, options, sha256).
-Threads (``--workers``, default: cores) do what does not depend on order:
-parsing the next days, the dictionary columns of a block, the gather and
-write of a shuffle bucket; a writer thread scatters each day's rows into the
-buckets in block order. The outputs do not depend on the number of threads.
-Memory: the dictionaries (hash tables sized to the values seen, at most
-26 x max-ind-range x 4 B: 4.2 GB at 40M; freed before the shuffle), a few
-8 MB blocks per thread, then two buckets (at most about 512 MB each).
-Temporary disk: at most a quarter of the training output besides the outputs.
-"""
+"""The stages of preprocessing (map, shuffle, split, finish), each resumable;
+see the package's documentation (reference/preprocess/__init__.py)."""
 
 from __future__ import annotations
 
-import argparse
-import gzip
 import hashlib
 import json
 import math
@@ -43,233 +13,22 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 from tqdm import tqdm
 
-from .data.binary import COLUMNS, RECORD_BYTES, write_counts
-from .data.criteo_raw import NUM_DENSE, NUM_SPARSE, RawFormatError, parse_block
-from .data.vocabulary import Vocabulary
-from .jsonfile import write_json
-from .malloc import keep_freed_memory, release_freed_memory
+from ..data.binary import COLUMNS, NUM_DENSE, NUM_SPARSE, RECORD_BYTES, write_counts
+from ..jsonfile import write_json
+from ..malloc import release_freed_memory
+from .days import DaySource, ParseAhead, estimated_rows, parse_day
+from .options import Options, PreprocessError, output_names
+from .vocabulary import Vocabulary
 
-# Input read and parsed at a time: small enough that a block's arrays stay under glibc's mmap
-# threshold, so freed ones are reused instead of faulted in again (reference/malloc.py).
-BLOCK_BYTES = 8 << 20
 BUCKET_BYTES = 512 << 20        # target size of one shuffle bucket (memory of stage 2)
 # While a bucket is rewritten into the training file its files still exist: with at least
 # 4 buckets that extra copy is at most a quarter of the training data (disk <= 1.25x outputs).
 MIN_BUCKETS = 4
-RAW_BYTES_PER_ROW = 200         # conservative: Criteo lines average ~280 bytes of text
-GZIP_RATIO = 4                  # text bytes per gzip byte, for estimates only
-PREFIX = {"terabyte": ("terabyte_processed", "day_fea_count.npz"),
-          "kaggle": ("kaggle_processed", "kaggle_fea_count.npz")}
-
-
-class PreprocessError(ValueError):
-    pass
-
-
-@dataclass(frozen=True)
-class Options:
-    dataset: str
-    max_ind_range: int
-    sub_sample_rate: float
-    days: int
-    seed: int
-    on_bad_line: str
-    buckets: int
-
-
-def output_names(dataset: str) -> dict:
-    prefix, counts = PREFIX[dataset]
-    return {"train": f"{prefix}_train.bin", "test": f"{prefix}_test.bin", "val": f"{prefix}_val.bin",
-            "counts": counts, "manifest": "manifest.json"}
-
-
-@dataclass(frozen=True)
-class DaySource:
-    """One day of input: a whole day file, or (Kaggle) a byte range of train.txt."""
-    path: str
-    start: int = 0
-    end: int | None = None   # None: to the end of the file
-    first_line: int = 1
-
-    @property
-    def label(self) -> str:
-        return self.path if self.end is None else f"{self.path} lines {self.first_line}.."
-
-    def size(self) -> int:
-        return (os.path.getsize(self.path) if self.end is None else self.end) - self.start
-
-    def signature(self) -> list:
-        """What a resumed run compares to trust a completed day: the input unchanged."""
-        st = os.stat(self.path)
-        return [self.path, self.start, self.end, st.st_size, st.st_mtime_ns]
-
-
-def kaggle_days(path: str, days: int) -> list[DaySource]:
-    """The seed's split of train.txt into ``days`` days: equal line counts, the
-    first (lines mod days) days one line longer. Two passes: count, then find
-    the byte offset where each day starts."""
-    if not os.path.isfile(path):
-        raise PreprocessError(f"{path}: Kaggle train.txt not found")
-    if path.endswith(".gz"):
-        raise PreprocessError(f"{path}: decompress it first (days are byte ranges of the plain file)")
-    with open(path, "rb") as f:
-        total = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(BLOCK_BYTES), b""))
-        if os.path.getsize(path) and not _ends_with_newline(f):
-            total += 1
-    if total < days:
-        raise PreprocessError(f"{path}: {total} lines cannot make {days} days")
-    per_day, extras = divmod(total, days)
-    firsts = np.cumsum([1] + [per_day + (1 if d < extras else 0) for d in range(days)])[:-1]
-    offsets, line, position = [0], 1, 0
-    with open(path, "rb") as f:
-        targets = list(firsts[1:])
-        while targets:
-            chunk = f.read(BLOCK_BYTES)
-            ends = np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == 10)
-            while targets and line + ends.size >= targets[0]:  # the day starts after newline no. target-line
-                offsets.append(position + int(ends[targets[0] - line - 1]) + 1)
-                targets.pop(0)
-            line += ends.size
-            position += len(chunk)
-    day_ends: list[int | None] = [*offsets[1:], None]
-    return [DaySource(path, offsets[d], day_ends[d], int(firsts[d])) for d in range(days)]
-
-
-def _ends_with_newline(f) -> bool:
-    f.seek(-1, os.SEEK_END)
-    return f.read(1) == b"\n"
-
-
-def find_inputs(dataset: str, raw: str, days: int) -> list[DaySource]:
-    """The days: terabyte RAW/day_0 .. day_{N-1} (plain or .gz); kaggle train.txt split in days."""
-    if dataset == "kaggle":
-        return kaggle_days(raw, days)
-    if not os.path.isdir(raw):
-        raise PreprocessError(f"{raw}: not a folder of day files (day_0 ... day_{days - 1}, plain or .gz)")
-    found, missing = [], []
-    for d in range(days):
-        plain, packed = os.path.join(raw, f"day_{d}"), os.path.join(raw, f"day_{d}.gz")
-        if os.path.isfile(plain) and os.path.isfile(packed):
-            raise PreprocessError(f"{raw}: both day_{d} and day_{d}.gz exist; keep one")
-        if os.path.isfile(plain) or os.path.isfile(packed):
-            found.append(DaySource(plain if os.path.isfile(plain) else packed))
-        else:
-            missing.append(f"day_{d}")
-    if missing:
-        raise PreprocessError(f"{raw}: missing {', '.join(missing)} (expected day_0 ... day_{days - 1}, "
-                              f"plain or .gz; --days sets how many)")
-    return found
-
-
-def estimated_rows(sources: list[DaySource]) -> int:
-    return sum(s.size() * (GZIP_RATIO if s.path.endswith(".gz") else 1) // RAW_BYTES_PER_ROW for s in sources)
-
-
-class _UnreadableInput(Exception):
-    pass
-
-
-def read_blocks(source: DaySource):
-    """Yield (whole lines of the day, input bytes consumed so far). The lines
-    are a view of one buffer that the next read overwrites: use each block
-    before asking for the next. The day's last line may lack its newline."""
-    path = source.path
-    left = None if source.end is None else source.end - source.start
-    buffer = bytearray(BLOCK_BYTES)
-    filled = 0  # bytes at the front of the buffer: the carried-over start of a line
-    try:
-        # The progress is raw_handle's position: bytes of the input file, compressed or not.
-        with open(path, "rb") as raw_handle, \
-                (gzip.GzipFile(fileobj=raw_handle) if path.endswith(".gz") else raw_handle) as f:
-            f.seek(source.start)
-            while left is None or left > 0:
-                if filled == len(buffer):  # one line longer than the buffer: a bigger one (the caller
-                    bigger = bytearray(2 * len(buffer))  # may still hold a view, so no resizing)
-                    bigger[:filled] = buffer
-                    buffer = bigger
-                room = len(buffer) - filled if left is None else min(len(buffer) - filled, left)
-                got = f.readinto(memoryview(buffer)[filled:filled + room])
-                if not got:
-                    break
-                if left is not None:
-                    left -= got
-                filled += got
-                cut = buffer.rfind(b"\n", 0, filled) + 1
-                if cut:
-                    yield memoryview(buffer)[:cut], raw_handle.tell() - source.start
-                    buffer[:filled - cut] = buffer[cut:filled]
-                    filled -= cut
-    except (EOFError, gzip.BadGzipFile, OSError) as e:
-        raise _UnreadableInput(e) from None
-    if filled:
-        yield memoryview(buffer)[:filled], source.size()
-
-
-def parse_day(source: DaySource, max_ind_range: int, on_bad_line: str):
-    """Yield (parsed block, input bytes consumed so far) for one day, in order."""
-    line = source.first_line
-    try:
-        for block, position in read_blocks(source):
-            parsed = parse_block(block, source.path, line, max_ind_range, on_bad_line)
-            line += parsed.lines
-            yield parsed, position
-    except _UnreadableInput as e:
-        raise RawFormatError(f"{source.path}:{line}: cannot read past this line: {e.args[0]} "
-                             f"(truncated or corrupt gzip?)") from None
-    if line == source.first_line and on_bad_line == "error":
-        raise RawFormatError(f"{source.path}: the file is empty")
-
-
-def _parse_worker(source: DaySource, max_ind_range: int, on_bad_line: str, out: queue.Queue) -> None:
-    try:
-        for item in parse_day(source, max_ind_range, on_bad_line):
-            out.put(("block", item))
-        out.put(("end", None))
-    except Exception as e:  # handed to the consumer, which raises it in order
-        out.put(("error", e))
-
-
-class ParseAhead:
-    """Parses the next ``workers`` days in threads while the caller maps the
-    current one (the compiled parser and file reads let go of the GIL, and
-    threads die with the process: a killed run leaves nothing behind). Everything
-    order-dependent (sub-sampling draws, id assignment, bucket scatter) stays in
-    the caller, so the outputs do not depend on the number of workers. Queues
-    are bounded: memory stays at a few blocks per worker."""
-
-    def __init__(self, sources: dict, options: Options, workers: int):
-        self.sources, self.o, self.workers = sources, options, workers
-        self.pending = sorted(sources)
-        self.running: dict = {}
-        self._start_more()
-
-    def _start_more(self) -> None:
-        while self.pending and len(self.running) < self.workers:
-            day = self.pending.pop(0)
-            out: queue.Queue = queue.Queue(maxsize=2)
-            thread = threading.Thread(target=_parse_worker, daemon=True,
-                                      args=(self.sources[day], self.o.max_ind_range, self.o.on_bad_line, out))
-            thread.start()
-            self.running[day] = out
-
-    def blocks(self, day: int):
-        out = self.running[day]
-        try:
-            while True:
-                kind, item = out.get()
-                if kind == "end":
-                    break
-                if kind == "error":
-                    raise item
-                yield item
-        finally:
-            del self.running[day]
-            self._start_more()
 
 
 class _DayWriter:
@@ -612,60 +371,3 @@ class Pipeline:
 
 def default_buckets(inputs: list[DaySource]) -> int:
     return max(MIN_BUCKETS, math.ceil(estimated_rows(inputs) * RECORD_BYTES / BUCKET_BYTES))
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m reference.preprocess", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", choices=sorted(PREFIX), required=True)
-    p.add_argument("--raw", required=True, help="folder of day files (terabyte) or train.txt (kaggle)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--max-ind-range", type=int, default=None,
-                   help="hash categoricals mod this (default: 40000000 for terabyte, 0 = none for kaggle)")
-    p.add_argument("--sub-sample-rate", type=float, default=0.0, help="share of negative training rows dropped")
-    p.add_argument("--days", type=int, default=None, help="number of days (default: 24 terabyte, 7 kaggle)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--on-bad-line", choices=["error", "skip"], default="error")
-    p.add_argument("--buckets", type=int, default=None, help="shuffle buckets (default: ~512 MB each, at least 4)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                   help="threads: days parsed ahead of the in-order id assignment, and parts of each shuffle "
-                        "bucket (0: parse inline, one thread; default: cores); the outputs do not depend on it")
-    p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
-    kaggle = args.dataset == "kaggle"
-    days = args.days if args.days is not None else (7 if kaggle else 24)
-    max_ind_range = args.max_ind_range if args.max_ind_range is not None else (0 if kaggle else 40_000_000)
-    if days < 2:
-        p.error("--days must be at least 2 (training days, then the test/val day)")
-    if not 0 <= args.sub_sample_rate < 1:
-        p.error("--sub-sample-rate must be in [0, 1)")
-    if max_ind_range < 0:
-        p.error("--max-ind-range must be >= 0")
-    if args.workers < 0:
-        p.error("--workers must be >= 0")
-    keep_freed_memory()  # blocks reuse their pages instead of faulting them in again (reference/malloc.py)
-    try:
-        inputs = find_inputs(args.dataset, args.raw, days)
-        buckets = args.buckets if args.buckets is not None else default_buckets(inputs[:-1])
-        if buckets < 1:
-            p.error("--buckets must be >= 1")
-        options = Options(args.dataset, max_ind_range, args.sub_sample_rate, days, args.seed, args.on_bad_line,
-                          buckets)
-        manifest = Pipeline(options, inputs, args.out, progress=not args.no_progress, workers=args.workers).run()
-    except (PreprocessError, RawFormatError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # a full disk, say: what is complete is kept
-        print(f"error: {e}\nrerun the same command to resume once this is fixed", file=sys.stderr)
-        return 2
-    splits = manifest["splits"]
-    skipped = sum(i["skipped"] for i in manifest["inputs"])
-    print(f"done: train {splits['train']:,} / test {splits['test']:,} / val {splits['val']:,} rows; "
-          f"{skipped:,} bad lines skipped; {sum(manifest['table_sizes']):,} embedding rows in "
-          f"{len(manifest['table_sizes'])} tables; {manifest['seconds']} s; "
-          f"manifest {os.path.join(args.out, 'manifest.json')}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
