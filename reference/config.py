@@ -27,6 +27,8 @@ PRECISIONS = ("fp32", "bf16")
 LINEAR_KERNELS = ("auto", "aten", "onednn")
 DIVISIONS = ("closed", "open")
 STATUSES = ("onprem", "cloud", "preview", "research")
+QUANTIZE_EMBEDDING_BITS = (0, 8, 4)
+QUANTIZE_MLP_BITS = (0, 8)
 
 
 class ConfigError(ValueError):
@@ -136,6 +138,10 @@ class Config:
     load_checkpoint: str | None = _doc("Checkpoint (ours or the original dlrm_s_pytorch.py's) to "
                                        "initialise the model from.", default=None)
     inference_only: bool = _doc("Only evaluate (the loaded) model on the eval split.", default=False)
+    quantize_embeddings: int = _doc("Inference only: 8 or 4 = row-wise 8-bit or 4-bit tables (FBGEMM's quantized "
+                                    "embedding bags, a scale and bias per row); 0 = fp32.", default=0)
+    quantize_mlp: int = _doc("Inference only: 8 = the MLPs' linear layers in int8 (weights per output channel, "
+                             "activations per sample on the fly); 0 = fp32.", default=0)
     cache_cleared: bool = _doc("The page cache was dropped before the run (run_and_time.sh sets it "
                                "under DLRM_CLEAR_CACHES=1); logged as cache_clear.", default=False)
 
@@ -169,14 +175,22 @@ class Config:
         if path is not None:
             cfg.name = os.path.splitext(os.path.basename(path))[0]
             cfg.update(_read_yaml(path), origin=path)
+        return cfg._overridden(overrides)
+
+    @classmethod
+    def from_values(cls, values: dict, origin: str, overrides: list[str] | None = None) -> Config:
+        """Build from a dictionary (a checkpoint's saved config) and ``key=value`` strings, then validate."""
+        cfg = cls()
+        cfg.update(values, origin=origin)
+        return cfg._overridden(overrides)
+
+    def _overridden(self, overrides: list[str] | None) -> Config:
         for item in overrides or []:
             if "=" not in item:
                 raise ConfigError(f"command line: expected key=value, got {item!r}")
             key, text = item.split("=", 1)
-            cfg.update({key.strip(): yaml.safe_load(text) if text.strip() else None},
-                       origin="command line")
-        cfg.validate()
-        return cfg
+            self.update({key.strip(): yaml.safe_load(text) if text.strip() else None}, origin="command line")
+        return self.validate()
 
     def update(self, values: dict, origin: str) -> None:
         hints = get_type_hints(type(self))
@@ -275,6 +289,21 @@ class Config:
                                      f"(torch {torch.__version__})")
         if self.inference_only and self.load_checkpoint is None and self.resume is None:
             self._fail("inference_only", "needs load_checkpoint (or resume) to name the model to evaluate")
+        for key, bits in (("quantize_embeddings", QUANTIZE_EMBEDDING_BITS), ("quantize_mlp", QUANTIZE_MLP_BITS)):
+            if getattr(self, key) not in bits:
+                self._fail(key, f"must be one of {', '.join(map(str, bits))} (bits; 0 = off), "
+                                f"got {getattr(self, key)}")
+            if getattr(self, key) and not self.inference_only:
+                self._fail(key, "quantization is for inference: set inference_only=true (--inference-only) and "
+                                "load_checkpoint")
+            if getattr(self, key) and self.device != "cpu":
+                self._fail(key, f"the quantized kernels run on the CPU; device is {self.device!r}")
+        if self.quantize_embeddings and (self.qr_threshold > 0 or self.md_temperature > 0):
+            self._fail("quantize_embeddings", "quantizes ordinary tables; this config has QR or MD tables "
+                                              "(qr_threshold / md_temperature)")
+        if self.quantize_embeddings == 4 and self.embedding_dim % 2:
+            self._fail("quantize_embeddings", f"4-bit rows pack two values per byte: embedding_dim must be even, "
+                                              f"got {self.embedding_dim}")
         object.__setattr__(self, "_frozen", True)
         return self
 

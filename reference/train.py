@@ -30,6 +30,7 @@ from .distributed.planner import format_plan
 from .jsonfile import write_json
 from .mlperf_log import MLPerfLogger, log_hyperparameters, log_submission
 from .model import DLRM
+from .quantize import embedding_bytes, mlp_bytes, quantize_model
 from .synthetic import read_meta
 from .trainer import RunResult, RunStatus, Trainer
 
@@ -176,9 +177,17 @@ def run(cfg: Config, out=sys.stderr, parallel: runtime.Parallel | None = None) -
         elif source is not None:
             checkpoint.load_weights(source, model)
         if cfg.inference_only:
+            fp32_bytes = embedding_bytes(model), mlp_bytes(model)
+            if cfg.quantize_embeddings or cfg.quantize_mlp:
+                quantize_model(model, cfg.quantize_embeddings, cfg.quantize_mlp)
+                if root:
+                    print(f"quantized: tables {fp32_bytes[0]:,} -> {embedding_bytes(model):,} bytes, MLPs "
+                          f"{fp32_bytes[1]:,} -> {mlp_bytes(model):,} bytes", file=out)
             started = time.time()
             metrics = trainer.evaluate()
             metrics["seconds"] = time.time() - started
+            metrics.update(embedding_bytes=embedding_bytes(model), mlp_bytes=mlp_bytes(model),
+                           quantize_embeddings=cfg.quantize_embeddings, quantize_mlp=cfg.quantize_mlp)
             if root:
                 print(json.dumps(metrics), file=sys.stdout)
             return RunResult(converged=trainer.reached_target(metrics), status=RunStatus.INFERENCE,

@@ -1,7 +1,9 @@
 import os
 import sys
 
+import numpy as np
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -35,3 +37,16 @@ def easy_data(tmp_path_factory):
                          dense_scale=1.2, id_effect_scale=0.3, pair_scale=0.2, chunk_rows=4096)
     generate(str(out), spec, log=lambda *a: None)
     return out
+
+
+def save_like_the_seed(path, model):
+    """What dlrm_s_pytorch.py --save-model writes: its module names and numpy scalars."""
+    state = {}
+    for t in range(model.embeddings.num_tables):
+        state[f"emb_l.{t}.weight"] = model.embeddings.table(t).clone()
+    for ours, theirs in (("bottom_mlp", "bot_l"), ("top_mlp", "top_l")):
+        for key, value in getattr(model, ours).state_dict().items():
+            state[f"{theirs}.{key}"] = value.clone()
+    torch.save({"epoch": 0, "nepochs": 1, "nbatches": 20, "nbatches_test": 2, "iter": 20,
+                "state_dict": state, "train_acc": np.float64(0.75), "train_loss": np.float32(0.5),
+                "test_acc": np.float64(0.76), "test_loss": np.float64(0.49), "opt_state_dict": {}}, path)

@@ -1,11 +1,10 @@
 import os
 import pickle
 
-import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import save_like_the_seed, tiny_config
 from reference import checkpoint, train
 from reference.model import DLRM
 from reference.train import resolve_table_sizes
@@ -43,19 +42,6 @@ def test_inference_only_evaluates_the_checkpoint(easy_data, tmp_path):
     trained = train.run(tiny_config(easy_data, tmp_path, checkpoint_path=ckpt), out=DEVNULL)
     result = train.run(tiny_config(easy_data, tmp_path, load_checkpoint=ckpt, inference_only=True), out=DEVNULL)
     assert result.final["auc"] == trained.final["auc"]
-
-
-def save_like_the_seed(path, model):
-    """What dlrm_s_pytorch.py --save-model writes: its module names and numpy scalars."""
-    state = {}
-    for t in range(model.embeddings.num_tables):
-        state[f"emb_l.{t}.weight"] = model.embeddings.table(t).clone()
-    for ours, theirs in (("bottom_mlp", "bot_l"), ("top_mlp", "top_l")):
-        for key, value in getattr(model, ours).state_dict().items():
-            state[f"{theirs}.{key}"] = value.clone()
-    torch.save({"epoch": 0, "nepochs": 1, "nbatches": 20, "nbatches_test": 2, "iter": 20,
-                "state_dict": state, "train_acc": np.float64(0.75), "train_loss": np.float32(0.5),
-                "test_acc": np.float64(0.76), "test_loss": np.float64(0.49), "opt_state_dict": {}}, path)
 
 
 def test_loads_the_original_checkpoint_format(easy_data, tmp_path):

