@@ -267,10 +267,6 @@ class MultiProcess:
 
     @classmethod
     def start(cls, cfg: Config, info: LaunchInfo) -> MultiProcess:
-        for key in ("checkpoint_path", "resume", "load_checkpoint"):
-            if getattr(cfg, key) is not None:
-                raise ConfigError(f"{cfg.where(key)}: {key}: checkpoints are single-process only for now "
-                                  f"(this run has {info.world_size} ranks)")
         for key, on in (("qr_threshold", cfg.qr_threshold > 0), ("md_temperature", cfg.md_temperature > 0)):
             if on:
                 raise ConfigError(f"{cfg.where(key)}: {key}: QR and MD tables run in one process only for now "
