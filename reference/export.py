@@ -30,6 +30,7 @@ import warnings
 import torch
 
 from . import checkpoint
+from .checkpoint.restore import opened
 from .config import Config, ConfigError
 from .model import DLRM
 
@@ -48,37 +49,29 @@ TRACED = ["device=cpu", "precision=fp32", "linear_kernel=aten", "allow_tf32=fals
 
 
 def model_from_checkpoint(path: str, config: str | None = None, overrides: list[str] | None = None) -> DLRM:
-    """The model a checkpoint holds, ready to trace. Its architecture comes
-    from the config the checkpoint saved, or from ``config`` (needed for the
-    original code's checkpoints, which save none), plus ``overrides``."""
-    data = checkpoint.load_file(path, mapped=True)
+    """The model a checkpoint (a folder, a single file, or the original code's
+    file) holds, ready to trace. Its architecture comes from the config the
+    checkpoint saved, or from ``config`` (needed for the original code's
+    checkpoints, which save none), plus ``overrides``."""
     settings = [*(overrides or []), *TRACED]
-    if config is not None:
-        cfg = Config.from_sources(config, settings)
-    elif data.get("format") == checkpoint.FORMAT:
-        cfg = Config.from_values(data["config"], f"{path} (its saved config)", settings)
+    with opened(path) as ckpt:
+        if config is not None:
+            cfg = Config.from_sources(config, settings)
+        elif ckpt.config:
+            cfg = Config.from_values(ckpt.config, f"{path} (its saved config)", settings)
+        else:
+            raise ConfigError(f"{path}: holds no config (an original dlrm_s_pytorch.py checkpoint?); name the one "
+                              f"it was trained with: --config configs/FILE.yaml")
+        saved_sizes = ckpt.values.get("table_sizes") or (ckpt.rows.table_sizes if ckpt.rows is not None else None)
+    if cfg.table_sizes is not None:
+        sizes = list(cfg.table_sizes)
+    elif saved_sizes:
+        sizes = [int(n) for n in saved_sizes]
     else:
-        raise ConfigError(f"{path}: holds no config (an original dlrm_s_pytorch.py checkpoint?); name the one it "
-                          f"was trained with: --config configs/FILE.yaml")
-    sizes = _table_sizes(data, cfg, path)
-    del data
+        raise ConfigError(f"{path}: says nothing of its table sizes; set table_sizes")
     model = DLRM.from_config(cfg, sizes, linear_kernel="aten")
     checkpoint.load_weights(path, model)
     return model.eval()
-
-
-def _table_sizes(data: dict, cfg: Config, path: str) -> list[int]:
-    if data.get("format") == checkpoint.FORMAT:
-        return [int(n) for n in data["table_sizes"]]
-    if cfg.table_sizes is not None:
-        return list(cfg.table_sizes)
-    state = data.get("state_dict", {})
-    sizes: list[int] = []
-    while f"emb_l.{len(sizes)}.weight" in state:
-        sizes.append(int(state[f"emb_l.{len(sizes)}.weight"].shape[0]))
-    if not sizes:
-        raise checkpoint.CheckpointError(f"{path}: no embedding tables (emb_l.N.weight) in its state_dict")
-    return sizes
 
 
 def example_inputs(model: DLRM, batch: int = EXAMPLE_BATCH) -> tuple[torch.Tensor, torch.Tensor]:

@@ -168,12 +168,13 @@ def run(cfg: Config, out=sys.stderr, parallel: runtime.Parallel | None = None) -
         for name in model.mlperf_tensor_names():
             log.event(C.WEIGHTS_INITIALIZATION, tensor=name)
         trainer = Trainer(cfg, model, train_data, eval_data, log, out=out, parallel=parallel)
-        # Neither keeps the file's dictionary: its copy of the tables is gone before fit().
+        # Every rank reads only its own rows; neither keeps the files mapped once it returns.
         source = cfg.resume or cfg.load_checkpoint
         if cfg.resume is not None and not cfg.inference_only:
             trainer.state = checkpoint.resume(cfg.resume, model, trainer.optimizer, cfg.optimizer)
-            print(f"resumed from {cfg.resume} at step {trainer.state.step} (epoch {trainer.state.epoch + 1}, "
-                  f"batch {trainer.state.batch_in_epoch})", file=out)
+            if root:
+                print(f"resumed from {cfg.resume} at step {trainer.state.step} (epoch {trainer.state.epoch + 1}, "
+                      f"batch {trainer.state.batch_in_epoch})", file=out)
         elif source is not None:
             checkpoint.load_weights(source, model)
         if cfg.inference_only:

@@ -89,6 +89,7 @@ class Trainer:
         self.schedule = PolyWarmupSchedule.from_config(cfg)
         self.checkpoints = checkpoint.CheckpointPolicy(cfg.checkpoint_path, cfg.checkpoint_every)
         self.state = TrainingState()
+        self.saved_step: int | None = None  # the step of this run's last checkpoint
 
     # --- pieces -----------------------------------------------------------
     def eval_schedule(self, data: BinaryDataset) -> EvalSchedule:
@@ -147,7 +148,8 @@ class Trainer:
     def save_checkpoint(self) -> None:
         assert self.cfg.checkpoint_path is not None, "the checkpoint policy saves only with a path"
         checkpoint.save(self.cfg.checkpoint_path, self.model, self.optimizer, self.state,
-                        config=self.cfg.as_dict(), table_sizes=self.model.embeddings.table_sizes)
+                        config=self.cfg.as_dict(), table_sizes=self.model.embeddings.table_sizes, group=self.parallel)
+        self.saved_step = self.state.step
 
     def progress_bar(self, total: int) -> tqdm:
         return tqdm(total=total, initial=self.state.batch_in_epoch, desc=f"epoch {self.state.epoch + 1}",
@@ -201,7 +203,7 @@ class Trainer:
         result.status = RunStatus.SUCCESS if result.converged or not self.has_target() else RunStatus.ABORTED
         run_stop_ms = mlperf.run_stop(result.status)
         meter.flush()
-        if self.checkpoints.at_end:
+        if self.checkpoints.at_end and self.saved_step != self.state.step:  # not twice the same weights
             self.save_checkpoint()
         result.run_seconds = (run_stop_ms - run_start_ms) / 1000
         result.losses, result.loss_curve = meter.losses, meter.curve

@@ -14,6 +14,26 @@ from reference.synthetic import SyntheticSpec, generate  # noqa: E402
 SMALL_TABLES = [40, 3, 25, 7, 60, 3, 12, 5, 9, 50, 30, 20, 4, 11, 18, 6, 4, 8, 5, 45, 35, 40, 15, 10, 6, 5]
 
 
+def saved_step_folder(path) -> str:
+    """The step folder a checkpoint folder's LATEST names."""
+    with open(os.path.join(path, "LATEST")) as f:
+        return os.path.join(path, f.read().strip())
+
+
+def saved_model(path) -> dict:
+    """The model state of a checkpoint saved by one process: the dense part from
+    meta.pt, the tables (when stored by rows) from rank 0's file."""
+    import torch
+
+    step = saved_step_folder(path)
+    meta = torch.load(os.path.join(step, "meta.pt"), weights_only=True)
+    state = dict(meta["model"])
+    if meta["plan"]:
+        assert meta["world_size"] == 1, "one process's checkpoint"
+        state["embeddings.weight"] = torch.load(os.path.join(step, "rank-00000.pt"), weights_only=True)["weight"]
+    return state
+
+
 def tiny_config(data_dir, tmp_path, **overrides) -> Config:
     """A small model on small data: seconds per run on 2 cores."""
     values = dict(embedding_dim=8, bottom_mlp=[13, 16, 8], top_mlp=[16, 1], batch_size=256,

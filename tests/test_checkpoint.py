@@ -1,11 +1,13 @@
 import os
 import pickle
+import shutil
 
 import pytest
 import torch
 
 from conftest import save_like_the_seed, tiny_config
 from reference import checkpoint, train
+from reference.checkpoint import folder, rows
 from reference.model import DLRM
 from reference.train import resolve_table_sizes
 from reference.trainer import Trainer
@@ -18,7 +20,7 @@ DEVNULL = open(os.devnull, "w")
 def test_resume_equals_uninterrupted(easy_data, tmp_path, optimizer):
     common = dict(optimizer=optimizer, epochs=2, eval_every=6, submission_division="open", learning_rate=0.1)
     full = train.run(tiny_config(easy_data, tmp_path, **common), out=DEVNULL)
-    ckpt = str(tmp_path / "c.pt")
+    ckpt = str(tmp_path / "ckpt")
     for stop_at in (7, 20):  # mid-epoch, and exactly at an epoch boundary
         first = train.run(tiny_config(easy_data, tmp_path, max_steps=stop_at, checkpoint_path=ckpt, **common),
                           out=DEVNULL)
@@ -28,17 +30,22 @@ def test_resume_equals_uninterrupted(easy_data, tmp_path, optimizer):
         assert resumed.final["auc"] == full.final["auc"]
 
 
-def test_checkpoint_is_atomic_and_weights_only(easy_data, tmp_path):
-    ckpt = tmp_path / "c.pt"
+def test_checkpoint_folder_holds_the_latest_step_only_and_loads_weights_only(easy_data, tmp_path):
+    ckpt = tmp_path / "ckpt"
     train.run(tiny_config(easy_data, tmp_path, checkpoint_path=str(ckpt), checkpoint_every=5), out=DEVNULL)
-    assert ckpt.exists() and not [p for p in os.listdir(tmp_path) if ".tmp" in p]
-    data = torch.load(ckpt, weights_only=True)
-    assert data["format"] == checkpoint.FORMAT and data["step"] == 20
-    assert data["epoch"] == 1 and data["batch_in_epoch"] == 0
+    assert sorted(os.listdir(ckpt)) == ["LATEST", "step-00000020"]  # older steps removed once it was complete
+    assert sorted(os.listdir(ckpt / "step-00000020")) == ["meta.pt", "rank-00000.pt"]
+    meta = torch.load(ckpt / "step-00000020" / "meta.pt", weights_only=True)
+    assert meta["format"] == checkpoint.FORMAT and meta["step"] == 20 and meta["world_size"] == 1
+    # Saved in the loop after the epoch's last batch; the end of the run had nothing new to save.
+    assert meta["epoch"] == 0 and meta["batch_in_epoch"] == 20
+    assert "embeddings.weight" not in meta["model"]
+    tables = torch.load(ckpt / "step-00000020" / "rank-00000.pt", weights_only=True)
+    assert tables["weight"].shape == (sum(resolve_table_sizes(tiny_config(easy_data, tmp_path))), 8)
 
 
 def test_inference_only_evaluates_the_checkpoint(easy_data, tmp_path):
-    ckpt = str(tmp_path / "c.pt")
+    ckpt = str(tmp_path / "ckpt")
     trained = train.run(tiny_config(easy_data, tmp_path, checkpoint_path=ckpt), out=DEVNULL)
     result = train.run(tiny_config(easy_data, tmp_path, load_checkpoint=ckpt, inference_only=True), out=DEVNULL)
     assert result.final["auc"] == trained.final["auc"]
@@ -101,29 +108,34 @@ def test_streamed_save_writes_what_torch_save_writes(tmp_path):
                (5, {"seed": 1}, [{"lr": 0.1, "params": [0]}])
 
 
-def test_a_failed_save_leaves_no_file_behind(tmp_path, monkeypatch):
+def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    model = DLRM([5, 3], 4, [13, 4], [4, 1])
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    ckpt = str(tmp_path / "ckpt")
+    checkpoint.save(ckpt, model, sgd, TrainingState(step=1, batch_in_epoch=1), config={"optimizer": "sgd"},
+                    table_sizes=[5, 3])
+
     def broken(state, path):
         open(path, "w").close()
         raise OSError("disk full")
-    monkeypatch.setattr(checkpoint, "save_streamed", broken)
-    model = DLRM([5, 3], 4, [13, 4], [4, 1])
+    monkeypatch.setattr(folder, "save_streamed", broken)
     with pytest.raises(OSError, match="disk full"):
-        checkpoint.save(str(tmp_path / "c.pt"), model, torch.optim.SGD(model.parameters(), lr=0.1),
-                        TrainingState(step=1, batch_in_epoch=1), config={}, table_sizes=[5, 3])
-    assert os.listdir(tmp_path) == []
+        checkpoint.save(ckpt, model, sgd, TrainingState(step=2, batch_in_epoch=2), config={"optimizer": "sgd"},
+                        table_sizes=[5, 3])
+    assert checkpoint.resume(ckpt, model, sgd, "sgd") == TrainingState(step=1, batch_in_epoch=1)
 
 
 def test_the_loaded_checkpoint_is_released_before_training(easy_data, tmp_path, monkeypatch):
     import gc
     import weakref
-    ckpt = str(tmp_path / "c.pt")
+    ckpt = str(tmp_path / "ckpt")
     train.run(tiny_config(easy_data, tmp_path, max_steps=5, checkpoint_path=ckpt), out=DEVNULL)
     refs, alive = [], []
-    load = checkpoint.load_weights
+    load = rows.load_file
 
-    def tracked(path, model):
-        data = load(path, model)
-        refs.append(weakref.ref(data["model"]["embeddings.weight"]))
+    def tracked(path):
+        data = load(path)
+        refs.append(weakref.ref(data["weight"]))
         return data
 
     fit = Trainer.fit
@@ -133,17 +145,17 @@ def test_the_loaded_checkpoint_is_released_before_training(easy_data, tmp_path, 
         alive.append(refs[0]() is not None)
         return fit(self)
 
-    monkeypatch.setattr(checkpoint, "load_weights", tracked)
+    monkeypatch.setattr(rows, "load_file", tracked)
     monkeypatch.setattr(Trainer, "fit", checked)
     train.run(tiny_config(easy_data, tmp_path, resume=ckpt, max_steps=8), out=DEVNULL)
-    assert alive == [False]  # the tables' copy from the file is gone once training starts
+    assert len(refs) == 1 and alive == [False]  # the tables' file is unmapped once training starts
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: torch sees no GPU here")
 def test_a_model_on_the_gpu_is_saved_and_loaded_streamed(tmp_path):
     model = DLRM([5000, 3], 8, [13, 8], [8, 1]).cuda()
     opt = torch.optim.Adagrad(model.parameters(), lr=0.1)
-    path = str(tmp_path / "c.pt")
+    path = str(tmp_path / "ckpt")
     checkpoint.save(path, model, opt, TrainingState(step=1, batch_in_epoch=1), config={}, table_sizes=[5000, 3])
     other = DLRM([5000, 3], 8, [13, 8], [8, 1], seed=1).cuda()
     checkpoint.load_weights(path, other)
@@ -153,21 +165,24 @@ def test_a_model_on_the_gpu_is_saved_and_loaded_streamed(tmp_path):
 def test_resume_refuses_what_cannot_continue_a_run(tmp_path):
     model = DLRM([5, 3], 4, [13, 4], [4, 1])
     sgd = torch.optim.SGD(model.parameters(), lr=0.1)
-    good = str(tmp_path / "c.pt")
+    good = str(tmp_path / "ckpt")
     checkpoint.save(good, model, sgd, TrainingState(step=9, epoch=1, batch_in_epoch=2),
                     config={"optimizer": "sgd"}, table_sizes=[5, 3])
     assert checkpoint.resume(good, model, sgd, "sgd") == TrainingState(step=9, epoch=1, batch_in_epoch=2)
     adagrad = torch.optim.Adagrad(model.parameters(), lr=0.1)
-    with pytest.raises(checkpoint.CheckpointError,
-                       match="c.pt: written by a run with optimizer='sgd'; this run has optimizer='adagrad'"):
+    with pytest.raises(checkpoint.CheckpointError, match="ckpt/step-00000009: written by a run with "
+                                                         "optimizer='sgd'; this run has optimizer='adagrad'"):
         checkpoint.resume(good, model, adagrad, "adagrad")
     original = str(tmp_path / "seed.pt")
     save_like_the_seed(original, model)
     with pytest.raises(checkpoint.CheckpointError, match="seed.pt: the checkpoint has no optimiser state"):
         checkpoint.resume(original, model, sgd, "sgd")
-    data = torch.load(good, weights_only=True)
+    bad = tmp_path / "bad"
+    shutil.copytree(good, bad)
+    meta = bad / "step-00000009" / "meta.pt"
+    data = torch.load(meta, weights_only=True)
     data["step"] = -3
-    bad = str(tmp_path / "bad.pt")
-    torch.save(data, bad)
-    with pytest.raises(checkpoint.CheckpointError, match="bad.pt: training state: step must be an integer >= 0"):
-        checkpoint.resume(bad, model, sgd, "sgd")
+    torch.save(data, meta)
+    with pytest.raises(checkpoint.CheckpointError,
+                       match="bad/step-00000009: training state: step must be an integer >= 0"):
+        checkpoint.resume(str(bad), model, sgd, "sgd")

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ROOT, SMALL_TABLES, tiny_config
+from conftest import ROOT, SMALL_TABLES, saved_model, tiny_config
 from reference import checkpoint, train
 from reference.config import Config, ConfigError
 from reference.embedding_factory import build_embeddings
@@ -185,7 +185,7 @@ def test_the_embedded_default_trains_with_qr_and_md(easy_data, tmp_path, overrid
 def test_checkpoint_round_trip_resumes_exactly(easy_data, tmp_path, layout):
     common = dict(optimizer="rowwise_adagrad", submission_division="open", learning_rate=0.1, **LAYOUTS[layout])
     full = train.run(tiny_config(easy_data, tmp_path, **common), out=DEVNULL)
-    ckpt = str(tmp_path / "c.pt")
+    ckpt = str(tmp_path / "ckpt")
     first = train.run(tiny_config(easy_data, tmp_path, max_steps=7, checkpoint_path=ckpt, **common), out=DEVNULL)
     assert first.losses == full.losses[:7]
     resumed = train.run(tiny_config(easy_data, tmp_path, resume=ckpt, **common), out=DEVNULL)
@@ -194,12 +194,12 @@ def test_checkpoint_round_trip_resumes_exactly(easy_data, tmp_path, layout):
     cfg = tiny_config(easy_data, tmp_path, **common)
     model = DLRM.from_config(cfg, SMALL_TABLES)
     checkpoint.load_weights(ckpt, model)
-    saved = checkpoint.load_file(ckpt)["model"]
+    saved = saved_model(ckpt)
     assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
 
 
 def test_a_qr_checkpoint_into_another_layout_is_refused_by_name(easy_data, tmp_path):
-    ckpt = str(tmp_path / "qr.pt")
+    ckpt = str(tmp_path / "qr")
     train.run(tiny_config(easy_data, tmp_path, max_steps=2, checkpoint_path=ckpt, submission_division="open",
                           qr_threshold=10), out=DEVNULL)
     plain = DLRM.from_config(tiny_config(easy_data, tmp_path), SMALL_TABLES)

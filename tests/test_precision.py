@@ -4,8 +4,8 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, tiny_config
-from reference import checkpoint, precision, train
+from conftest import ROOT, saved_model, tiny_config
+from reference import precision, train
 from reference.config import ConfigError
 from reference.distributed import runtime
 from reference.interaction import DotInteraction
@@ -92,10 +92,9 @@ def test_bf16_logits_and_weights_stay_fp32(easy_data, tmp_path):
 @needs_bf16
 @pytest.mark.parametrize("first,second", [("bf16", "fp32"), ("fp32", "bf16")])
 def test_checkpoints_move_between_precisions(easy_data, tmp_path, first, second):
-    path = str(tmp_path / "ckpt.pt")
+    path = str(tmp_path / "ckpt")
     run_tiny(easy_data, tmp_path, max_steps=6, precision=first, checkpoint_path=path)
-    saved = checkpoint.load_file(path)
-    assert {v.dtype for v in saved["model"].values()} == {torch.float32}
+    assert {v.dtype for v in saved_model(path).values()} == {torch.float32}
     resumed = run_tiny(easy_data, tmp_path, max_steps=12, precision=second, resume=path)
     assert resumed.steps == 12 and len(resumed.losses) == 6
     uninterrupted = run_tiny(easy_data, tmp_path, max_steps=12, precision=second)

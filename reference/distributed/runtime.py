@@ -267,10 +267,6 @@ class MultiProcess:
 
     @classmethod
     def start(cls, cfg: Config, info: LaunchInfo) -> MultiProcess:
-        for key in ("checkpoint_path", "resume", "load_checkpoint"):
-            if getattr(cfg, key) is not None:
-                raise ConfigError(f"{cfg.where(key)}: {key}: checkpoints are single-process only for now "
-                                  f"(this run has {info.world_size} ranks)")
         for key, on, what in (("qr_threshold", cfg.qr_threshold > 0, "QR and MD tables"),
                               ("md_temperature", cfg.md_temperature > 0, "QR and MD tables"),
                               ("quantize_embeddings", cfg.quantize_embeddings > 0, "quantized tables")):

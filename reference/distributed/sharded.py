@@ -44,6 +44,7 @@ class ShardedEmbeddings(nn.Module):
         super().__init__()
         device = comm.device
         self.table_sizes = list(plan.table_sizes)
+        self.plan = plan  # every rank's shards: what a checkpoint records
         self.shards = plan.shards_of(comm.rank)
         self.dim = plan.dim
         self.columns = sorted({s.table for s in self.shards})
@@ -52,6 +53,7 @@ class ShardedEmbeddings(nn.Module):
         for s in self.shards:
             offsets.append(total)
             total += s.rows
+        self.row_offsets = offsets  # where each shard starts in the fused weight
         as_long = lambda values: torch.tensor(values, dtype=torch.int64, device=device)  # noqa: E731
         self.register_buffer("shard_column", as_long([position[s.table] for s in self.shards]), persistent=False)
         self.register_buffer("shard_lo", as_long([s.lo for s in self.shards]), persistent=False)
