@@ -20,7 +20,7 @@ from reference.distributed.communicator import build_communicator
 from reference.distributed.data_parallel import GradientReducer
 from reference.distributed.errors import DistributedError
 from reference.distributed.launch import LaunchInfo
-from reference.distributed.monitor import FaultMonitor
+from reference.distributed.monitor import CollectiveWatch, FaultMonitor
 from reference.distributed.planner import plan_tables
 from reference.distributed.rendezvous import open_store
 from reference.distributed.sharded import ShardedEmbeddings
@@ -187,7 +187,20 @@ def start_monitors(monkeypatch):
 def stop(m: FaultMonitor) -> None:
     """Stop a rank's heartbeat, as in a killed or suspended process."""
     m.close()
-    time.sleep(0.3)  # a beat already under way lands before the others look
+
+
+def test_close_waits_for_the_background_threads(start_monitors):
+    """A daemon thread still inside a store call when the interpreter exits aborts the
+    process in C++ ("terminate called without an active exception"): close() joins."""
+    monitors, _ = start_monitors()
+    threads = [m._thread for m in monitors]
+    assert all(t.is_alive() for t in threads)
+    for m in monitors:
+        m.close()
+    assert not any(t.is_alive() for t in threads)
+    watch = CollectiveWatch(60.0, lambda what, cause: None, poll=0.05)
+    watch.close()
+    assert not watch._thread.is_alive()
 
 
 def wait_for(condition, limit: float = 10.0) -> None:

@@ -89,7 +89,12 @@ class FaultMonitor:
         return silent
 
     def close(self) -> None:
+        """Stop beating and wait for the thread: a daemon thread still inside a store call
+        when the interpreter exits is killed in C++ code, which aborts the process
+        ("terminate called without an active exception") after a run that went well."""
         self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(self.timeout)
 
     def report_failure(self, message: str) -> None:
         """Tell the other ranks why this one is about to exit."""
@@ -195,5 +200,7 @@ class CollectiveWatch:
                 return
 
     def close(self) -> None:
-        self._stop.set()
+        self._stop.set()  # as FaultMonitor.close: never leave the thread running into the interpreter's exit
+        if self._thread is not threading.current_thread():
+            self._thread.join(self.timeout)
 
