@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .binary import COLUMNS, NUM_DENSE, NUM_SPARSE, RECORD_BYTES, DataError
+from .jagged import Ids, JaggedIds
 
 
 def split_sizes(n: int, world_size: int) -> list[int]:
@@ -31,7 +32,9 @@ def sample_range(n: int, world_size: int, rank: int) -> tuple[int, int]:
 @dataclass
 class Batch:
     dense: torch.Tensor   # (B, 13) float32, log(x + 1)
-    ids: torch.Tensor     # (B, 26) int64; with several ranks (global batch, this rank's tables)
+    # (B, 26) int64, one id per table, or bags of ids (JaggedIds);
+    # with several ranks: the global batch's, for this rank's tables
+    ids: Ids
     labels: torch.Tensor  # (B,) float32, 0 or 1
     global_size: int = -1  # samples in the whole (global) batch; -1: this batch is all of it
 
@@ -50,6 +53,10 @@ class Batch:
             return self
         return Batch(self.dense.to(device, non_blocking=True), self.ids.to(device, non_blocking=True),
                      self.labels.to(device, non_blocking=True), self.global_size)
+
+    def tensors(self) -> list[torch.Tensor]:
+        ids = [self.ids.values, self.ids.offsets] if isinstance(self.ids, JaggedIds) else [self.ids]
+        return [self.dense, *ids, self.labels]
 
 
 class BinaryDataset:
