@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -27,6 +28,14 @@ def sample_range(n: int, world_size: int, rank: int) -> tuple[int, int]:
     sizes = split_sizes(n, world_size)
     lo = sum(sizes[:rank])
     return lo, lo + sizes[rank]
+
+
+def batch_order(num_batches: int, epoch: int, shuffle: bool, seed: int) -> np.ndarray:
+    """The order of batches in ``epoch``: a pure function of (seed, epoch),
+    so a resumed run sees the same order without saving RNG state."""
+    if not shuffle:
+        return np.arange(num_batches)
+    return np.random.default_rng([seed, epoch]).permutation(num_batches)
 
 
 @dataclass
@@ -57,6 +66,27 @@ class Batch:
     def tensors(self) -> list[torch.Tensor]:
         ids = [self.ids.values, self.ids.offsets] if isinstance(self.ids, JaggedIds) else [self.ids]
         return [self.dense, *ids, self.labels]
+
+
+class Dataset(Protocol):
+    """What training reads batches from: a binary file (:class:`BinaryDataset`)
+    or batches drawn in memory (random.py)."""
+
+    path: str  # what error messages call it
+    batch_size: int
+    num_samples: int
+    num_batches: int
+
+    def __len__(self) -> int: ...
+
+    def batch_order(self, epoch: int, shuffle: bool, seed: int) -> np.ndarray:
+        """The order of batches in ``epoch``: a pure function of (seed, epoch)."""
+
+    def batch(self, index: int) -> Batch: ...
+
+    def batch_part(self, index: int, rank: int, world_size: int, columns: list[int]) -> Batch:
+        """One rank's part of batch ``index``: dense features and labels of its
+        samples (:func:`sample_range`), ids of the whole batch for ``columns``."""
 
 
 class BinaryDataset:
@@ -93,11 +123,7 @@ class BinaryDataset:
         return self.num_batches
 
     def batch_order(self, epoch: int, shuffle: bool, seed: int) -> np.ndarray:
-        """The order of batches in ``epoch``: a pure function of (seed, epoch),
-        so a resumed run sees the same order without saving RNG state."""
-        if not shuffle:
-            return np.arange(self.num_batches)
-        return np.random.default_rng([seed, epoch]).permutation(self.num_batches)
+        return batch_order(self.num_batches, epoch, shuffle, seed)
 
     def rows(self, start: int, stop: int) -> np.ndarray:
         return np.asarray(self._data[start:stop])
