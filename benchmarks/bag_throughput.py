@@ -13,8 +13,8 @@ as auto picks it here). Paths, each a full Trainer on its own copy of the model:
 - ``bags of 4``, ``bags of 10``: every bag exactly that many ids.
 
 A step includes drawing its random batch (as a run without read-ahead does).
-The paths' steps are timed interleaved, step by step, so a busy machine slows
-all of them alike; after each step, the same path's embedding lookup alone
+The paths' steps are timed interleaved, step by step, each step starting at
+another path, so a busy machine slows all of them alike; after each step, the same path's embedding lookup alone
 (forward and backward, on the same batch) is timed too. Medians over steps.
 
     python -m benchmarks.bag_throughput [--before REV] [--steps 20] [--json FILE]
@@ -111,7 +111,9 @@ def main(argv=None) -> int:
         step_ms: list[list[float]] = [[] for _ in paths]
         lookup_ms: list[list[float]] = [[] for _ in paths]
         for i in range(args.warmup + args.steps):
-            for k, ((_, _, read), trainer) in enumerate(zip(paths, trainers, strict=True)):
+            for j in range(len(paths)):
+                k = (i + j) % len(paths)  # each step starts at another path: no path always runs first
+                (_, _, read), trainer = paths[k], trainers[k]
                 t0 = time.perf_counter()
                 batch = read(i % batches)
                 trainer.train_step(batch).item()
