@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from reference.data.jagged import JaggedIds
-from reference.distributed.planner import plan_tables
+from reference.distributed.planner import Plan, Shard, plan_tables
 from reference.distributed.sharded import ShardedEmbeddings
 from reference.embeddings import FusedEmbeddingBag
 from reference.optim import RowWiseAdagrad
@@ -116,11 +116,21 @@ def test_bags_for_the_wrong_number_of_tables_are_refused():
 # --- pooling, one rank's shards ---------------------------------------------------------
 
 
+def two_ranges_on_one_rank(sizes: list[int], dim: int) -> Plan:
+    """Rank 0 holds rows 0..99 and 200..299 of table 0 (a plan the planner rarely makes)."""
+    shards = [Shard(0, 0, 100, 0), Shard(0, 100, 200, 1), Shard(0, 200, 300, 0), Shard(1, 0, 7, 2)]
+    shards += [Shard(t, 0, n, t % 3) for t, n in enumerate(sizes) if t > 1]
+    plan = Plan(sizes, 3, dim, 4 * dim, 0, shards)
+    plan.check()
+    return plan
+
+
 @pytest.mark.parametrize("sync_free", [False, True], ids=["host lookup", "sync-free lookup"])
-def test_shards_pool_the_ids_they_hold_and_sum_to_the_whole_bag(sync_free):
+@pytest.mark.parametrize("planned", [True, False], ids=["planner", "two ranges of a table on one rank"])
+def test_shards_pool_the_ids_they_hold_and_sum_to_the_whole_bag(sync_free, planned):
     sizes = [300, 7, 3, 11, 5, 9]  # table 0 is split over the 3 ranks
     world, batch, dim = 3, 8, 4
-    plan = plan_tables(sizes, world, dim)
+    plan = plan_tables(sizes, world, dim) if planned else two_ranges_on_one_rank(sizes, dim)
     assert plan.split_tables() == [0]
     bags = random_bags(sizes, batch, most=5, seed=1)
     for b in range(batch):  # every bag of the split table crosses shards, with a repeat
