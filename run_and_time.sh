@@ -6,9 +6,12 @@
 #                                          # files, preprocessed to binary on first use, then
 #                                          # configs/synthetic.yaml
 #   ./run_and_time.sh --config configs/mlperf_closed.yaml --data-dir /data/criteo [key=value ...]
+#   ./run_and_time.sh data_mode=random bag_size=10   # random batches drawn in memory, no data files
+#                                          # (default config then configs/random.yaml)
 #
 # Options (each also read from the environment variable in brackets):
-#   --config FILE      [CONFIG]       training config (default configs/synthetic.yaml)
+#   --config FILE      [CONFIG]       training config (default configs/synthetic.yaml, or
+#                                     configs/random.yaml with data_mode=random)
 #   --data-dir DIR     [DATA_DIR]     folder with the binary files and the counts file
 #                                     (default for synthetic: .cache/synthetic, generated if missing)
 #   --results-dir DIR  [RESULTS_DIR]  where the MLPerf log and the run summary go (default results/)
@@ -22,7 +25,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-CONFIG="${CONFIG:-configs/synthetic.yaml}"
+CONFIG="${CONFIG:-}"
 DATA_DIR="${DATA_DIR:-}"
 RESULTS_DIR="${RESULTS_DIR:-results}"
 SEED="${SEED:-}"
@@ -35,7 +38,7 @@ while [ $# -gt 0 ]; do
     --results-dir) RESULTS_DIR="$2"; shift 2 ;;
     --seed) SEED="$2"; shift 2 ;;
     --nproc) NPROC="$2"; shift 2 ;;
-    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *=*) overrides+=("$1"); shift ;;
     *) echo "run_and_time.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -45,18 +48,32 @@ case "$NPROC" in
   ''|*[!0-9]*|0) echo "run_and_time.sh: NPROC (--nproc) must be a whole number >= 1, got '$NPROC'" >&2; exit 2 ;;
 esac
 
+# The data mode: the last data_mode= override, else the config file's data_mode line.
+MODE=""
+for o in ${overrides[@]+"${overrides[@]}"}; do
+  case "$o" in data_mode=*) MODE="${o#data_mode=}" ;; esac
+done
+if [ -z "$CONFIG" ]; then
+  if [ "$MODE" = "random" ]; then CONFIG=configs/random.yaml; else CONFIG=configs/synthetic.yaml; fi
+fi
+if [ -z "$MODE" ] && [ -f "$CONFIG" ]; then
+  MODE="$(sed -n 's/^data_mode:[[:space:]]*\([a-z]*\).*/\1/p' "$CONFIG")"
+fi
+
 source scripts/ensure_venv.sh
 
-if [ "$(basename "$CONFIG")" = "synthetic.yaml" ] && [ -z "$DATA_DIR" ]; then
-  DATA_DIR="${DLRM_CACHE_DIR:-.cache}/synthetic"
-  "$PYTHON" -m reference.synthetic --out "$DATA_DIR" --raw
+args=(--config "$CONFIG" --results-dir "$RESULTS_DIR")
+if [ "$MODE" != "random" ]; then  # random batches are drawn in memory: no files to make or find
+  if [ "$(basename "$CONFIG")" = "synthetic.yaml" ] && [ -z "$DATA_DIR" ]; then
+    DATA_DIR="${DLRM_CACHE_DIR:-.cache}/synthetic"
+    "$PYTHON" -m reference.synthetic --out "$DATA_DIR" --raw
+  fi
+  if [ -z "$DATA_DIR" ]; then
+    echo "run_and_time.sh: --data-dir (or DATA_DIR) is required with --config $CONFIG" >&2
+    exit 2
+  fi
 fi
-if [ -z "$DATA_DIR" ]; then
-  echo "run_and_time.sh: --data-dir (or DATA_DIR) is required with --config $CONFIG" >&2
-  exit 2
-fi
-
-args=(--config "$CONFIG" --data-dir "$DATA_DIR" --results-dir "$RESULTS_DIR")
+[ -n "$DATA_DIR" ] && args+=(--data-dir "$DATA_DIR")
 if [ "${DLRM_CLEAR_CACHES:-0}" = "1" ]; then
   if sync && { echo 3 > /proc/sys/vm/drop_caches; } 2>/dev/null; then
     overrides+=("cache_cleared=true")

@@ -29,6 +29,7 @@ DIVISIONS = ("closed", "open")
 STATUSES = ("onprem", "cloud", "preview", "research")
 QUANTIZE_EMBEDDING_BITS = (0, 8, 4)
 QUANTIZE_MLP_BITS = (0, 8)
+DATA_MODES = ("files", "random")
 
 
 class ConfigError(ValueError):
@@ -80,6 +81,17 @@ class Config:
     adagrad_lr_decay: float = _doc("(Row-wise) Adagrad lr decay: lr / (1 + (s-1) * decay).", default=0.0)
 
     # --- data ---
+    data_mode: str = _doc("files (the binary files in data_dir) or random: batches drawn in memory for speed "
+                          "studies on any shape (the original's --data-generation=random): uniform ids for "
+                          "table_sizes, uniform dense features, coin-flip labels (AUC ~0.5 by construction); "
+                          "needs table_sizes, submission_division=open and no target.", default="files")
+    random_train_batches: int = _doc("data_mode=random: training batches per epoch.", default=100)
+    random_eval_batches: int = _doc("data_mode=random: evaluation batches (of eval_batch_size).", default=4)
+    bag_size: int = _doc("data_mode=random: ids per table per sample, pooled by sum (the original's "
+                         "--num-indices-per-lookup): 1 to bag_size, uniformly, or exactly bag_size with "
+                         "bag_size_fixed (1 = one id, as in the files).", default=1)
+    bag_size_fixed: bool = _doc("data_mode=random: every bag holds exactly bag_size ids (the original's "
+                                "--num-indices-per-lookup-fixed).", default=False)
     data_dir: str | None = _doc("Folder with the binary files and the counts file.", default=None)
     train_file: str = _doc("Training split, relative to data_dir.", default="terabyte_processed_train.bin")
     eval_file: str = _doc("Evaluation split, relative to data_dir.", default="terabyte_processed_test.bin")
@@ -217,7 +229,8 @@ class Config:
         raise ConfigError(f"{self.where(key)}: {key}: {message}")
 
     def validate(self) -> Config:
-        positive = ["embedding_dim", "batch_size", "eval_batch_size", "epochs", "log_every"]
+        positive = ["embedding_dim", "batch_size", "eval_batch_size", "epochs", "log_every", "random_train_batches",
+                    "random_eval_batches", "bag_size"]
         non_negative = ["warmup_steps", "decay_start_step", "decay_steps", "max_ind_range", "eval_every",
                         "num_threads", "checkpoint_every", "seed", "max_steps", "prefetch_batches"]
         for key in positive:
@@ -228,7 +241,7 @@ class Config:
                 self._fail(key, f"must be >= 0, got {getattr(self, key)}")
         for key, allowed in (("interaction", INTERACTIONS), ("optimizer", OPTIMIZERS), ("qr_operation", QR_OPERATIONS),
                              ("dist_backend", DIST_BACKENDS), ("precision", PRECISIONS),
-                             ("linear_kernel", LINEAR_KERNELS),
+                             ("linear_kernel", LINEAR_KERNELS), ("data_mode", DATA_MODES),
                              ("submission_division", DIVISIONS), ("submission_status", STATUSES)):
             if getattr(self, key) not in allowed:
                 self._fail(key, f"must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
@@ -260,6 +273,7 @@ class Config:
             if not self.table_sizes or any(n <= 0 for n in self.table_sizes):
                 self._fail("table_sizes", "must be a non-empty list of positive row counts")
         self._validate_embedding_tricks()
+        self._validate_data_mode()
         if self.eval_every_epochs < 0 or self.eval_every_epochs > 1:
             self._fail("eval_every_epochs", f"must be in [0, 1], got {self.eval_every_epochs}")
         if self.eval_every and self.eval_every_epochs:
@@ -332,6 +346,27 @@ class Config:
         if self.submission_division == "closed":
             self._fail(key, "QR and MD tables change the reference model, which the closed division forbids "
                             "(set submission_division=open)")
+
+    def _validate_data_mode(self) -> None:
+        """Random batches: their shape comes from the config, and they are no MLPerf dataset."""
+        if self.bag_size > 1 and self.data_mode != "random":
+            self._fail("bag_size", f"the binary files hold one id per table; bags of {self.bag_size} ids come "
+                                   f"from data_mode=random")
+        if self.bag_size > 1 and (self.qr_threshold > 0 or self.md_temperature > 0):
+            self._fail("bag_size", "bags of several ids go to ordinary tables only for now (qr_threshold=0, "
+                                   "md_temperature=0)")
+        if self.data_mode != "random":
+            return
+        if self.table_sizes is None:
+            self._fail("table_sizes", "data_mode=random draws ids for the tables listed here (no counts file "
+                                      "is read): set it, e.g. table_sizes=100000-100000-100000")
+        for key in ("auc_threshold", "accuracy_threshold"):
+            if getattr(self, key) is not None:
+                self._fail(key, f"data_mode=random has coin-flip labels (AUC ~0.5 by construction), so no "
+                                f"target is reachable: set {key}=null")
+        if self.submission_division == "closed":
+            self._fail("data_mode", "random data is not the MLPerf dataset, which the closed division requires "
+                                    "(set submission_division=open)")
 
     def as_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in self.keys()}

@@ -3,8 +3,9 @@
 The tables are stacked row-wise into a single weight of shape
 ``(sum(table_sizes), dim)``; table ``t`` owns the rows ``offsets[t] ..
 offsets[t] + table_sizes[t] - 1``. A batch of ids ``(B, T)`` becomes one
-gather instead of ``T`` Python-level calls, and its gradient is one sparse
-tensor, so the optimiser touches only the rows present in the batch.
+gather instead of ``T`` Python-level calls, and bags of ids (jagged, see
+reference/data/jagged.py) one ``embedding_bag``; either way the gradient is
+one sparse tensor, so the optimiser touches only the rows present in the batch.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data.jagged import Ids, JaggedIds
 from .hugepages import advise_huge_pages
 
 
@@ -92,6 +94,28 @@ def init_rows(weight: torch.Tensor, seed: int, ranges: list[RowRange], threads: 
             pass
 
 
+def per_id(ids: JaggedIds, per_table: torch.Tensor) -> torch.Tensor:
+    """``per_table[t]`` for every id of table ``t``. The output size is the
+    values', so a GPU needs no host read to size it."""
+    return per_table.repeat_interleave(ids.table_lengths(), output_size=ids.values.numel())
+
+
+def bag_rows(ids: JaggedIds, first_rows: torch.Tensor) -> torch.Tensor:
+    """Each id's row in a fused weight where table ``t`` starts at row ``first_rows[t]``."""
+    return ids.values + per_id(ids, first_rows)
+
+
+def pool_bags(weight: torch.Tensor, rows: torch.Tensor, bags: JaggedIds,
+              per_sample_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The sums of the rows ``rows`` of ``weight``, in the bags of ``bags``
+    (whose values they replace): (batch, tables, dim), zero for an empty bag.
+    The gradient is sparse, one entry per id, duplicates included: the
+    optimisers sum them (reference/optim.py)."""
+    pooled = F.embedding_bag(rows, weight, bags.offsets, mode="sum", sparse=True, include_last_offset=True,
+                             per_sample_weights=per_sample_weights)
+    return pooled.view(bags.num_tables, bags.batch_size, weight.shape[1]).transpose(0, 1)
+
+
 class EmbeddingTables(Protocol):
     """What the model, checkpoints and run summaries use of a tables module:
     :class:`FusedEmbeddingBag`, one rank's shards and their all-to-all
@@ -102,8 +126,8 @@ class EmbeddingTables(Protocol):
     table_sizes: list[int]
     dim: int
 
-    def start(self, ids: torch.Tensor) -> Any:
-        """Begin looking ``ids`` up; returns what :meth:`finish` needs."""
+    def start(self, ids: Ids) -> Any:
+        """Begin looking ``ids`` up (one per table, or bags); returns what :meth:`finish` needs."""
 
     def finish(self, pending: Any) -> torch.Tensor:
         """The (samples, tables, dim) vectors of the lookup :meth:`start` began."""
@@ -113,7 +137,7 @@ class LocalTables(nn.Module):
     """Tables all held by this process: the lookup is all there is to do, so
     :meth:`start` does it and :meth:`finish` hands it back."""
 
-    def start(self, ids: torch.Tensor) -> torch.Tensor:
+    def start(self, ids: Ids) -> torch.Tensor:
         return self(ids)
 
     def finish(self, pending: torch.Tensor) -> torch.Tensor:
@@ -154,9 +178,15 @@ class FusedEmbeddingBag(LocalTables):
             offset += n
         init_rows(self.weight.data, seed, ranges)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids: (B, T) with one id per table, or (B, T, L) with L ids per table
-        (a multi-hot bag, pooled by sum). Returns (B, T, dim)."""
+    def forward(self, ids: Ids) -> torch.Tensor:
+        """ids: (B, T) with one id per table, (B, T, L) with L ids per table,
+        or bags of any length (:class:`JaggedIds`); bags are pooled by sum.
+        Returns (B, T, dim)."""
+        if isinstance(ids, JaggedIds):
+            if ids.num_tables != self.num_tables:
+                raise ValueError(f"expected bags for {self.num_tables} tables, got {ids.num_tables}")
+            return pool_bags(self.weight, bag_rows(ids, self.offsets), ids)
+        # One id per table stays a plain gather: cheaper than embedding_bag's bags of one.
         if ids.dim() not in (2, 3) or ids.shape[1] != self.num_tables:
             raise ValueError(f"expected ids of shape (batch, {self.num_tables}[, hotness]), got {tuple(ids.shape)}")
         shape = (1, -1) if ids.dim() == 2 else (1, -1, 1)

@@ -9,6 +9,7 @@ from itertools import pairwise
 import torch
 from torch import nn
 
+from .data.jagged import Ids
 from .embedding_factory import build_embeddings
 from .embeddings import EmbeddingTables, FusedEmbeddingBag
 from .interaction import build_interaction
@@ -68,10 +69,11 @@ class DLRM(nn.Module):
         return cls(table_sizes, cfg.embedding_dim, cfg.bottom_mlp, cfg.top_mlp, cfg.interaction,
                    cfg.self_interaction, cfg.seed, embeddings=embeddings, linear_kernel=kernel, device=device)
 
-    def forward(self, dense: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, dense: torch.Tensor, ids: Ids) -> torch.Tensor:
         """Click logits of shape (B,) for the B samples of ``dense``; sigmoid gives
-        probabilities. ``ids``: what the embeddings look up for them (with sharded
-        tables: the ids of the whole global batch for this rank's tables)."""
+        probabilities. ``ids``: what the embeddings look up for them, one id or a
+        bag per table (with sharded tables: the whole global batch's, for this
+        rank's tables)."""
         pending = self.embeddings.start(ids)
         x = self.bottom_mlp(dense)  # overlaps the all-to-all of sharded tables
         e = self.embeddings.finish(pending)

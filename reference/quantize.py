@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .embeddings import FusedEmbeddingBag, LocalTables
+from .data.jagged import JaggedIds
+from .embeddings import FusedEmbeddingBag, Ids, LocalTables, bag_rows
 from .linear import Linear
 from .model import DLRM
 
@@ -50,16 +51,23 @@ class QuantizedTables(LocalTables):
     def num_tables(self) -> int:
         return len(self.table_sizes)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids: (B, T) or (B, T, L) as FusedEmbeddingBag takes them; returns (B, T, dim) fp32."""
+    def forward(self, ids: Ids) -> torch.Tensor:
+        """ids as FusedEmbeddingBag takes them: (B, T), (B, T, L) or bags
+        (:class:`JaggedIds`); returns (B, T, dim) fp32."""
+        # (packed, indices, offsets, scale_grad_by_freq, mode=sum, pruned_weights, per_sample_weights,
+        #  compressed_indices_mapping, include_last_offset)
+        if isinstance(ids, JaggedIds):
+            if ids.num_tables != self.num_tables:
+                raise ValueError(f"expected bags for {self.num_tables} tables, got {ids.num_tables}")
+            pooled = self._lookup(self.packed, bag_rows(ids, self.offsets), ids.offsets, False, 0, False, None,
+                                  None, True)
+            return pooled.view(self.num_tables, ids.batch_size, self.dim).transpose(0, 1)
         if ids.dim() not in (2, 3) or ids.shape[1] != self.num_tables:
             raise ValueError(f"expected ids of shape (batch, {self.num_tables}[, hotness]), got {tuple(ids.shape)}")
         batch, hotness = ids.shape[0], 1 if ids.dim() == 2 else ids.shape[2]
         shape = (1, -1) if ids.dim() == 2 else (1, -1, 1)
         rows = (ids.long() + self.offsets.view(shape)).reshape(-1)
         bags = torch.arange(0, rows.numel() + 1, hotness, dtype=torch.int64)
-        # (packed, indices, offsets, scale_grad_by_freq, mode=sum, pruned_weights, per_sample_weights,
-        #  compressed_indices_mapping, include_last_offset)
         out = self._lookup(self.packed, rows, bags, False, 0, False, None, None, True)
         return out.view(batch, self.num_tables, self.dim)
 

@@ -22,7 +22,8 @@ from mlperf_logging.mllog import constants as C
 from . import checkpoint
 from .config import Config, ConfigError, help_text
 from .data.binary import DataError, load_counts
-from .data.loader import BinaryDataset
+from .data.loader import BinaryDataset, Dataset
+from .data.random_batches import RandomDataset, RandomSpec
 from .distributed import runtime
 from .distributed.errors import DistributedError
 from .distributed.launch import LaunchError, detect
@@ -37,7 +38,10 @@ from .trainer import RunResult, RunStatus, Trainer
 
 def resolve_table_sizes(cfg: Config) -> list[int]:
     """Table sizes from the config, else from the counts file, capped by max_ind_range."""
-    if cfg.table_sizes is not None:
+    if cfg.data_mode == "random":  # the config requires table_sizes: no file is read
+        assert cfg.table_sizes is not None, "Config.validate() refuses data_mode=random without table_sizes"
+        sizes = list(cfg.table_sizes)
+    elif cfg.table_sizes is not None:
         sizes = list(cfg.table_sizes)
         if cfg.data_dir is not None:
             path = os.path.join(cfg.data_dir, cfg.counts_file)
@@ -61,6 +65,18 @@ def open_split(cfg: Config, name: str, batch_size: int, table_sizes: list[int]) 
         raise ConfigError(f"{cfg.where('data_dir')}: data_dir is not set; point it at the folder with "
                           f"{cfg.train_file} and {cfg.eval_file}")
     return BinaryDataset(os.path.join(cfg.data_dir, name), batch_size, table_sizes)
+
+
+def open_data(cfg: Config, table_sizes: list[int]) -> tuple[Dataset | None, Dataset]:
+    """The training batches (None when only evaluating) and the evaluation batches."""
+    if cfg.data_mode == "random":
+        spec = RandomSpec(table_sizes, cfg.bottom_mlp[0], cfg.bag_size, cfg.bag_size_fixed)
+        train = None if cfg.inference_only else RandomDataset(spec, cfg.batch_size, cfg.random_train_batches,
+                                                              cfg.seed, "train")
+        return train, RandomDataset(spec, cfg.eval_batch_size, cfg.random_eval_batches, cfg.seed, "eval")
+    eval_data = open_split(cfg, cfg.eval_file, cfg.eval_batch_size, table_sizes)
+    train_data = None if cfg.inference_only else open_split(cfg, cfg.train_file, cfg.batch_size, table_sizes)
+    return train_data, eval_data
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,11 +170,9 @@ def run(cfg: Config, out=sys.stderr, parallel: runtime.Parallel | None = None) -
         log.event("world_size", parallel.world_size)
         table_sizes = resolve_table_sizes(cfg)
         parallel.check_memory(cfg, table_sizes)
-        eval_data = open_split(cfg, cfg.eval_file, cfg.eval_batch_size, table_sizes)
-        train_data = None if cfg.inference_only else open_split(cfg, cfg.train_file, cfg.batch_size, table_sizes)
+        train_data, eval_data = open_data(cfg, table_sizes)
         parallel.check_data(train_data, eval_data)
-        assert cfg.data_dir is not None, "open_split() refuses a run without data_dir"
-        meta = read_meta(cfg.data_dir)
+        meta = read_meta(cfg.data_dir) if cfg.data_mode == "files" and cfg.data_dir is not None else None
         if root and meta is not None and "best_auc_test" in meta:
             print(f"synthetic data: the teacher's AUC on the test split (the best achievable) is "
                   f"{meta['best_auc_test']:.4f}", file=out)

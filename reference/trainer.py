@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from . import checkpoint
 from .config import Config
-from .data.loader import BinaryDataset
+from .data.loader import Dataset
 from .data.pipeline import Batches
 from .distributed import runtime
 from .loss_meter import LossMeter
@@ -71,8 +71,8 @@ class EvalSchedule:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, model: DLRM, train_data: BinaryDataset | None,
-                 eval_data: BinaryDataset, log: MLPerfLogger, out=sys.stderr,
+    def __init__(self, cfg: Config, model: DLRM, train_data: Dataset | None,
+                 eval_data: Dataset, log: MLPerfLogger, out=sys.stderr,
                  parallel: runtime.Parallel | None = None):
         self.cfg = cfg
         # One process or one rank of several: reads, losses and metrics go through it.
@@ -92,7 +92,7 @@ class Trainer:
         self.saved_step: int | None = None  # the step of this run's last checkpoint
 
     # --- pieces -----------------------------------------------------------
-    def eval_schedule(self, data: BinaryDataset) -> EvalSchedule:
+    def eval_schedule(self, data: Dataset) -> EvalSchedule:
         if self.cfg.eval_every:
             interval = self.cfg.eval_every
         elif self.cfg.eval_every_epochs:
@@ -101,7 +101,7 @@ class Trainer:
             interval = 0
         return EvalSchedule(interval, data.num_batches)
 
-    def batches(self, data: BinaryDataset, indices) -> Batches:
+    def batches(self, data: Dataset, indices) -> Batches:
         """This process's part of each batch in ``indices``, read ahead and on the device."""
         return Batches(lambda i: self.parallel.batch(data, int(i)), indices, self.cfg.prefetch_batches,
                        self.device)

@@ -335,6 +335,28 @@ def test_ranks_follow_the_single_process_run_step_by_step(launcher, ranks, backe
     assert f'"key": "world_size", "value": {ranks}' in open(os.path.join(results, "run.log")).read()
 
 
+@pytest.mark.slow
+def test_two_ranks_with_bags_of_random_ids_follow_the_single_process_run(tmp_path):
+    """data_mode=random, bags of 1..6 ids, table 0 split: every rank draws the
+    global batch's bags of its tables; the losses match one process's."""
+    def config(name: str) -> str:
+        return write_config(tmp_path / f"{name}.yaml", tmp_path, data_mode="random", table_sizes=TABLES,
+                            bottom_mlp="5-16-8", batch_size=120, eval_batch_size=500, random_train_batches=12,
+                            random_eval_batches=2, max_steps=12, eval_every=6, bag_size=6,
+                            results_dir=str(tmp_path / name))
+    single = subprocess.run([sys.executable, "-m", "reference.train", "--config", config("single")], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert single.returncode == 0, single.stderr
+    done = launch("torchrun", 2, ["--config", config("ranks")])
+    assert done.returncode == 0 and "ranks=2" in done.stdout, done.stdout + done.stderr
+    ours, theirs = summary(str(tmp_path / "ranks")), summary(str(tmp_path / "single"))
+    assert ours["steps"] == theirs["steps"] == 12
+    np.testing.assert_allclose([loss for _, loss in ours["loss_curve"]],
+                               [loss for _, loss in theirs["loss_curve"]], rtol=1e-5, atol=0)
+    for a, b in zip(ours["evaluations"], theirs["evaluations"], strict=True):
+        assert a["log_loss"] == pytest.approx(b["log_loss"], rel=1e-5) and a["samples"] == b["samples"] == 1000
+
+
 def start_ranks(cfg: str, world: int, started: int, port: int, extra=None) -> list[subprocess.Popen]:
     """Ranks started by hand (a launcher that does not clean up after a dead rank)."""
     procs = []

@@ -7,6 +7,7 @@ import torch
 from conftest import tiny_config
 from reference import train
 from reference.config import Config, ConfigError
+from reference.data.jagged import JaggedIds
 from reference.embeddings import FusedEmbeddingBag
 from reference.linear import Linear
 from reference.quantize import QuantizedLinear, QuantizedTables
@@ -26,6 +27,14 @@ def rowwise_dequantized(weight: torch.Tensor, bits: int) -> torch.Tensor:
     return q * scale + lo
 
 
+def tables_like(quantized, tables, bits):
+    """fp32 tables holding the dequantized rows: the reference lookup for any ids."""
+    dequantized = FusedEmbeddingBag(tables.table_sizes, tables.dim)
+    with torch.no_grad():
+        dequantized.weight.copy_(rowwise_dequantized(tables.weight.detach(), bits))
+    return dequantized
+
+
 @pytest.mark.parametrize("bits,tolerance", [(8, 1e-6), (4, 1e-3)])
 def test_quantized_tables_look_up_the_rowwise_dequantized_rows(bits, tolerance):
     tables = FusedEmbeddingBag([40, 7, 300], 16, seed=3)
@@ -37,6 +46,12 @@ def test_quantized_tables_look_up_the_rowwise_dequantized_rows(bits, tolerance):
     bags = torch.stack([ids, ids.flip(0), ids.roll(3, 0)], dim=2)  # fixed hotness 3: pooled by sum
     pooled = rowwise_dequantized(tables.weight.detach(), bits)[bags + tables.offsets.view(1, -1, 1)].sum(2)
     torch.testing.assert_close(quantized(bags), pooled, rtol=0, atol=3 * tolerance)
+    lengths = torch.randint(0, 5, (3 * 64,), generator=g)  # bags of 0..4 ids, table by table
+    values = torch.cat([torch.randint(0, (40, 7, 300)[i // 64], (int(n),), generator=g)
+                        for i, n in enumerate(lengths)])
+    jagged = JaggedIds.from_lengths(values, lengths.view(3, 64))
+    torch.testing.assert_close(quantized(jagged), tables_like(quantized, tables, bits)(jagged), rtol=0,
+                               atol=4 * tolerance)
     row_bytes = 16 + 8 if bits == 8 else 16 // 2 + 4  # values, then the row's scale and bias
     assert quantized.nbytes() == 347 * row_bytes
 

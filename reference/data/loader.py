@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from .binary import COLUMNS, NUM_DENSE, NUM_SPARSE, RECORD_BYTES, DataError
+from .jagged import Ids, JaggedIds
 
 
 def split_sizes(n: int, world_size: int) -> list[int]:
@@ -28,10 +30,20 @@ def sample_range(n: int, world_size: int, rank: int) -> tuple[int, int]:
     return lo, lo + sizes[rank]
 
 
+def batch_order(num_batches: int, epoch: int, shuffle: bool, seed: int) -> np.ndarray:
+    """The order of batches in ``epoch``: a pure function of (seed, epoch),
+    so a resumed run sees the same order without saving RNG state."""
+    if not shuffle:
+        return np.arange(num_batches)
+    return np.random.default_rng([seed, epoch]).permutation(num_batches)
+
+
 @dataclass
 class Batch:
     dense: torch.Tensor   # (B, 13) float32, log(x + 1)
-    ids: torch.Tensor     # (B, 26) int64; with several ranks (global batch, this rank's tables)
+    # (B, 26) int64, one id per table, or bags of ids (JaggedIds);
+    # with several ranks: the global batch's, for this rank's tables
+    ids: Ids
     labels: torch.Tensor  # (B,) float32, 0 or 1
     global_size: int = -1  # samples in the whole (global) batch; -1: this batch is all of it
 
@@ -50,6 +62,31 @@ class Batch:
             return self
         return Batch(self.dense.to(device, non_blocking=True), self.ids.to(device, non_blocking=True),
                      self.labels.to(device, non_blocking=True), self.global_size)
+
+    def tensors(self) -> list[torch.Tensor]:
+        ids = [self.ids.values, self.ids.offsets] if isinstance(self.ids, JaggedIds) else [self.ids]
+        return [self.dense, *ids, self.labels]
+
+
+class Dataset(Protocol):
+    """What training reads batches from: a binary file (:class:`BinaryDataset`)
+    or batches drawn in memory (random.py)."""
+
+    path: str  # what error messages call it
+    batch_size: int
+    num_samples: int
+    num_batches: int
+
+    def __len__(self) -> int: ...
+
+    def batch_order(self, epoch: int, shuffle: bool, seed: int) -> np.ndarray:
+        """The order of batches in ``epoch``: a pure function of (seed, epoch)."""
+
+    def batch(self, index: int) -> Batch: ...
+
+    def batch_part(self, index: int, rank: int, world_size: int, columns: list[int]) -> Batch:
+        """One rank's part of batch ``index``: dense features and labels of its
+        samples (:func:`sample_range`), ids of the whole batch for ``columns``."""
 
 
 class BinaryDataset:
@@ -86,11 +123,7 @@ class BinaryDataset:
         return self.num_batches
 
     def batch_order(self, epoch: int, shuffle: bool, seed: int) -> np.ndarray:
-        """The order of batches in ``epoch``: a pure function of (seed, epoch),
-        so a resumed run sees the same order without saving RNG state."""
-        if not shuffle:
-            return np.arange(self.num_batches)
-        return np.random.default_rng([seed, epoch]).permutation(self.num_batches)
+        return batch_order(self.num_batches, epoch, shuffle, seed)
 
     def rows(self, start: int, stop: int) -> np.ndarray:
         return np.asarray(self._data[start:stop])

@@ -39,7 +39,7 @@ def _stage(batch: Batch, device: torch.device, stream) -> _Staged:
 def _receive(staged: _Staged) -> Batch:
     current = torch.cuda.current_stream(staged.batch.labels.device)
     current.wait_event(staged.event)
-    for tensor in (staged.batch.dense, staged.batch.ids, staged.batch.labels):
+    for tensor in staged.batch.tensors():
         tensor.record_stream(current)  # the copy stream's allocator must not reuse it before compute is done
     return staged.batch
 

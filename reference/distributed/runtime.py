@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from ..config import Config, ConfigError
 from ..data.binary import DataError
-from ..data.loader import Batch, BinaryDataset
+from ..data.loader import Batch, Dataset
 from ..metrics import evaluate_scores
 from ..model import DLRM, resolve_linear_kernel
 from ..precision import Precision, PrecisionError, build_precision
@@ -169,13 +169,13 @@ class Parallel(Protocol):
     def check_memory(self, cfg: Config, table_sizes: list[int]) -> None:
         """Refuse, before allocating them, tables (this process's shards of them) that cannot fit."""
 
-    def check_data(self, *datasets: BinaryDataset | None) -> None:
+    def check_data(self, *datasets: Dataset | None) -> None:
         """Refuse data whose batches cannot be shared out over the ranks."""
 
     def build_model(self, cfg: Config, table_sizes: list[int]) -> DLRM:
         """The model this process trains: every table, or this rank's shards of them."""
 
-    def batch(self, data: BinaryDataset, index: int) -> Batch:
+    def batch(self, data: Dataset, index: int) -> Batch:
         """This process's part of batch ``index``: its samples, and the ids its tables look up."""
 
     def backward(self, loss: torch.Tensor, step: int) -> None:
@@ -213,13 +213,13 @@ class SingleProcess:
     def check_memory(self, cfg: Config, table_sizes: list[int]) -> None:
         check_table_memory(cfg, sum(table_sizes), device=self.device)
 
-    def check_data(self, *datasets: BinaryDataset | None) -> None:
+    def check_data(self, *datasets: Dataset | None) -> None:
         pass
 
     def build_model(self, cfg: Config, table_sizes: list[int]) -> DLRM:
         return DLRM.from_config(cfg, table_sizes, self.linear_kernel, self.device)
 
-    def batch(self, data: BinaryDataset, index: int) -> Batch:
+    def batch(self, data: Dataset, index: int) -> Batch:
         return data.batch(index)
 
     def backward(self, loss: torch.Tensor, step: int) -> None:
@@ -303,7 +303,7 @@ class MultiProcess:
                            f"({len(self.plan.shards_of(self.rank))} of the plan's {len(self.plan.shards)}; "
                            f"--plan-only prints the plan)", device=self.device)
 
-    def check_data(self, *datasets: BinaryDataset | None) -> None:
+    def check_data(self, *datasets: Dataset | None) -> None:
         cfg = self.cfg
         if cfg.batch_size % self.world_size:
             raise ConfigError(f"{cfg.where('batch_size')}: batch_size {cfg.batch_size} does not divide by the "
@@ -331,7 +331,7 @@ class MultiProcess:
         self.comm.broadcast(choice, 0, "linear kernel broadcast")
         return choices[int(choice.item())]
 
-    def batch(self, data: BinaryDataset, index: int) -> Batch:
+    def batch(self, data: Dataset, index: int) -> Batch:
         return data.batch_part(index, self.rank, self.world_size, self.columns)
 
     def backward(self, loss: torch.Tensor, step: int) -> None:

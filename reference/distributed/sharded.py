@@ -7,8 +7,9 @@ DLRM model (reference/embeddings.py), which computes its bottom MLP while
 the all-to-all is in flight.
 
 Exactness with one process: a row-split table is looked up on every shard
-owner with the ids outside its range giving zero vectors, and the receiver
-sums the shards, so each sample gets exactly its row. Gradients travel
+owner with the ids outside its range giving zero vectors (in a bag: adding
+nothing to its sum), and the receiver sums the shards, so each sample gets
+exactly its row, or its bag's sum. Gradients travel
 unscaled (the loss is already divided by the global batch size), so the
 owner applies the same update one process would.
 """
@@ -21,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.jagged import Ids, JaggedIds
 from ..data.loader import split_sizes
-from ..embeddings import RowRange, init_rows
+from ..embeddings import RowRange, bag_rows, init_rows, per_id, pool_bags
 from ..hugepages import advise_huge_pages
 from .communicator import Communicator, Work
 from .planner import Plan
@@ -60,6 +62,9 @@ class ShardedEmbeddings(nn.Module):
         self.register_buffer("shard_rows", as_long([s.rows for s in self.shards]), persistent=False)
         self.register_buffer("shard_offset", as_long(offsets), persistent=False)
         self.whole = all(s.rows == self.table_sizes[s.table] for s in self.shards)
+        # Where a rank holds two row ranges of one table, the table's bags go to each of them.
+        self.shard_positions = [position[s.table] for s in self.shards]
+        self.one_shard_per_table = len(self.shards) == len(self.columns)
         # Built where it is used: a GPU's shards never pass through host memory whole.
         weight = torch.empty(total, self.dim, device=device)
         if weight.device.type == "cpu":
@@ -71,14 +76,16 @@ class ShardedEmbeddings(nn.Module):
         self.sync_free = weight.device.type == "cuda"
         self.exchange = ButterflyExchange(comm, plan)
 
-    def start(self, ids: torch.Tensor) -> InFlight:
+    def start(self, ids: Ids) -> InFlight:
         return self.exchange.start(self.lookup(ids))
 
     def finish(self, pending: InFlight) -> torch.Tensor:
         return self.exchange.finish(pending)
 
-    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
+    def lookup(self, ids: Ids) -> torch.Tensor:
         """This rank's shards for the global batch: (batch, shards, dim)."""
+        if isinstance(ids, JaggedIds):
+            return self.pool(ids)
         if ids.dim() != 2 or ids.shape[1] != len(self.columns):
             raise ValueError(f"expected ids of shape (batch, {len(self.columns)}), got {tuple(ids.shape)}")
         batch, count = ids.shape[0], len(self.shards)
@@ -96,6 +103,24 @@ class ShardedEmbeddings(nn.Module):
         found = F.embedding(rows, self.weight, sparse=True)
         # Only the rows held here enter the (sparse) gradient; the others are zeros the receiver adds.
         return self.weight.new_zeros(batch * count, self.dim).index_put((valid,), found).view(batch, count, self.dim)
+
+    def pool(self, ids: JaggedIds) -> torch.Tensor:
+        """Each shard's sums of the ids it holds in every bag of its table: (batch, shards, dim)."""
+        if ids.num_tables != len(self.columns):
+            raise ValueError(f"expected bags for {len(self.columns)} tables, got {ids.num_tables}")
+        if not self.one_shard_per_table:  # a host read of the offsets: only such rare plans pay it
+            ids = ids.tables(self.shard_positions)
+        if self.whole:
+            return pool_bags(self.weight, bag_rows(ids, self.shard_offset), ids)
+        local = ids.values - per_id(ids, self.shard_lo)
+        held = (local >= 0) & (local < per_id(ids, self.shard_rows))
+        rows = local + per_id(ids, self.shard_offset)
+        if self.sync_free:  # as above: the ids held elsewhere read row 0, weighted 0 (zero gradients)
+            return pool_bags(self.weight, torch.where(held, rows, 0), ids, held.to(self.weight.dtype))
+        # The ids held elsewhere leave their bags: each bag's end moves back by those before it.
+        dropped = torch.cat([held.new_zeros(1, dtype=torch.int64), torch.cumsum(~held, 0)])
+        kept = JaggedIds(rows[held], ids.offsets - dropped[ids.offsets], ids.batch_size)
+        return pool_bags(self.weight, kept.values, kept)
 
 
 class InFlight(NamedTuple):
