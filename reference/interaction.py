@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .dcn import DCNInteraction
+
 
 class _PairwiseDots(torch.autograd.Function):
     """Selected entries of each sample's Gram matrix V V^T, flattened.
@@ -86,9 +88,12 @@ class SumInteraction(nn.Module):
         return dense + sparse.sum(dim=1)
 
 
-def build_interaction(kind: str, num_tables: int, dim: int, dense_dim: int,
-                      self_interaction: bool = False) -> tuple[nn.Module, int]:
-    """Returns the interaction module and the width of its output."""
+def build_interaction(kind: str, num_tables: int, dim: int, dense_dim: int, self_interaction: bool = False, *,
+                      dcn_num_layers: int = 3, dcn_low_rank_dim: int = 512, generator: torch.Generator | None = None,
+                      kernel: str = "aten") -> tuple[nn.Module, int]:
+    """Returns the interaction module and the width of its output. Only
+    ``dcn`` has parameters: drawn from ``generator`` (the model's, so they
+    follow its seed), computed with the MLPs' GEMM ``kernel``."""
     if kind == "dot":
         dot = DotInteraction(num_tables + 1, self_interaction)
         return dot, dot.output_dim(dim)
@@ -98,4 +103,8 @@ def build_interaction(kind: str, num_tables: int, dim: int, dense_dim: int,
     if kind == "sum":
         add = SumInteraction()
         return add, add.output_dim(dim)
-    raise ValueError(f"unknown interaction {kind!r}: expected dot, cat or sum")
+    if kind == "dcn":
+        dcn = DCNInteraction(num_tables, dim, dense_dim, dcn_num_layers, dcn_low_rank_dim,
+                             generator if generator is not None else torch.Generator(), kernel)
+        return dcn, dcn.width
+    raise ValueError(f"unknown interaction {kind!r}: expected dot, cat, sum or dcn")

@@ -75,8 +75,9 @@ class Linear(nn.Linear):
     model's logit layer is one, so scores, loss and AUC keep fp32's
     resolution (bf16 logits would tie thousands of evaluation scores)."""
 
-    def __init__(self, in_features: int, out_features: int, kernel: str = "aten", fp32_output: bool = False):
-        super().__init__(in_features, out_features)
+    def __init__(self, in_features: int, out_features: int, kernel: str = "aten", fp32_output: bool = False,
+                 bias: bool = True):
+        super().__init__(in_features, out_features, bias=bias)
         self.kernel = kernel
         self.fp32_output = fp32_output
         self._function = linear_function(kernel)

@@ -9,25 +9,49 @@ from itertools import pairwise
 import torch
 from torch import nn
 
+from .config import MLP_INITS
 from .data.jagged import Ids
+from .dcn import DCNInteraction
 from .embedding_factory import build_embeddings
 from .embeddings import EmbeddingTables, FusedEmbeddingBag
 from .interaction import build_interaction
 from .linear import Linear, resolve_kernel
 
 
-def mlp(widths: list[int], final_relu: bool, generator: torch.Generator, kernel: str = "aten") -> nn.Sequential:
+def resolve_mlp_init(mlp_init: str, interaction: str) -> str:
+    """``auto``: each generation's own reference. DLRM v1's seed draws normal
+    weights; DLRMv2's (the one with ``dcn``) keeps ``nn.Linear``'s default,
+    uniform. Anything else is taken as given."""
+    if mlp_init == "auto":
+        return "uniform" if interaction == "dcn" else "normal"
+    if mlp_init not in MLP_INITS:
+        raise ValueError(f"unknown mlp_init {mlp_init!r}: expected {', '.join(MLP_INITS)}")
+    return mlp_init
+
+
+def mlp(widths: list[int], final_relu: bool, generator: torch.Generator, kernel: str = "aten",
+        init: str = "normal") -> nn.Sequential:
     """Linear/ReLU pairs, laid out like the seed's ``create_mlp`` so layer
-    ``k`` of the seed's checkpoints is index ``2k`` here too. Initialised as
-    in the seed: weights N(0, sqrt(2/(fan_in+fan_out))), biases N(0, sqrt(1/fan_out)).
+    ``k`` of the seed's checkpoints is index ``2k`` here too. ``init``
+    (resolved, see :func:`resolve_mlp_init`), drawn from ``generator``:
+    normal, as in the seed: weights N(0, sqrt(2/(fan_in+fan_out))), biases
+    N(0, sqrt(1/fan_out)); uniform, ``nn.Linear``'s default: weights and biases
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
     Without the final ReLU the last layer outputs the logits: it stays fp32 under autocast."""
+    if init not in ("normal", "uniform"):
+        raise ValueError(f"mlp init must be normal or uniform (auto is resolved first), got {init!r}")
     layers: list[nn.Module] = []
     count = len(widths) - 1
     for i, (fan_in, fan_out) in enumerate(pairwise(widths)):
         linear = Linear(fan_in, fan_out, kernel, fp32_output=not final_relu and i == count - 1)
         with torch.no_grad():
-            linear.weight.normal_(0.0, math.sqrt(2.0 / (fan_in + fan_out)), generator=generator)
-            linear.bias.normal_(0.0, math.sqrt(1.0 / fan_out), generator=generator)
+            if init == "normal":
+                linear.weight.normal_(0.0, math.sqrt(2.0 / (fan_in + fan_out)), generator=generator)
+                linear.bias.normal_(0.0, math.sqrt(1.0 / fan_out), generator=generator)
+            else:
+                bound = 1.0 / math.sqrt(fan_in)
+                linear.weight.uniform_(-bound, bound, generator=generator)
+                linear.bias.uniform_(-bound, bound, generator=generator)
         layers.append(linear)
         if i < len(widths) - 2 or final_relu:
             layers.append(nn.ReLU())
@@ -44,17 +68,23 @@ class DLRM(nn.Module):
     def __init__(self, table_sizes: list[int], embedding_dim: int, bottom_mlp: list[int],
                  top_mlp: list[int], interaction: str = "dot", self_interaction: bool = False,
                  seed: int = 0, embeddings: EmbeddingTables | None = None, linear_kernel: str = "aten",
-                 device=None):
+                 device=None, dcn_num_layers: int = 3, dcn_low_rank_dim: int = 512, mlp_init: str = "auto"):
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
-        self.bottom_mlp = mlp(bottom_mlp, final_relu=True, generator=generator, kernel=linear_kernel)
+        init = resolve_mlp_init(mlp_init, interaction)
+        self.bottom_mlp = mlp(bottom_mlp, final_relu=True, generator=generator, kernel=linear_kernel, init=init)
         # The tables (or this rank's shards of them) draw from their own streams, so the
         # MLPs start from the same weights whichever embeddings module is used.
         self.embeddings = embeddings if embeddings is not None else FusedEmbeddingBag(table_sizes, embedding_dim,
                                                                                       seed=seed, device=device)
-        self.interaction, width = build_interaction(interaction, len(table_sizes), embedding_dim,
-                                                    bottom_mlp[-1], self_interaction)
-        self.top_mlp = mlp([width] + list(top_mlp), final_relu=False, generator=generator, kernel=linear_kernel)
+        # Drawn between the two MLPs: the interactions without parameters draw nothing,
+        # so their models keep the weights they had before dcn existed.
+        self.interaction, width = build_interaction(interaction, len(table_sizes), embedding_dim, bottom_mlp[-1],
+                                                    self_interaction, dcn_num_layers=dcn_num_layers,
+                                                    dcn_low_rank_dim=dcn_low_rank_dim, generator=generator,
+                                                    kernel=linear_kernel)
+        self.top_mlp = mlp([width] + list(top_mlp), final_relu=False, generator=generator, kernel=linear_kernel,
+                           init=init)
 
     @classmethod
     def from_config(cls, cfg, table_sizes: list[int], linear_kernel: str | None = None, device=None,
@@ -67,7 +97,8 @@ class DLRM(nn.Module):
         if embeddings is None:
             embeddings = build_embeddings(cfg, table_sizes, device)
         return cls(table_sizes, cfg.embedding_dim, cfg.bottom_mlp, cfg.top_mlp, cfg.interaction,
-                   cfg.self_interaction, cfg.seed, embeddings=embeddings, linear_kernel=kernel, device=device)
+                   cfg.self_interaction, cfg.seed, embeddings=embeddings, linear_kernel=kernel, device=device,
+                   dcn_num_layers=cfg.dcn_num_layers, dcn_low_rank_dim=cfg.dcn_low_rank_dim, mlp_init=cfg.mlp_init)
 
     def forward(self, dense: torch.Tensor, ids: Ids) -> torch.Tensor:
         """Click logits of shape (B,) for the B samples of ``dense``; sigmoid gives
@@ -80,17 +111,26 @@ class DLRM(nn.Module):
         return self.top_mlp(self.interaction(x, e)).squeeze(1)
 
     @staticmethod
+    def dense_interaction(cfg, num_tables: int) -> tuple[nn.Module, int]:
+        """The interaction and its output width on the meta device: shapes without memory or init."""
+        with torch.device("meta"):
+            return build_interaction(cfg.interaction, num_tables, cfg.embedding_dim, cfg.bottom_mlp[-1],
+                                     cfg.self_interaction, dcn_num_layers=cfg.dcn_num_layers,
+                                     dcn_low_rank_dim=cfg.dcn_low_rank_dim)
+
+    @staticmethod
     def dense_layers(cfg, num_tables: int) -> list[tuple[int, int]]:
         """(in, out) of every linear layer of the two MLPs, without building the model."""
-        _, width = build_interaction(cfg.interaction, num_tables, cfg.embedding_dim, cfg.bottom_mlp[-1],
-                                     cfg.self_interaction)
+        _, width = DLRM.dense_interaction(cfg, num_tables)
         widths = [list(cfg.bottom_mlp), [width] + list(cfg.top_mlp)]
         return [(i, o) for w in widths for i, o in pairwise(w)]
 
     @staticmethod
     def dense_parameter_count(cfg, num_tables: int) -> int:
-        """Parameters of the two MLPs (replicated on every rank), without building the model."""
-        return sum(i * o + o for i, o in DLRM.dense_layers(cfg, num_tables))
+        """Parameters of the MLPs and the interaction (replicated on every rank), without building the model."""
+        interaction, _ = DLRM.dense_interaction(cfg, num_tables)
+        return (sum(i * o + o for i, o in DLRM.dense_layers(cfg, num_tables))
+                + sum(p.numel() for p in interaction.parameters()))
 
     def dense_parameters(self) -> list[nn.Parameter]:
         return [p for name, p in self.named_parameters() if not name.startswith("embeddings.")]
@@ -99,7 +139,9 @@ class DLRM(nn.Module):
         """Names of the initialised tensors as MLPerf's weights_initialization expects them."""
         n_bottom = sum(isinstance(m, nn.Linear) for m in self.bottom_mlp)
         n_top = sum(isinstance(m, nn.Linear) for m in self.top_mlp)
+        n_cross = len(self.interaction.cross.up) if isinstance(self.interaction, DCNInteraction) else 0
         return (["embeddings"] + [f"bottom_mlp_dense{i + 1}" for i in range(n_bottom)]
+                + [f"dcn_cross{i + 1}" for i in range(n_cross)]
                 + [f"top_mlp_dense{i + 1}" for i in range(n_top)])
 
 

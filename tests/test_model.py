@@ -46,7 +46,7 @@ def test_cat_and_sum_interactions():
     add, width = build_interaction("sum", 3, 4, 4)
     assert width == 4
     torch.testing.assert_close(add(dense, sparse), dense + sparse[:, 0] + sparse[:, 1] + sparse[:, 2])
-    with pytest.raises(ValueError, match="unknown interaction 'mul'"):
+    with pytest.raises(ValueError, match="unknown interaction 'mul': expected dot, cat, sum or dcn"):
         build_interaction("mul", 3, 4, 4)
 
 
