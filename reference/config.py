@@ -15,11 +15,13 @@ import math
 import os
 import types
 from dataclasses import dataclass, field
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any, NoReturn, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-INTERACTIONS = ("dot", "cat", "sum")
+INTERACTIONS = ("dot", "cat", "sum", "dcn")
+MLP_INITS = ("auto", "normal", "uniform")
+BENCHMARKS = ("dlrm", "dlrm_dcnv2")
 QR_OPERATIONS = ("mult", "add", "concat")
 OPTIMIZERS = ("sgd", "rowwise_adagrad", "adagrad")
 DIST_BACKENDS = ("auto", "gloo", "nccl", "mpi")
@@ -53,8 +55,15 @@ class Config:
     top_mlp: list = _doc("Top MLP widths after the interaction, e.g. 1024-1024-512-256-1 "
                          "(its input width follows from the interaction).",
                          default_factory=lambda: [1024, 1024, 512, 256, 1])
-    interaction: str = _doc("Feature interaction: dot, cat or sum.", default="dot")
+    interaction: str = _doc("Feature interaction: dot, cat, sum, or dcn (DLRMv2's low-rank cross network over "
+                            "[bottom output, tables], as wide as that concatenation).", default="dot")
     self_interaction: bool = _doc("dot only: include each vector's dot product with itself.", default=False)
+    dcn_num_layers: int = _doc("dcn only: cross layers.", default=3)
+    dcn_low_rank_dim: int = _doc("dcn only: rank r of each cross layer's W (d x r) V (r x d).", default=512)
+    mlp_init: str = _doc("MLP initialisation: normal (DLRM v1's seed: N(0, sqrt(2/(fan_in+fan_out))) weights, "
+                         "N(0, sqrt(1/fan_out)) biases), uniform (nn.Linear's default, DLRMv2's reference: "
+                         "U(+-1/sqrt(fan_in))), or auto: uniform with interaction dcn, else normal. Seeded by "
+                         "seed either way.", default="auto")
     table_sizes: list | None = _doc("Rows per embedding table; null reads them from the counts file.",
                                     default=None)
     max_ind_range: int = _doc("Cap on rows per table (the ids were hashed mod this); 0 = no cap.", default=0)
@@ -92,6 +101,9 @@ class Config:
                          "bag_size_fixed (1 = one id, as in the files).", default=1)
     bag_size_fixed: bool = _doc("data_mode=random: every bag holds exactly bag_size ids (the original's "
                                 "--num-indices-per-lookup-fixed).", default=False)
+    bag_sizes: list | None = _doc("data_mode=random: a fixed number of ids per bag for each table, one per "
+                                  "entry of table_sizes (DLRMv2's multi-hot: 3-2-1-2-6-1-1-1-1-7-3-8-1-6-9-5-1-1-1-"
+                                  "12-100-27-10-3-1-1); null = bag_size for every table.", default=None)
     data_dir: str | None = _doc("Folder with the binary files and the counts file.", default=None)
     train_file: str = _doc("Training split, relative to data_dir.", default="terabyte_processed_train.bin")
     eval_file: str = _doc("Evaluation split, relative to data_dir.", default="terabyte_processed_test.bin")
@@ -158,7 +170,8 @@ class Config:
                                "under DLRM_CLEAR_CACHES=1); logged as cache_clear.", default=False)
 
     # --- MLPerf submission metadata ---
-    submission_benchmark: str = _doc("MLPerf benchmark name.", default="dlrm")
+    submission_benchmark: str = _doc("MLPerf benchmark: dlrm (training <= 2.1) or dlrm_dcnv2 (3.0 - 6.0); "
+                                     "chooses the closed division's fixed values.", default="dlrm")
     submission_org: str = _doc("Submitting organisation.", default="reference")
     submission_platform: str = _doc("System name.", default="cpu")
     submission_division: str = _doc("closed or open.", default="closed")
@@ -225,12 +238,13 @@ class Config:
     def where(self, key: str) -> str:
         return self.source.get(key, "default")
 
-    def _fail(self, key: str, message: str) -> None:
+    def _fail(self, key: str, message: str) -> NoReturn:
         raise ConfigError(f"{self.where(key)}: {key}: {message}")
 
     def validate(self) -> Config:
         positive = ["embedding_dim", "batch_size", "eval_batch_size", "epochs", "log_every", "random_train_batches",
-                    "random_eval_batches", "bag_size"]
+                    "random_eval_batches", "bag_size",
+                    "dcn_num_layers", "dcn_low_rank_dim"]
         non_negative = ["warmup_steps", "decay_start_step", "decay_steps", "max_ind_range", "eval_every",
                         "num_threads", "checkpoint_every", "seed", "max_steps", "prefetch_batches"]
         for key in positive:
@@ -242,7 +256,8 @@ class Config:
         for key, allowed in (("interaction", INTERACTIONS), ("optimizer", OPTIMIZERS), ("qr_operation", QR_OPERATIONS),
                              ("dist_backend", DIST_BACKENDS), ("precision", PRECISIONS),
                              ("linear_kernel", LINEAR_KERNELS), ("data_mode", DATA_MODES),
-                             ("submission_division", DIVISIONS), ("submission_status", STATUSES)):
+                             ("submission_division", DIVISIONS), ("submission_status", STATUSES),
+                             ("mlp_init", MLP_INITS), ("submission_benchmark", BENCHMARKS)):
             if getattr(self, key) not in allowed:
                 self._fail(key, f"must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
@@ -282,11 +297,8 @@ class Config:
             self._fail("auc_threshold", f"must be in (0, 1], got {self.auc_threshold}")
         if self.accuracy_threshold is not None and not 0 < self.accuracy_threshold <= 1:
             self._fail("accuracy_threshold", f"must be in (0, 1], got {self.accuracy_threshold}")
-        if self.submission_division == "closed" and self.optimizer != "sgd":
-            self._fail("optimizer", f"the closed division requires sgd, got {self.optimizer!r} "
-                                    f"(set submission_division=open)")
-        if self.submission_division == "closed" and self.decay_power != 2:
-            self._fail("decay_power", f"the closed division requires 2, got {self.decay_power}")
+        if self.submission_division == "closed":
+            self._validate_closed_division()
         if self.linear_kernel == "onednn" and (self.precision != "fp32" or self.device != "cpu"):
             self._fail("linear_kernel", f"onednn is a kernel for fp32 on CPU; with precision={self.precision} "
                                         f"on {self.device} the MLPs use torch's own GEMMs (leave linear_kernel "
@@ -321,6 +333,23 @@ class Config:
         object.__setattr__(self, "_frozen", True)
         return self
 
+    def _validate_closed_division(self) -> None:
+        """The values each benchmark's closed division fixes (REFERENCE.md, REFERENCE-DCNV2.md)."""
+        bench = f"submission_benchmark={self.submission_benchmark}"
+        if self.submission_benchmark == "dlrm":
+            if self.optimizer != "sgd":
+                self._fail("optimizer", f"the closed division requires sgd for {bench}, got {self.optimizer!r} "
+                                        f"(set submission_division=open)")
+            if self.decay_power != 2:
+                self._fail("decay_power", f"the closed division requires 2 for {bench}, got {self.decay_power}")
+            return
+        fixed: dict[str, Any] = {"interaction": "dcn", "optimizer": "adagrad", "adagrad_eps": 1e-8,
+                                 "adagrad_lr_decay": 0.0, "warmup_steps": 0, "decay_start_step": 0, "decay_steps": 0}
+        for key, value in fixed.items():
+            if getattr(self, key) != value:
+                self._fail(key, f"the closed division of {bench} requires {value!r} (the reference's fixed "
+                                f"value), got {getattr(self, key)!r} (set submission_division=open)")
+
     def _validate_embedding_tricks(self) -> None:
         """QR and MD tables: their keys, one of them at a time, one process, the open division."""
         if self.qr_threshold < 0:
@@ -352,14 +381,23 @@ class Config:
         if self.bag_size > 1 and self.data_mode != "random":
             self._fail("bag_size", f"the binary files hold one id per table; bags of {self.bag_size} ids come "
                                    f"from data_mode=random")
-        if self.bag_size > 1 and (self.qr_threshold > 0 or self.md_temperature > 0):
-            self._fail("bag_size", "bags of several ids go to ordinary tables only for now (qr_threshold=0, "
-                                   "md_temperature=0)")
+        if self.bag_sizes is not None and self.data_mode != "random":
+            self._fail("bag_sizes", "per-table bags are drawn by data_mode=random (data files carry their own)")
+        for key in ("bag_size", "bag_sizes"):
+            if getattr(self, key) not in (1, None) and (self.qr_threshold > 0 or self.md_temperature > 0):
+                self._fail(key, "bags of several ids go to ordinary tables only for now (qr_threshold=0, "
+                                "md_temperature=0)")
         if self.data_mode != "random":
             return
         if self.table_sizes is None:
             self._fail("table_sizes", "data_mode=random draws ids for the tables listed here (no counts file "
                                       "is read): set it, e.g. table_sizes=100000-100000-100000")
+        if self.bag_sizes is not None:
+            if len(self.bag_sizes) != len(self.table_sizes) or any(k <= 0 for k in self.bag_sizes):
+                self._fail("bag_sizes", f"needs one count > 0 for each of the {len(self.table_sizes)} tables, "
+                                        f"got {_dashes(self.bag_sizes)}")
+            if self.bag_size != 1 or self.bag_size_fixed:
+                self._fail("bag_sizes", "fixes every table's bag size: leave bag_size and bag_size_fixed unset")
         for key in ("auc_threshold", "accuracy_threshold"):
             if getattr(self, key) is not None:
                 self._fail(key, f"data_mode=random has coin-flip labels (AUC ~0.5 by construction), so no "

@@ -2,6 +2,14 @@
 
 The embedding weight receives sparse gradients (only the rows in the batch);
 every optimiser here updates only those rows.
+
+``adagrad`` is torch's own, and it is exactly DLRMv2's element-wise Adagrad
+(fbgemm's EXACT_ADAGRAD, REFERENCE-DCNV2.md): a sparse gradient is coalesced
+first (duplicate ids summed), then for each present row only m += g**2,
+w -= lr * g / (sqrt(m) + eps), one accumulator per element, starting at 0;
+torch takes this path for every sparse gradient, foreach or not
+(tests/test_dcn.py checks it against the formula). With tables sharded over
+ranks, each rank's optimiser holds the state of its own rows.
 """
 
 from __future__ import annotations
@@ -106,7 +114,8 @@ def build_optimizer(name: str, model: nn.Module, lr: float, eps: float = 1e-10,
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr)
     if name == "adagrad":
-        return torch.optim.Adagrad(params, lr=lr, lr_decay=lr_decay, eps=eps)
+        return torch.optim.Adagrad(params, lr=lr, lr_decay=lr_decay, eps=eps, initial_accumulator_value=0.0,
+                                   weight_decay=0.0)
     if name == "rowwise_adagrad":
         return RowWiseAdagrad(params, lr=lr, lr_decay=lr_decay, eps=eps)
     raise ValueError(f"unknown optimizer {name!r}: expected sgd, rowwise_adagrad or adagrad")

@@ -70,7 +70,8 @@ def open_split(cfg: Config, name: str, batch_size: int, table_sizes: list[int]) 
 def open_data(cfg: Config, table_sizes: list[int]) -> tuple[Dataset | None, Dataset]:
     """The training batches (None when only evaluating) and the evaluation batches."""
     if cfg.data_mode == "random":
-        spec = RandomSpec(table_sizes, cfg.bottom_mlp[0], cfg.bag_size, cfg.bag_size_fixed)
+        spec = RandomSpec(table_sizes, cfg.bottom_mlp[0], cfg.bag_size, cfg.bag_size_fixed,
+                          None if cfg.bag_sizes is None else tuple(cfg.bag_sizes))
         train = None if cfg.inference_only else RandomDataset(spec, cfg.batch_size, cfg.random_train_batches,
                                                               cfg.seed, "train")
         return train, RandomDataset(spec, cfg.eval_batch_size, cfg.random_eval_batches, cfg.seed, "eval")

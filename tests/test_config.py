@@ -45,14 +45,14 @@ def test_overrides_parse_types_and_mlp_notation():
     ("batch_size=0", "batch_size: must be > 0, got 0"),
     ("learning_rate=-1", "learning_rate: must be a finite number > 0"),
     ("optimizer=adam", "optimizer: must be one of sgd, rowwise_adagrad, adagrad, got 'adam'"),
-    ("interaction=mul", "interaction: must be one of dot, cat, sum"),
+    ("interaction=mul", "interaction: must be one of dot, cat, sum, dcn"),
     ("top_mlp=1024-2", "top_mlp: must end in 1"),
     ("bottom_mlp=13-64", "bottom_mlp: must end in embedding_dim=128"),
     ("shuffle_batches=maybe", "shuffle_batches: expected true or false"),
     ("warmup_steps=10", None),
     ("eval_every_epochs=2", "eval_every_epochs: must be in [0, 1]"),
     ("table_sizes=[3,0]", "table_sizes: must be a non-empty list of positive row counts"),
-    ("optimizer=rowwise_adagrad", "the closed division requires sgd"),
+    ("optimizer=rowwise_adagrad", "the closed division requires sgd for submission_benchmark=dlrm"),
 ])
 def test_bad_values_rejected_naming_the_key(override, message):
     if message is None:

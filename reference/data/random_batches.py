@@ -4,7 +4,8 @@ dlrm_s_pytorch.py's ``--data-generation=random`` (with its
 file has.
 
 Dense features are uniform in [0, 1), ids uniform in their table, bags of
-``bag_size`` ids or of 1 .. ``bag_size`` ids, uniformly. Labels are fair coin
+``bag_size`` ids or of 1 .. ``bag_size`` ids, uniformly, or of a fixed size per
+table (``bag_sizes``: DLRMv2's multi-hot shape). Labels are fair coin
 flips, as the original's (``--round-targets``): there is nothing to learn,
 so the AUC is about 0.5 by construction. Unlike the original, a bag may hold
 an id twice (it drew ids and dropped repeats with ``np.unique``).
@@ -33,6 +34,7 @@ class RandomSpec:
     dense_features: int
     bag_size: int = 1             # ids per bag (at most, unless fixed)
     bag_size_fixed: bool = False  # every bag exactly bag_size ids
+    bag_sizes: tuple[int, ...] | None = None  # or exactly bag_sizes[t] ids in every bag of table t
 
     def __post_init__(self):
         if not self.table_sizes or any(n <= 0 for n in self.table_sizes):
@@ -40,6 +42,10 @@ class RandomSpec:
         if self.dense_features <= 0 or self.bag_size <= 0:
             raise ValueError(f"random data: dense_features and bag_size must be > 0, got "
                              f"{self.dense_features} and {self.bag_size}")
+        if self.bag_sizes is not None and (len(self.bag_sizes) != len(self.table_sizes)
+                                           or any(k <= 0 for k in self.bag_sizes)):
+            raise ValueError(f"random data: bag_sizes needs one size > 0 per table ({len(self.table_sizes)}), "
+                             f"got {list(self.bag_sizes)}")
 
 
 class RandomDataset:
@@ -78,14 +84,18 @@ class RandomDataset:
     def ids(self, index: int, columns: list[int]) -> Ids:
         """The ids of batch ``index`` for the tables ``columns``: (batch, tables)
         for bags of one, else jagged."""
-        streams = [(self._stream(index, 1 + t), self.spec.table_sizes[t]) for t in columns]
-        if self.spec.bag_size == 1:
-            ids = [rng.integers(0, n, self.batch_size) for rng, n in streams]
+        streams = [(self._stream(index, 1 + t), self.spec.table_sizes[t], t) for t in columns]
+        if self.spec.bag_size == 1 and self.spec.bag_sizes is None:
+            ids = [rng.integers(0, n, self.batch_size) for rng, n, _ in streams]
             return torch.from_numpy(np.stack(ids, axis=1) if ids else np.zeros((self.batch_size, 0), np.int64))
         lengths, values = [], []
-        for rng, n in streams:
-            count = (np.full(self.batch_size, self.spec.bag_size) if self.spec.bag_size_fixed
-                     else rng.integers(1, self.spec.bag_size + 1, self.batch_size))
+        for rng, n, t in streams:
+            if self.spec.bag_sizes is not None:
+                count = np.full(self.batch_size, self.spec.bag_sizes[t])
+            elif self.spec.bag_size_fixed:
+                count = np.full(self.batch_size, self.spec.bag_size)
+            else:
+                count = rng.integers(1, self.spec.bag_size + 1, self.batch_size)
             lengths.append(count)
             values.append(rng.integers(0, n, int(count.sum())))
         return JaggedIds.from_lengths(torch.from_numpy(np.concatenate(values) if values else np.zeros(0, np.int64)),
