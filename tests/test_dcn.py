@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import ROOT
+from reference import train
 from reference.config import Config, ConfigError
 from reference.data.jagged import JaggedIds
 from reference.data.random_batches import RandomDataset, RandomSpec
@@ -255,3 +256,15 @@ def test_synthetic_dcnv2_config_trains_a_step():
     F.binary_cross_entropy_with_logits(model(batch.dense, batch.ids), batch.labels).backward()
     opt.step()
     assert not torch.equal(before, model.top_mlp[0].weight.detach())
+
+
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=pytest.mark.skipif(
+    cpu_bf16_support() is not None, reason=f"this CPU lacks native bf16: {cpu_bf16_support()}"))])
+def test_a_dcnv2_run_through_the_trainer(precision, tmp_path):
+    cfg = Config.from_sources(os.path.join(ROOT, "configs", "synthetic_dcnv2.yaml"), [
+        "table_sizes=" + "-".join(["30"] * 26), "embedding_dim=8", "bottom_mlp=13-16-8", "top_mlp=32-16-1",
+        "dcn_low_rank_dim=8", "batch_size=64", "eval_batch_size=128", "random_train_batches=4",
+        "random_eval_batches=1", "eval_every_epochs=0.5", "progress=false", "num_threads=1",
+        f"precision={precision}", f"results_dir={tmp_path}"])
+    result = train.run(cfg, out=open(os.devnull, "w"))
+    assert result.steps == 4 and len(result.evaluations) == 2 and math.isfinite(result.final["log_loss"])
