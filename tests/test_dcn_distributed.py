@@ -3,7 +3,6 @@ network data-parallel with the MLPs, the tables model-parallel with their
 Adagrad state, on bags of the reference's per-table sizes, through the
 trainer's own runtime (rendezvous, plan, reducer)."""
 
-
 import torch
 from test_dcn import BAG_SIZES
 from test_distributed_units import run_ranks
