@@ -26,6 +26,8 @@ DIST_BACKENDS = ("auto", "gloo", "nccl", "mpi")
 PRECISIONS = ("fp32", "bf16")
 LINEAR_KERNELS = ("auto", "aten", "onednn")
 DIVISIONS = ("closed", "open")
+# MLPerf's recommendation benchmarks and the optimizer each one's closed division requires.
+CLOSED_OPTIMIZERS = {"dlrm": "sgd", "dlrm_dcnv2": "adagrad"}
 STATUSES = ("onprem", "cloud", "preview", "research")
 QUANTIZE_EMBEDDING_BITS = (0, 8, 4)
 QUANTIZE_MLP_BITS = (0, 8)
@@ -158,7 +160,8 @@ class Config:
                                "under DLRM_CLEAR_CACHES=1); logged as cache_clear.", default=False)
 
     # --- MLPerf submission metadata ---
-    submission_benchmark: str = _doc("MLPerf benchmark name.", default="dlrm")
+    submission_benchmark: str = _doc("MLPerf benchmark name: dlrm (training 0.7-2.1) or dlrm_dcnv2 (3.0-6.0).",
+                                     default="dlrm")
     submission_org: str = _doc("Submitting organisation.", default="reference")
     submission_platform: str = _doc("System name.", default="cpu")
     submission_division: str = _doc("closed or open.", default="closed")
@@ -242,7 +245,8 @@ class Config:
         for key, allowed in (("interaction", INTERACTIONS), ("optimizer", OPTIMIZERS), ("qr_operation", QR_OPERATIONS),
                              ("dist_backend", DIST_BACKENDS), ("precision", PRECISIONS),
                              ("linear_kernel", LINEAR_KERNELS), ("data_mode", DATA_MODES),
-                             ("submission_division", DIVISIONS), ("submission_status", STATUSES)):
+                             ("submission_division", DIVISIONS), ("submission_status", STATUSES),
+                             ("submission_benchmark", tuple(CLOSED_OPTIMIZERS))):
             if getattr(self, key) not in allowed:
                 self._fail(key, f"must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
@@ -282,10 +286,11 @@ class Config:
             self._fail("auc_threshold", f"must be in (0, 1], got {self.auc_threshold}")
         if self.accuracy_threshold is not None and not 0 < self.accuracy_threshold <= 1:
             self._fail("accuracy_threshold", f"must be in (0, 1], got {self.accuracy_threshold}")
-        if self.submission_division == "closed" and self.optimizer != "sgd":
-            self._fail("optimizer", f"the closed division requires sgd, got {self.optimizer!r} "
-                                    f"(set submission_division=open)")
-        if self.submission_division == "closed" and self.decay_power != 2:
+        closed_optimizer = CLOSED_OPTIMIZERS[self.submission_benchmark]
+        if self.submission_division == "closed" and self.optimizer != closed_optimizer:
+            self._fail("optimizer", f"the closed division of {self.submission_benchmark} requires "
+                                    f"{closed_optimizer}, got {self.optimizer!r} (set submission_division=open)")
+        if self.submission_division == "closed" and self.submission_benchmark == "dlrm" and self.decay_power != 2:
             self._fail("decay_power", f"the closed division requires 2, got {self.decay_power}")
         if self.linear_kernel == "onednn" and (self.precision != "fp32" or self.device != "cpu"):
             self._fail("linear_kernel", f"onednn is a kernel for fp32 on CPU; with precision={self.precision} "
