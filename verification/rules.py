@@ -46,7 +46,7 @@ def refusal(benchmark, ruleset: str) -> str | None:
              f"{rounds[-1]} (or another of its rounds)") if rounds else \
         f"this verifier knows {', '.join(ROUNDS)}"
     return (f"submission_benchmark {benchmark!r} under training {ruleset}, whose recommendation benchmark is "
-            f"{expected} (the official checker rejects {benchmark!r} there); {where}")
+            f"{expected} (its official checker has no rules for {benchmark!r} and fails); {where}")
 
 
 def load_rules(ruleset: str = DEFAULT_RULESET, path: str | None = None) -> dict:
