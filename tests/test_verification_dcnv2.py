@@ -118,3 +118,24 @@ def test_a_short_set_is_not_rcp_tested(tmp_path):
     run_set(tmp_path / "dlrm_dcnv2", [0.8] * 5)
     [rcp] = verify([str(tmp_path / "dlrm_dcnv2")], ruleset="6.0.0", with_official=True)["rcp"]
     assert rcp["verdict"] == "warn" and "5 runs, the RCP test needs the round's 10" in rcp["reason"]
+
+
+def test_package_of_ten_dcnv2_runs_passes_the_official_package_checker(tmp_path, easy_data):
+    # Open division: the closed one also needs eval_samples == 89137319, which synthetic data cannot log.
+    out = tmp_path / "pkg"
+    proc = subprocess.run([sys.executable, "-m", "verification", "package", "--config", "configs/synthetic.yaml",
+                           "--system", "test-cpu", "--org", "acme", "--out", str(out), "--data-dir", str(easy_data),
+                           "submission_benchmark=dlrm_dcnv2", "submission_division=open", "optimizer=adagrad",
+                           "adagrad_eps=1.0e-8", "learning_rate=0.02", "auc_threshold=0.80275", "embedding_dim=8",
+                           "bottom_mlp=13-16-8", "top_mlp=16-1", "batch_size=256", "epochs=1", "progress=false",
+                           "num_threads=1", "train_file=synthetic_train.bin", "eval_file=synthetic_test.bin",
+                           "counts_file=synthetic_fea_count.npz"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = out / "acme" / "results" / "test-cpu" / "dlrm_dcnv2"
+    assert sorted(os.listdir(results)) == sorted(f"result_{i}.txt" for i in range(10))
+    assert (out / "acme" / "benchmarks" / "dlrm_dcnv2" / "implementations" / "reference-pytorch").is_dir()
+    assert "official package checker (training 6.0.0): PASS: no errors" in proc.stdout
+    summarized = re.search(r"result summarizer: dlrm_dcnv2 time to train ([0-9.]+) min", proc.stdout)
+    assert summarized and f"score: PASS: {summarized.group(1)} min, equal to the official result summarizer's" \
+        in proc.stdout, proc.stdout[-3000:]
