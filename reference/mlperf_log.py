@@ -15,6 +15,7 @@ from collections.abc import Callable
 from mlperf_logging.mllog import constants as C
 from mlperf_logging.mllog.mllog import MLLogger as _MLLogger
 
+from .mlperf_conventions import LogConvention
 from .training_state import TrainingState
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,10 +55,11 @@ class RunBracketing:
     """The timed part of the log: run_start/run_stop around it, an
     epoch_start/epoch_stop pair per whole epoch, a block_start/block_stop pair
     around the training between two evaluations (so a run that converges inside
-    its first epoch still closes a block), and the evaluations."""
+    its first epoch still closes a block), and the evaluations; epoch_num as
+    the benchmark's ``convention`` counts it."""
 
-    def __init__(self, log: MLPerfLogger, batches_per_epoch: int):
-        self.log, self.batches_per_epoch = log, batches_per_epoch
+    def __init__(self, log: MLPerfLogger, batches_per_epoch: int, convention: LogConvention):
+        self.log, self.batches_per_epoch, self.convention = log, batches_per_epoch, convention
         self._block_first: float | None = None  # epoch_num where the open block began
 
     def run_start(self) -> int:
@@ -66,20 +68,23 @@ class RunBracketing:
         self.log.start(C.RUN_START, time_ms=now)
         return now
 
+    def epoch_num(self, state: TrainingState) -> float:
+        return self.convention.epoch_num(state, self.batches_per_epoch)
+
     def epoch_start(self, state: TrainingState) -> None:
-        self.log.start(C.EPOCH_START, epoch_num=state.epoch + 1)
+        self.log.start(C.EPOCH_START, epoch_num=self.convention.epoch_index(state))
 
     def before_step(self, state: TrainingState, block_end: int) -> None:
         """Opens a block if none is open; ``block_end``: the batch in the epoch where it will end."""
         if self._block_first is None:
-            self._block_first = state.epoch_num(self.batches_per_epoch)
+            self._block_first = self.epoch_num(state)
             self.log.start(C.BLOCK_START, first_epoch_num=self._block_first,
                            epoch_count=(block_end - state.batch_in_epoch) / self.batches_per_epoch)
 
     def evaluation(self, state: TrainingState, evaluate: Callable[[], dict]) -> dict:
         """Closes the open block, runs ``evaluate`` between eval_start and eval_stop, logs its AUC."""
         self._end_block()
-        epoch_num = state.epoch_num(self.batches_per_epoch)
+        epoch_num = self.epoch_num(state)
         self.log.start(C.EVAL_START, epoch_num=epoch_num)
         metrics = evaluate()
         self.log.end(C.EVAL_STOP, epoch_num=epoch_num)
@@ -87,7 +92,7 @@ class RunBracketing:
         return metrics
 
     def epoch_stop(self, state: TrainingState) -> None:
-        self.log.end(C.EPOCH_STOP, epoch_num=state.epoch + 1)
+        self.log.end(C.EPOCH_STOP, epoch_num=self.convention.epoch_index(state))
 
     def run_stop(self, status: str) -> int:
         """Closes a block left open (a run stopped by max_steps between evaluations); returns the time in ms."""
@@ -111,22 +116,13 @@ def log_submission(log: MLPerfLogger, cfg) -> None:
     log.event(C.SUBMISSION_PLATFORM, cfg.submission_platform)
 
 
-def log_hyperparameters(log: MLPerfLogger, cfg, train_samples: int, eval_samples: int) -> None:
+def log_hyperparameters(log: MLPerfLogger, cfg, convention: LogConvention, train_samples: int,
+                        eval_samples: int) -> None:
+    """Each once, as both benchmarks' rules want (eval_samples: the samples one evaluation reads)."""
     log.event(C.SEED, cfg.seed)
     log.event(C.GLOBAL_BATCH_SIZE, cfg.batch_size)
     log.event(C.GRADIENT_ACCUMULATION_STEPS, 1)
     log.event(C.TRAIN_SAMPLES, train_samples)
     log.event(C.EVAL_SAMPLES, eval_samples)
-    log.event(C.OPT_NAME, cfg.optimizer)
-    log.event(C.OPT_BASE_LR, cfg.learning_rate)
-    log.event(C.OPT_LR_WARMUP_STEPS, cfg.warmup_steps)
-    log.event("lr_decay_start_steps", cfg.decay_start_step)
-    if cfg.optimizer == "sgd":
-        log.event("sgd_opt_base_learning_rate", cfg.learning_rate)
-        log.event("sgd_opt_learning_rate_decay_steps", cfg.decay_steps)
-        log.event("sgd_opt_learning_rate_decay_poly_power", cfg.decay_power)
-    else:
-        log.event(C.OPT_ADAGRAD_EPSILON, cfg.adagrad_eps)
-        log.event(C.OPT_ADAGRAD_LR_DECAY, cfg.adagrad_lr_decay)
-        log.event("opt_learning_rate_decay_steps", cfg.decay_steps)
-        log.event("opt_learning_rate_decay_poly_power", cfg.decay_power)
+    for key, value in convention.optimizer_keys(cfg).items():
+        log.event(key, value)

@@ -29,6 +29,7 @@ from .distributed.errors import DistributedError
 from .distributed.launch import LaunchError, detect
 from .distributed.planner import format_plan
 from .jsonfile import write_json
+from .mlperf_conventions import convention_for
 from .mlperf_log import MLPerfLogger, log_hyperparameters, log_submission
 from .model import DLRM
 from .quantize import embedding_bytes, mlp_bytes, quantize_model
@@ -209,7 +210,8 @@ def run(cfg: Config, out=sys.stderr, parallel: runtime.Parallel | None = None) -
             return RunResult(converged=trainer.reached_target(metrics), status=RunStatus.INFERENCE,
                              evaluations=[metrics])
         assert train_data is not None, "opened for every run that is not inference-only"
-        log_hyperparameters(log, cfg, train_data.num_samples, eval_data.num_samples)
+        log_hyperparameters(log, cfg, convention_for(cfg.submission_benchmark), train_data.num_samples,
+                            eval_data.num_samples)
         log.end(C.INIT_STOP)
         result = trainer.fit()
         if summary_path is not None:  # rank 0

@@ -21,6 +21,7 @@ from .data.loader import Dataset
 from .data.pipeline import Batches
 from .distributed import runtime
 from .loss_meter import LossMeter
+from .mlperf_conventions import convention_for
 from .mlperf_log import MLPerfLogger, RunBracketing
 from .model import DLRM
 from .optim import build_optimizer, set_learning_rate
@@ -159,7 +160,7 @@ class Trainer:
     def evaluate_and_log(self, mlperf: RunBracketing, result: RunResult, bar: tqdm) -> bool:
         """One evaluation, logged and recorded; returns whether the target is reached."""
         metrics = mlperf.evaluation(self.state, self.evaluate)
-        epoch_num = self.state.epoch_num(mlperf.batches_per_epoch)
+        epoch_num = mlperf.epoch_num(self.state)
         metrics.update(step=self.state.step, epoch_num=epoch_num)
         result.evaluations.append(metrics)
         if self.parallel.is_root:
@@ -173,7 +174,7 @@ class Trainer:
         cfg, data = self.cfg, self.train_data
         assert data is not None, "fit() needs training data (an inference-only run only evaluates)"
         evals = self.eval_schedule(data)
-        mlperf = RunBracketing(self.log, data.num_batches)
+        mlperf = RunBracketing(self.log, data.num_batches, convention_for(cfg.submission_benchmark))
         meter = LossMeter(cfg.log_every, self.parallel.global_losses)
         result = RunResult(converged=False, status=RunStatus.ABORTED)
         self.parallel.barrier()  # every rank starts the clock together

@@ -17,9 +17,9 @@ class TrainingState:
     epoch: int = 0           # 0-based epoch of the next batch
     batch_in_epoch: int = 0  # position of the next batch in that epoch's order
 
-    def epoch_num(self, batches_per_epoch: int) -> float:
-        """MLPerf's epoch_num of this point: 1-based, fractional."""
-        return self.epoch + 1 + self.batch_in_epoch / batches_per_epoch
+    def epochs_trained(self, batches_per_epoch: int) -> float:
+        """Epochs trained up to this point, fractional (MLPerf's epoch_num counts from it: mlperf_conventions)."""
+        return self.epoch + self.batch_in_epoch / batches_per_epoch
 
     def next_epoch(self) -> None:
         self.epoch += 1

@@ -1,5 +1,6 @@
-"""Synthetic MLPerf DLRM result logs for the verifier's tests: a good closed-division
-log on Criteo 1TB, and each variant that accepted submissions show, built on request."""
+"""Synthetic MLPerf result logs for the verifier's tests: a good closed-division DLRM
+log on Criteo 1TB and each variant that accepted submissions show, built on request
+(events); a good closed-division DLRMv2 (dlrm_dcnv2) log and its changes (dcnv2_events)."""
 import json
 
 TENSORS = ["embeddings"] + [f"bottom_mlp_dense{i}" for i in (1, 2, 3)] + [f"top_mlp_dense{i}" for i in range(1, 6)]
@@ -95,3 +96,37 @@ def write_log(path, triples, backwards_at=None, style="plain", ranks=1, start_ms
     with open(path, "w", newline="") as f:
         f.write(end.join(lines) + end)
     return str(path)
+
+
+# The values closed_dlrm_dcnv2.yaml fixes (and every RCP of dlrm_dcnv2 was run with).
+ADAGRAD = {"opt_adagrad_learning_rate_decay": 0.0, "opt_weight_decay": 0.0,
+           "opt_adagrad_initial_accumulator_value": 0.0, "opt_adagrad_epsilon": 1e-8,
+           "opt_learning_rate_warmup_steps": 0, "opt_learning_rate_decay_start_step": 0,
+           "opt_learning_rate_decay_steps": 0}
+
+
+def dcnv2_events(final=0.8, **change):
+    """A closed-division dlrm_dcnv2 log on Criteo 1TB (training 3.0.0 - 6.0.0) that passes every check:
+    evaluations every 0.05 epoch from epoch_num 0.05 (epoch_num counts from 0), the one at ``final``
+    reaching the target 0.80275. Keyword arguments change it:
+      batch, lr, org, seed, division, benchmark: as named; adagrad: {key: value} over ADAGRAD."""
+    e = [("cache_clear", True, {}), ("init_start", None, {}),
+         ("submission_benchmark", change.get("benchmark", "dlrm_dcnv2"), {}),
+         ("submission_org", change.get("org", "reference"), {}),
+         ("submission_division", change.get("division", "closed"), {}), ("submission_status", "onprem", {}),
+         ("submission_platform", "cpu", {}),
+         ("seed", change.get("seed", 3), {}), ("global_batch_size", change.get("batch", 65536), {}),
+         ("gradient_accumulation_steps", 1, {}), ("train_samples", CRITEO_TRAIN, {}),
+         ("eval_samples", 89137319, {}), ("opt_name", "adagrad", {}),
+         ("opt_base_learning_rate", change.get("lr", 0.004), {})]
+    e += [(key, value, {}) for key, value in {**ADAGRAD, **change.get("adagrad", {})}.items()]
+    e += [("init_stop", None, {}), ("run_start", None, {}), ("epoch_start", None, {"epoch_num": 0})]
+    epochs = [round(0.05 * k, 2) for k in range(1, int(round(final / 0.05)) + 1)]
+    start = 0.0
+    for epoch in epochs:
+        auc = 0.8028 if epoch == epochs[-1] else 0.79
+        e += [("block_start", None, {"first_epoch_num": start, "epoch_count": round(epoch - start, 4)}),
+              ("block_stop", None, {"first_epoch_num": start}), ("eval_start", None, {"epoch_num": epoch}),
+              ("eval_stop", None, {"epoch_num": epoch}), ("eval_accuracy", auc, {"epoch_num": epoch})]
+        start = epoch
+    return e + [("run_stop", None, {"status": "success"})]

@@ -53,6 +53,7 @@ def test_overrides_parse_types_and_mlp_notation():
     ("eval_every_epochs=2", "eval_every_epochs: must be in [0, 1]"),
     ("table_sizes=[3,0]", "table_sizes: must be a non-empty list of positive row counts"),
     ("optimizer=rowwise_adagrad", "the closed division requires sgd for submission_benchmark=dlrm"),
+    ("submission_benchmark=dlrm3", "must be one of dlrm, dlrm_dcnv2"),
 ])
 def test_bad_values_rejected_naming_the_key(override, message):
     if message is None:
@@ -62,6 +63,12 @@ def test_bad_values_rejected_naming_the_key(override, message):
         Config.from_sources(None, [override])
     assert message in str(e.value)
     assert str(e.value).startswith("command line: ")
+
+
+def test_closed_division_optimizer_is_the_benchmarks():
+    with pytest.raises(ConfigError, match="the closed division of dlrm_dcnv2 requires adagrad, got 'sgd'"):
+        Config.from_sources(None, ["submission_benchmark=dlrm_dcnv2"])
+    Config.from_sources(None, ["submission_benchmark=dlrm_dcnv2", "optimizer=adagrad"])
 
 
 def test_errors_name_the_file(tmp_path):

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from reference.checkpoint import CheckpointPolicy
+from reference.mlperf_conventions import convention_for
 from reference.mlperf_log import RunBracketing
 from reference.trainer import EvalSchedule, RunStatus
 from reference.training_state import TrainingState
@@ -42,9 +43,10 @@ class RecordingLog:
         self.calls.append(("event", key, value, metadata))
 
 
-def test_bracketing_opens_a_block_per_evaluation_and_closes_one_left_open():
+@pytest.mark.parametrize("benchmark, first", [("dlrm", 1), ("dlrm_dcnv2", 0)])  # where each counts epoch_num from
+def test_bracketing_opens_a_block_per_evaluation_and_closes_one_left_open(benchmark, first):
     log = RecordingLog()
-    mlperf = RunBracketing(log, batches_per_epoch=4)
+    mlperf = RunBracketing(log, batches_per_epoch=4, convention=convention_for(benchmark))
     state = TrainingState()
     mlperf.run_start()
     mlperf.epoch_start(state)
@@ -60,8 +62,10 @@ def test_bracketing_opens_a_block_per_evaluation_and_closes_one_left_open():
         ("start", "eval_start"), ("end", "eval_stop"), ("event", "eval_accuracy"), ("start", "block_start"),
         ("end", "block_stop"), ("end", "run_stop")]
     blocks = [c[2] for c in log.calls if c[1] == "block_start"]
-    assert blocks == [{"first_epoch_num": 1.0, "epoch_count": 0.5}, {"first_epoch_num": 1.5, "epoch_count": 0.5}]
-    assert log.calls[6] == ("event", "eval_accuracy", 0.75, {"epoch_num": 1.5})
+    assert blocks == [{"first_epoch_num": first, "epoch_count": 0.5},
+                      {"first_epoch_num": first + 0.5, "epoch_count": 0.5}]
+    assert log.calls[1][2] == {"epoch_num": first}
+    assert log.calls[6] == ("event", "eval_accuracy", 0.75, {"epoch_num": first + 0.5})
     assert log.calls[-1][2]["status"] == "aborted"
 
 

@@ -3,9 +3,9 @@ import pytest
 from reference.training_state import TrainingState
 
 
-def test_epoch_num_is_one_based_and_fractional():
+def test_epochs_trained_is_fractional_from_zero():
     state = TrainingState(step=7, epoch=1, batch_in_epoch=3)
-    assert state.epoch_num(4) == 2.75
+    assert state.epochs_trained(4) == 1.75
     state.next_epoch()
     assert (state.step, state.epoch, state.batch_in_epoch) == (7, 2, 0)
 

@@ -34,7 +34,8 @@ def test_good_log_passes_every_check(tmp_path):
 @pytest.mark.parametrize("change, check, reason", [
     (dict(drop_key="gradient_accumulation_steps"), "official_compliance",
      "Required EXACTLY_ONE occurrence of 'gradient_accumulation_steps' but found 0"),
-    (dict(power=1), "closed_division_rules", "decay power 1; the closed division requires 2"),
+    (dict(power=1), "closed_division_rules",
+     "sgd_opt_learning_rate_decay_poly_power 1; the closed division requires 2"),
     (dict(aucs=[0.79, 0.80, 0.801]), "target_reached", "AUC never reached 0.8025: best 0.80100"),
     (dict(aucs=[0.79, 0.80, 0.801], status="success"), "run_stop_status",
      "status success, but no evaluation reached AUC 0.8025"),

@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from .rules import DEFAULT_RULESET, RULESETS, load_rules
+from .rules import RULESETS, load_rules
 
 
 def check_main(argv) -> int:
@@ -20,16 +20,17 @@ def check_main(argv) -> int:
 
     p = argparse.ArgumentParser(
         prog="python -m verification",
-        description="Check DLRM MLPerf result logs as a reviewer of their round would: the official compliance "
-                    "checker under the round's ruleset, the checks it misses, epochs to target, the official RCP "
-                    "checker over each set of runs, and submission folders as wholes (result count, systems JSON, "
-                    "package checker, score against the result summarizer's). FAIL: a rule of the round is broken; "
-                    "WARN: a deviation the round's reviewers accepted or an official tool will flag. Exit status 1 "
-                    "on any FAIL, 2 on bad input.")
+        description="Check DLRM (dlrm) and DLRMv2 (dlrm_dcnv2) MLPerf result logs as a reviewer of their round "
+                    "would: the official compliance checker under the round's ruleset, the checks it misses, "
+                    "epochs to target, the official RCP checker over each set of runs, and submission folders as "
+                    "wholes (result count, systems JSON, package checker, score against the result summarizer's). "
+                    "FAIL: a rule of the round is broken; WARN: a deviation the round's reviewers accepted or an "
+                    "official tool will flag. Exit status 1 on any FAIL, 2 on bad input.")
     p.add_argument("paths", nargs="+", metavar="PATH",
                    help="result log, results folder or submission folder (ORG with systems/)")
-    p.add_argument("--ruleset", default=DEFAULT_RULESET, choices=RULESETS,
-                   help=f"the round's rules (default {DEFAULT_RULESET}); v0.7 results: 0.7.0, and so on")
+    p.add_argument("--ruleset", choices=RULESETS,
+                   help="the round's rules: 0.7.0 - 2.1.0 for dlrm, 3.0.0 - 6.0.0 for dlrm_dcnv2 (default: the "
+                        "latest round of the benchmark the first log names: 2.1.0 or 6.0.0)")
     p.add_argument("--config", help="the config the runs claim (default: each run's .json summary)")
     p.add_argument("--out", help="folder for report.json, the plots and the official tools' logs "
                                  "(default: <first PATH's folder>/verification)")
@@ -47,7 +48,7 @@ def check_main(argv) -> int:
     write_json(report, os.path.join(out, "report.json"))
     written = [os.path.join(out, "report.json")]
     if not args.no_plots and report["runs"]:
-        written += write_plots(report["runs"], out, load_rules(args.ruleset)["target_auc"])
+        written += write_plots(report["runs"], out, load_rules(report["ruleset"])["target_auc"])
     print("written: " + ", ".join(written))
     return 0 if report["passed"] else 1
 

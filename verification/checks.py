@@ -123,7 +123,8 @@ def check_submission_keys_before_init_stop(run, rules, claim):
 
 def check_weights_initialization(run, rules, claim):
     f = rule_finding("weights_initialization_tensors",
-                     "closed division: weights_initialization once for each of the 9 tensors (training 1.1.0 on)")
+                     f"closed division: weights_initialization once for each of the "
+                     f"{len(rules['weights_initialization_tensors'])} tensors (dlrm, training 1.1.0 on)")
     if run.division != "closed":
         return f("skip", "open division: any architecture")
     logged = [e.metadata.get("tensor") for e in run.all("weights_initialization")]
@@ -230,9 +231,9 @@ def _counts_evaluations(epochs: list) -> bool:
 
 
 def check_eval_cadence(run, rules, claim):
-    every = rules["eval_every_epochs"]
-    f = rule_finding("eval_cadence", f"an evaluation every {every} epoch (1-based fractional epoch_num), each with "
-                                     f"eval_start and eval_stop")
+    every, first = rules["eval_every_epochs"], rules["first_epoch_num"]
+    f = rule_finding("eval_cadence", f"an evaluation every {every} epoch (fractional epoch_num from {first}), each "
+                                     f"with eval_start and eval_stop")
     tol = rules["eval_spacing_tolerance"] * every
     evals = run.scored_evaluations()
     if not evals:
@@ -243,10 +244,11 @@ def check_eval_cadence(run, rules, claim):
         warnings.append(f"epoch_num counts evaluations (1..{len(epochs)}), not epochs, so the spacing cannot be "
                         f"checked; reviewers accepted it (Google v0.7)")
     else:
-        previous = 1.0
+        previous = float(first)
         for epoch_num, _, event in evals:
-            if not isinstance(epoch_num, (int, float)) or epoch_num <= 1.0:
-                return f("fail", f"epoch_num {epoch_num!r} is not a 1-based fractional epoch (> 1.0)", event.line)
+            if not isinstance(epoch_num, (int, float)) or epoch_num <= first:
+                return f("fail", f"epoch_num {epoch_num!r} is not a fractional epoch counted from {first} "
+                                 f"(> {first}; training {rules['ruleset']}, {rules['benchmark']})", event.line)
             gap = epoch_num - previous
             at_epoch_end = abs(epoch_num - round(epoch_num)) < 1e-9
             if gap > every + tol or (gap < every - tol and not at_epoch_end):
@@ -275,7 +277,7 @@ def _synthetic_source(run: RunLog, claim: Claim | None) -> str | None:
     return None
 
 
-def _samples_trained(run: RunLog, train, expected: dict) -> str | None:
+def _samples_trained(run: RunLog, train, expected: dict, first_epoch_num: int) -> str | None:
     """Why ``train`` reads as the samples trained (the HugeCTR-based logs' way), or None.
     They log it at the end of the run (v0.7: just before run_stop, later: after it); it
     cannot exceed the epochs the evaluations say were trained (with one evaluation
@@ -290,7 +292,7 @@ def _samples_trained(run: RunLog, train, expected: dict) -> str | None:
         return None
     last = next((e[0] for e in reversed(run.scored_evaluations()) if isinstance(e[0], float)), None)
     epochs = train / expected["train_samples"]
-    if last is None or epochs > last - 1 + 0.05:
+    if last is None or epochs > last - first_epoch_num + 0.05:
         return None
     when = "after run_stop" if event.line > run.run_stop_line() else "at the end of the run"
     return (f"train_samples {train:,} is logged {when} as the samples trained ({epochs:.4f} epoch of Criteo 1TB; "
@@ -307,7 +309,8 @@ def check_dataset_identity(run, rules, claim):
     evals = eval_event.value if eval_event else None
     synthetic = _synthetic_source(run, claim)
     warnings, other = [], []
-    trained = None if synthetic or train == expected["train_samples"] else _samples_trained(run, train, expected)
+    trained = None if synthetic or train == expected["train_samples"] else \
+        _samples_trained(run, train, expected, rules["first_epoch_num"])
     if trained:
         warnings.append(trained)
     elif train != expected["train_samples"]:
@@ -335,7 +338,7 @@ def check_hyperparameters_match_config(run, rules, claim):
         return f("skip", "no claimed config: pass --config FILE, or keep the run's .json summary beside the log")
     mismatches = []
     for logged_key, config_key in rules["logged_hyperparameters"].items():
-        if logged_key.startswith("sgd_") and claim.values.get("optimizer") != "sgd":
+        if logged_key.startswith("sgd_") and claim.values.get("optimizer") != "sgd":  # dlrm logs them for sgd only
             continue
         event = run.first(logged_key)
         expected = claim.values.get(config_key)
@@ -351,19 +354,21 @@ def check_hyperparameters_match_config(run, rules, claim):
 
 def check_closed_division_rules(run, rules, claim, reference: dict | None = None):
     closed = rules["closed_division"]
+    fixed = ", ".join(f"{k} {v}" for k, v in closed["fixed"].items())
     f = rule_finding("closed_division_rules",
-                     f"closed division: optimizer {closed['optimizer']}, decay power {closed['decay_power']}, no "
-                     f"gradient accumulation, and only {', '.join(closed['may_differ'])} may differ from the reference")
+                     f"closed division: optimizer {closed['optimizer']}, {fixed}, no gradient accumulation, and only "
+                     f"{', '.join(closed['may_differ'])} may differ from the reference")
     if run.division != "closed":
         return f("skip", f"division {run.division!r}")
     problems = []
     opt = run.first("opt_name")
     if opt is not None and str(opt.value).lower() != closed["optimizer"]:
         problems.append((f"optimizer {opt.value!r}; the closed division requires {closed['optimizer']}", opt.line))
-    power = run.first("sgd_opt_learning_rate_decay_poly_power")
-    if power is None or power.value != closed["decay_power"]:
-        problems.append((f"decay power {power.value if power else 'not logged'}; the closed division requires "
-                         f"{closed['decay_power']}", power.line if power else None))
+    for key, required in closed["fixed"].items():
+        event = run.first(key)
+        if event is None or event.value != required:
+            problems.append((f"{key} {event.value if event else 'not logged'}; the closed division requires "
+                             f"{required}", event.line if event else None))
     accumulation = run.first("gradient_accumulation_steps")
     if accumulation is None and rules["gradient_accumulation_required"]:
         problems.append((f"gradient_accumulation_steps is not logged (training {rules['ruleset']} requires it)", None))
@@ -381,6 +386,9 @@ def check_closed_division_rules(run, rules, claim, reference: dict | None = None
                                  f"{', '.join(closed['may_differ'])} may", None))
     if problems:
         return f("fail", "; ".join(p for p, _ in problems), next((line for _, line in problems if line), None))
+    if claim is not None and reference is None:
+        return f("pass", f"{os.path.basename(closed['reference_config'])} is not in this checkout: the other "
+                         f"hyperparameters are not compared with the reference")
     return f("pass")
 
 
@@ -392,7 +400,7 @@ def epochs_to_target(run, rules, claim) -> Finding:
         return f("info", "target not reached")
     start, stop = run.first("run_start"), run.first("run_stop")
     minutes = (stop.time_ms - start.time_ms) / 60000 if start and stop else float("nan")
-    epochs = (f"{first[0] - 1:.4f} epochs (epoch_num {first[0]:.4f} in the log)"
+    epochs = (f"{first[0] - rules['first_epoch_num']:.4f} epochs (epoch_num {first[0]:.4f} in the log)"
               if isinstance(first[0], float) else f"epoch_num {first[0]} in the log")
     return f("info", f"{epochs}; time to train {minutes:.2f} min", first[2].line)
 

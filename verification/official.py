@@ -6,7 +6,8 @@ mlperf-logging 4.1.68 the RCP checker's table of required run counts
 (the RCP checker, the package checker, the result summarizer) fails with
 KeyError 'dlrm'. The child process supplies the count, 5 (the training rules of
 every DLRM round and the package's own ``benchmark_meta``), in memory before the
-tool runs; no installed file is edited. Reports say so (``SUPPLIED``).
+tool runs; no installed file is edited. Reports say so (``SUPPLIED``). The table
+still has ``dlrm_dcnv2`` (10 runs): its rounds need nothing supplied.
 
 The RCP checker is called through its own ``check_directory`` (what the package
 checker calls), and the child records which RCP record the tool compared with
@@ -25,6 +26,8 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
+
+from .rules import benchmark_of
 
 USAGE = "training"
 DLRM_RUNS = 5
@@ -79,19 +82,25 @@ _SPEC = importlib.util.find_spec("mlperf_logging")
 _PACKAGE = os.path.dirname(_SPEC.origin) if _SPEC and _SPEC.origin else None
 
 
+def supplied(ruleset: str) -> str:
+    """The note on the run count this module supplies; empty where the tool has its own."""
+    return SUPPLIED if benchmark_of(ruleset) == "dlrm" else ""
+
+
 def support(ruleset: str) -> dict:
-    """What the installed mlperf-logging ships for DLRM under ``ruleset``: for
-    each tool, None when it is there, else why it is not."""
+    """What the installed mlperf-logging ships for the round's benchmark (dlrm
+    or dlrm_dcnv2) under ``ruleset``: for each tool, None when it is there, else why it is not."""
     if _PACKAGE is None:
         missing = "mlperf-logging is not installed"
         return {"compliance": missing, "rcp": missing}
-    compliance = os.path.join(_PACKAGE, "compliance_checker", f"{USAGE}_{ruleset}", "closed_dlrm.yaml")
-    rcps = os.path.join(_PACKAGE, "rcp_checker", f"{USAGE}_{ruleset}", "rcps_dlrm.json")
+    benchmark = benchmark_of(ruleset)
+    compliance = os.path.join(_PACKAGE, "compliance_checker", f"{USAGE}_{ruleset}", f"closed_{benchmark}.yaml")
+    rcps = os.path.join(_PACKAGE, "rcp_checker", f"{USAGE}_{ruleset}", f"rcps_{benchmark}.json")
     return {"compliance": None if os.path.isfile(compliance) else
-            f"the installed mlperf-logging has no {USAGE}_{ruleset}/closed_dlrm.yaml",
+            f"the installed mlperf-logging has no {USAGE}_{ruleset}/closed_{benchmark}.yaml",
             "rcp": None if os.path.isfile(rcps) else
-            f"the installed mlperf-logging has no RCPs for dlrm under {USAGE} {ruleset} "
-            f"(rcp_checker/{USAGE}_{ruleset}/rcps_dlrm.json; RCPs began with 1.0.0)"}
+            f"the installed mlperf-logging has no RCPs for {benchmark} under {USAGE} {ruleset} "
+            f"(rcp_checker/{USAGE}_{ruleset}/rcps_{benchmark}.json; RCPs began with 1.0.0)"}
 
 
 @dataclass
@@ -166,7 +175,7 @@ class RcpResult:
 def rcp(result_files: list, ruleset: str) -> RcpResult:
     """The official RCP checker over a set of runs (copied as result_N.txt)."""
     with tempfile.TemporaryDirectory() as tmp:
-        folder = os.path.join(tmp, "dlrm")
+        folder = os.path.join(tmp, benchmark_of(ruleset))
         os.makedirs(folder)
         for i, path in enumerate(result_files):
             shutil.copyfile(path, os.path.join(folder, f"result_{i}.txt"))
@@ -202,7 +211,7 @@ def package_checker(org_folder: str, ruleset: str, rcp_bypass: bool, work_dir: s
 @dataclass
 class Summary:
     output: str
-    rows: dict  # system -> the summarizer's row (dlrm:time_to_train in minutes, dlrm:RCP, ...)
+    rows: dict  # system -> the summarizer's row (BENCHMARK:time_to_train in minutes, BENCHMARK:RCP, ...)
 
 
 def result_summarizer(org_folder: str, ruleset: str, work_dir: str) -> Summary:
@@ -217,5 +226,6 @@ def result_summarizer(org_folder: str, ruleset: str, work_dir: str) -> Summary:
     if proc.returncode == 0 and os.path.isfile(json_path):
         with open(json_path) as f:
             rows = json.load(f)
-    return Summary(output, {row["system"]: {k: v for k, v in row.items() if k.startswith("dlrm:") or ":" not in k}
+    prefix = benchmark_of(ruleset) + ":"
+    return Summary(output, {row["system"]: {k: v for k, v in row.items() if k.startswith(prefix) or ":" not in k}
                             for row in rows})

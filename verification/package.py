@@ -1,10 +1,10 @@
 """Build an MLPerf Training submission package from N seeded runs and check it
 with the official package checker and result summarizer.
 
-Layout (every DLRM round, 0.7.0 to 2.1.0):
-    OUT/ORG/results/SYSTEM/dlrm/result_0.txt ... result_{N-1}.txt
+Layout (BENCHMARK: the config's submission_benchmark, dlrm for 0.7.0 - 2.1.0, dlrm_dcnv2 for 3.0.0 - 6.0.0):
+    OUT/ORG/results/SYSTEM/BENCHMARK/result_0.txt ... result_{N-1}.txt
     OUT/ORG/systems/SYSTEM.json          (logging/system_description_template.json, filled from this machine)
-    OUT/ORG/benchmarks/dlrm/implementations/reference-pytorch/   (the code that produced the runs)
+    OUT/ORG/benchmarks/BENCHMARK/implementations/reference-pytorch/   (the code that produced the runs)
     OUT/runs/                            (each run's own log and .json summary, for plots)
 The package is assembled under a temporary name and renamed when complete.
 """
@@ -25,7 +25,7 @@ from . import official
 from .checks import Claim
 from .plots import write_plots
 from .report import render_text, verify, write_json
-from .rules import DEFAULT_RULESET, ROOT, RULESETS, load_rules
+from .rules import ROOT, RULESETS, default_ruleset, load_rules, refusal
 from .runlog import RunLog
 
 STATUS_NAMES = {"onprem": "Available on-premise", "cloud": "Available cloud", "preview": "Preview",
@@ -112,7 +112,8 @@ def build_package(cfg, system: str, org: str, runs: int, out: str, seed_base: in
     staging = package + ".partial"
     shutil.rmtree(staging, ignore_errors=True)
     runs_dir = os.path.join(out, "runs")
-    results = os.path.join(staging, "results", system, "dlrm")
+    benchmark = cfg.submission_benchmark
+    results = os.path.join(staging, "results", system, benchmark)
     os.makedirs(results)
     os.makedirs(runs_dir, exist_ok=True)
     times, logs = [], []
@@ -131,7 +132,7 @@ def build_package(cfg, system: str, org: str, runs: int, out: str, seed_base: in
         os.makedirs(os.path.join(staging, "systems"))
         with open(os.path.join(staging, "systems", f"{system}.json"), "w") as f:
             json.dump(system_description(cfg, system, org), f, indent=2)
-        _copy_implementation(os.path.join(staging, "benchmarks", "dlrm", "implementations", "reference-pytorch"))
+        _copy_implementation(os.path.join(staging, "benchmarks", benchmark, "implementations", "reference-pytorch"))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # no half-built package is left to be mistaken for one
         raise
@@ -146,16 +147,17 @@ def package_main(argv) -> int:
                                             "result summarizer.")
     p.add_argument("--config", required=True, help="training config (configs/*.yaml)")
     p.add_argument("--system", required=True, help="system name (results/<system>, systems/<system>.json)")
-    p.add_argument("--runs", type=int, default=official.DLRM_RUNS, help="number of runs (default 5)")
+    p.add_argument("--runs", type=int, help="number of runs (default: the round's, 5 for dlrm, 10 for dlrm_dcnv2)")
     p.add_argument("--org", help="submitting organisation (default: the config's submission_org)")
     p.add_argument("--out", default=os.path.join("results", "package"), help="output folder")
     p.add_argument("--data-dir", help="data folder (default for synthetic: .cache/synthetic, made if missing)")
     p.add_argument("--seed-base", type=int, default=1, help="seeds are seed-base .. seed-base + runs - 1")
-    p.add_argument("--ruleset", default=DEFAULT_RULESET, choices=RULESETS,
-                   help=f"the round whose rules and official tools check the package (default {DEFAULT_RULESET})")
+    p.add_argument("--ruleset", choices=RULESETS,
+                   help="the round whose rules and official tools check the package (default: the latest round of "
+                        "the config's submission_benchmark: 2.1.0 for dlrm, 6.0.0 for dlrm_dcnv2)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_intermixed_args(argv)
-    if args.runs < 1:
+    if args.runs is not None and args.runs < 1:
         p.error("--runs must be >= 1")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", args.system):
         p.error(f"--system {args.system!r}: use letters, digits, '.', '_' and '-' (it names files)")
@@ -176,14 +178,20 @@ def package_main(argv) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    ruleset = args.ruleset or default_ruleset(cfg.submission_benchmark)
+    refused = refusal(cfg.submission_benchmark, ruleset)
+    if refused:
+        print(f"error: {args.config}: {refused}", file=sys.stderr)
+        return 2
+    runs = args.runs or load_rules(ruleset)["result_count"]
     org = args.org or cfg.submission_org
     try:
-        built = build_package(cfg, args.system, org, args.runs, args.out, args.seed_base)
+        built = build_package(cfg, args.system, org, runs, args.out, args.seed_base)
     except (FileExistsError, ValueError) as e:  # ConfigError, DataError and CheckpointError are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    return check_package(built, args.system, os.path.join(args.out, "verification"), args.ruleset)
+    return check_package(built, args.system, os.path.join(args.out, "verification"), ruleset)
 
 
 def check_package(built: dict, system: str, out: str, ruleset: str) -> int:
@@ -193,7 +201,8 @@ def check_package(built: dict, system: str, out: str, ruleset: str) -> int:
     official package checker and summarizer (the per-run verdict says whether
     the runs make a valid submission: runs on synthetic data never do)."""
     os.makedirs(out, exist_ok=True)
-    results_dir = os.path.join(built["package"], "results", system, "dlrm")
+    benchmark = load_rules(ruleset)["benchmark"]
+    results_dir = os.path.join(built["package"], "results", system, benchmark)
     claims = {}
     for i, log_path in enumerate(built["logs"]):
         summary = RunLog.read(log_path).summary
@@ -206,11 +215,12 @@ def check_package(built: dict, system: str, out: str, ruleset: str) -> int:
     findings = {f["check"]: f for f in entry["findings"]}
     checker, score = findings["package_checker"], findings.get("score")
     print(f"official package checker (training {ruleset}): {checker['verdict'].upper()}: {checker['reason']}")
-    print(f"  note: {official.SUPPLIED}")
+    if official.supplied(ruleset):
+        print(f"  note: {official.supplied(ruleset)}")
     row = entry.get("summarizer") or {}
-    if row.get("dlrm:time_to_train") is not None:
-        print(f"result summarizer: dlrm time to train {row['dlrm:time_to_train']:.4f} min (RCP: {row.get('dlrm:RCP')}, "
-              f"epochs to converge {row.get('dlrm:samples_to_converge')})")
+    if row.get(f"{benchmark}:time_to_train") is not None:
+        print(f"result summarizer: {benchmark} time to train {row[f'{benchmark}:time_to_train']:.4f} min (RCP: "
+              f"{row.get(f'{benchmark}:RCP')}, epochs to converge {row.get(f'{benchmark}:samples_to_converge')})")
     else:
         print("result summarizer: no score")
     if score is not None:

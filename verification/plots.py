@@ -28,7 +28,8 @@ def write_plots(runs: list, folder: str, target: float) -> list:
         evals = run.evaluations()
         ax.plot([e[0] for e in evals], [e[1] for e in evals], marker=".", label=label(run))
     ax.axhline(target, color="red", linestyle="--", label=f"target {target}")
-    ax.set(xlabel="epoch (1-based, as logged)", ylabel="eval AUC", title="AUC against epoch")
+    ax.set(xlabel="epoch_num (as logged: from 1 for dlrm, from 0 for dlrm_dcnv2)", ylabel="eval AUC",
+           title="AUC against epoch")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     save(fig, "auc.png")
@@ -56,7 +57,7 @@ def write_plots(runs: list, folder: str, target: float) -> list:
                 points.append((start.metadata.get("first_epoch_num", 0) + count, count * samples / seconds))
         if points:
             ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=label(run))
-    ax.set(xlabel="epoch (1-based, as logged)", ylabel="training samples/s (per evaluation block)",
+    ax.set(xlabel="epoch_num (as logged)", ylabel="training samples/s (per evaluation block)",
            title="Throughput")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

@@ -11,7 +11,7 @@ from reference.config import Config
 
 from . import official, runsets, submission
 from .checks import Claim, Finding, run_checks
-from .rules import DEFAULT_RULESET, load_rules
+from .rules import default_ruleset, load_rules, refusal
 from .runlog import TOKEN, LogError, RunLog
 
 
@@ -36,15 +36,15 @@ def find_logs(paths: list) -> list:
     return found
 
 
-def find_submissions(paths: list) -> list:
-    """Submission folders at or below the folders in ``paths`` (a folder with systems/)."""
+def find_submissions(paths: list, benchmark: str) -> list:
+    """Submission folders at or below the folders in ``paths`` (a folder with systems/ and results of ``benchmark``)."""
     found = []
     for path in paths:
         if not os.path.isdir(path):
             continue
         for root, dirs, _ in os.walk(path):
             dirs.sort()
-            if submission.find_systems(root):
+            if submission.find_systems(root, benchmark):
                 found.append(root)
                 dirs[:] = []  # a submission's own folders are not submissions
     return found
@@ -67,6 +67,12 @@ def _check_file(path, rules, claim, reference, with_official) -> tuple:
         run = RunLog.read(path)
     except LogError as e:
         finding = Finding("log_readable", "fail", str(e), None, "every MLLOG line is JSON with time_ms and key")
+        return {"path": path, "findings": [finding.as_dict()]}, None
+    named = run.first("submission_benchmark")  # a log without it fails submission_keys_before_init_stop
+    refused = refusal(named.value, rules["ruleset"]) if named is not None else None
+    if refused:
+        finding = Finding("benchmark_round", "fail", refused, named.line if named else None,
+                          "the log's submission_benchmark is the round's recommendation benchmark")
         return {"path": path, "findings": [finding.as_dict()]}, None
     if claim is None and run.config is not None:
         claim = Claim(f"the run's summary {os.path.splitext(path)[0]}.json", run.config)
@@ -95,7 +101,8 @@ def _compliant(file_entry: dict) -> bool:
 
 def _check_submission(folder, rules, runs_by_path, files_by_path, with_official, work_dir) -> dict:
     entry = {"folder": folder, "systems": []}
-    for system in submission.find_systems(folder):
+    benchmark = rules["benchmark"]
+    for system in submission.find_systems(folder, benchmark):
         runs = [runs_by_path[p] for p in system.files if p in runs_by_path]
         findings = [submission.check_result_files(system, rules)]
         json_finding, desc = submission.check_systems_json(system, runs, rules)
@@ -109,8 +116,8 @@ def _check_submission(folder, rules, runs_by_path, files_by_path, with_official,
             # As the summarizer: a run the compliance checker (or our reader) rejects is dropped.
             times = [(r.first("run_stop").time_ms - r.first("run_start").time_ms) / 60000 for r in runs
                      if _compliant(files_by_path[r.path]) and r.first("run_start") and r.first("run_stop")]
-            factor = float(row.get("dlrm:rcp_scaling_factor") or 1.0)
-            score, ours = submission.check_score(times, len(system.files) - len(times), factor, row)
+            factor = float(row.get(f"{benchmark}:rcp_scaling_factor") or 1.0)
+            score, ours = submission.check_score(times, len(system.files) - len(times), factor, row, benchmark)
             findings.append(score)
             item.update(score_minutes=ours, summarizer=row)
         elif with_official and desc is not None:
@@ -123,16 +130,21 @@ def _check_submission(folder, rules, runs_by_path, files_by_path, with_official,
 
 
 def verify(paths: list, config_path: str | None = None, with_official: bool = True,
-           claims: dict | None = None, ruleset: str = DEFAULT_RULESET, work_dir: str | None = None) -> dict:
-    """Check every log under ``paths`` under ``ruleset``. The config a run claims
+           claims: dict | None = None, ruleset: str | None = None, work_dir: str | None = None) -> dict:
+    """Check every log under ``paths`` under ``ruleset`` (default: the latest
+    round of the benchmark the first log names). The config a run claims
     is, in order: ``claims[path]``, the file named by ``config_path``, or the
     run's own .json summary beside its log. Submission folders among ``paths``
     are also checked as wholes (the official tools' logs go to ``work_dir``)."""
+    logs = find_logs(paths)
+    ruleset = ruleset or default_ruleset(_benchmark_of_first(logs))
     rules = load_rules(ruleset)
-    reference = Config.from_sources(rules["closed_division"]["reference_config"]).as_dict()
+    # The dcnv2 reference config may not be in every checkout; the closed-division check says so.
+    reference_path = rules["closed_division"]["reference_config"]
+    reference = Config.from_sources(reference_path).as_dict() if os.path.isfile(reference_path) else None
     claimed = load_claim(config_path)
     files, runs = [], []
-    for path in find_logs(paths):
+    for path in logs:
         entry, run = _check_file(path, rules, (claims or {}).get(path, claimed), reference, with_official)
         files.append(entry)
         if run is not None:
@@ -141,7 +153,7 @@ def verify(paths: list, config_path: str | None = None, with_official: bool = Tr
     runs_by_path = {r.path: r for r in runs}
     with tempfile.TemporaryDirectory() as tmp:
         submissions = [_check_submission(folder, rules, runs_by_path, files_by_path, with_official, work_dir or tmp)
-                       for folder in find_submissions(paths)]
+                       for folder in find_submissions(paths, rules["benchmark"])]
     rcp = []
     if with_official:
         divisions = {}
@@ -165,6 +177,15 @@ def verify(paths: list, config_path: str | None = None, with_official: bool = Tr
     return {"ruleset": ruleset, "support": official.support(ruleset), "files": files, "rcp": rcp,
             "submissions": submissions, "counts": counts, "failed_checks": counts["fail"],
             "passed": counts["fail"] == 0 and bool(files), "runs": runs}
+
+
+def _benchmark_of_first(logs: list) -> str | None:
+    for path in logs:
+        try:
+            return RunLog.read(path).value("submission_benchmark")
+        except LogError:
+            continue  # reported as unreadable where it is checked
+    return None
 
 
 def _json_division(path: str) -> str | None:

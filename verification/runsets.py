@@ -39,7 +39,7 @@ def rcp_verdict(runs: list, batch, rules: dict, division: str, criteo: bool) -> 
     """The RCP verdict on one set, as a dict for the report. ``criteo``: every
     run is on Criteo 1TB (the RCPs were measured there; on other data none applies)."""
     ruleset = rules["ruleset"]
-    entry = {"runs": len(runs), "global_batch_size": batch, "rule": RULE, "supplied": official.SUPPLIED}
+    entry = {"runs": len(runs), "global_batch_size": batch, "rule": RULE, "supplied": official.supplied(ruleset)}
     unsupported = official.support(ruleset)["rcp"] if rules["rcp_checker"] else \
         f"training {ruleset} has no RCP test (RCPs began with 1.0.0)"
     if unsupported:

@@ -1,6 +1,7 @@
-"""A submission folder, checked as a whole: ORG/results/SYSTEM/dlrm/result_*.txt
-(numbered from 0 or 1; ORG/SYSTEM/dlrm also read, as some copies flatten
-results/) plus ORG/systems/SYSTEM.json.
+"""A submission folder, checked as a whole: ORG/results/SYSTEM/BENCHMARK/result_*.txt
+(BENCHMARK: dlrm or dlrm_dcnv2, the round's; numbered from 0 or 1;
+ORG/SYSTEM/BENCHMARK also read, as some copies flatten results/) plus
+ORG/systems/SYSTEM.json.
 
 Per system: the result files and their count against the round's, the systems
 JSON against the logs (organisation, division, status), the official package
@@ -35,13 +36,13 @@ def _result_number(name: str) -> int:
 @dataclass
 class System:
     name: str
-    results_dir: str          # .../SYSTEM/dlrm
+    results_dir: str          # .../SYSTEM/BENCHMARK
     json_path: str            # ORG/systems/SYSTEM.json (may not exist)
     files: list               # result_N.txt paths, by N
 
 
-def find_systems(folder: str) -> list:
-    """The systems of a submission folder; [] when ``folder`` is not one."""
+def find_systems(folder: str, benchmark: str) -> list:
+    """The systems of a submission folder with results of ``benchmark``; [] when ``folder`` is not one."""
     systems_dir = os.path.join(folder, "systems")
     if not os.path.isdir(systems_dir):
         return []
@@ -50,7 +51,7 @@ def find_systems(folder: str) -> list:
         if not os.path.isdir(parent):
             continue
         for name in sorted(os.listdir(parent)):
-            results_dir = os.path.join(parent, name, "dlrm")
+            results_dir = os.path.join(parent, name, benchmark)
             if name in ("systems", "results", "benchmarks") or not os.path.isdir(results_dir):
                 continue
             files = sorted((f for f in os.listdir(results_dir) if _RESULT.match(f)),
@@ -125,33 +126,33 @@ def check_systems_json(system: System, runs: list, rules: dict) -> tuple:
                      f"status {desc.get('status')}"), desc
 
 
-def _stage(folder: str, system: System, staging: str) -> str:
+def _stage(folder: str, system: System, staging: str, benchmark: str) -> str:
     """A copy of one system's submission in the canonical layout; returns the ORG folder."""
     org = os.path.join(staging, os.path.basename(os.path.abspath(folder)) or "org")
-    target = os.path.join(org, "results", system.name, "dlrm")
+    target = os.path.join(org, "results", system.name, benchmark)
     os.makedirs(target)
     for path in system.files:
         shutil.copyfile(path, os.path.join(target, os.path.basename(path)))
     os.makedirs(os.path.join(org, "systems"))
     shutil.copyfile(system.json_path, os.path.join(org, "systems", system.name + ".json"))
-    benchmarks = os.path.join(folder, "benchmarks", "dlrm")
+    benchmarks = os.path.join(folder, "benchmarks", benchmark)
     if os.path.isdir(benchmarks):
-        shutil.copytree(benchmarks, os.path.join(org, "benchmarks", "dlrm"))
+        shutil.copytree(benchmarks, os.path.join(org, "benchmarks", benchmark))
     return org
 
 
 def official_package_checks(folder: str, system: System, rules: dict, rcp_bypass: bool, work_dir: str) -> tuple:
     """The package checker's finding and the summarizer's row for this system."""
-    ruleset = rules["ruleset"]
+    ruleset, benchmark = rules["ruleset"], rules["benchmark"]
     f = rule_finding("package_checker", f"the official package checker (training {ruleset}) finds no error")
     work_dir = os.path.join(work_dir, "official", f"{os.path.basename(os.path.abspath(folder))}-{system.name}")
     os.makedirs(work_dir, exist_ok=True)
     with tempfile.TemporaryDirectory() as staging:
-        org = _stage(folder, system, staging)
+        org = _stage(folder, system, staging, benchmark)
         checker = official.package_checker(org, ruleset, rcp_bypass, work_dir)
         # The summarizer after the checker: the checker's RCP step writes scaling.json, which the summarizer reads.
         summary = official.result_summarizer(org, ruleset, work_dir)
-    staged = os.path.join(org, "results", system.name, "dlrm")
+    staged = os.path.join(org, "results", system.name, benchmark)
     accepted: dict[str, list[str]] = {}
     broken = []
     for reason in (r.replace(staged, system.results_dir) for r in checker.reasons):
@@ -176,14 +177,14 @@ def official_package_checks(folder: str, system: System, rules: dict, rcp_bypass
     return finding, summary.rows.get(system.name, {})
 
 
-def check_score(times: list, dropped: int, rcp_factor: float, row: dict) -> tuple:
+def check_score(times: list, dropped: int, rcp_factor: float, row: dict, benchmark: str) -> tuple:
     """(finding, our score in minutes or None). ``times``: of the compliant runs;
     ``dropped``: how many runs were not."""
     f = rule_finding("score", "the olympic mean of the times to train (run_stop - run_start, minutes; fastest "
                               "and slowest dropped, a non-compliant run counting as the slowest) times the RCP "
                               "normalisation factor, as the result summarizer computes it")
     ours = olympic_mean(times, dropped)
-    theirs = row.get("dlrm:time_to_train")
+    theirs = row.get(f"{benchmark}:time_to_train")
     if ours is None and theirs is None:
         return f("fail", f"{len(times)} compliant runs ({dropped} not): time to train is not computable"), None
     if ours is not None:
@@ -195,4 +196,4 @@ def check_score(times: list, dropped: int, rcp_factor: float, row: dict) -> tupl
         shown = "none" if ours is None else f"{ours:.6f}"
         return f("warn", f"ours {shown} min{factor}, the official summarizer's {theirs:.6f} min differ"), ours
     return f("pass", f"{ours:.4f} min{factor}, equal to the official result summarizer's {theirs:.4f} min "
-                     f"(RCP: {row.get('dlrm:RCP') or 'not run'})"), ours
+                     f"(RCP: {row.get(f'{benchmark}:RCP') or 'not run'})"), ours
