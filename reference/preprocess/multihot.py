@@ -35,7 +35,7 @@ import numba
 import numpy as np
 from tqdm import tqdm
 
-from ..data.binary import COLUMNS, NUM_DENSE, NUM_SPARSE, RECORD_BYTES, load_counts
+from ..data.binary import COLUMNS, NUM_DENSE, NUM_SPARSE, RECORD_BYTES, dense_log3, load_counts
 from ..data.multihot import bag_starts, check_sizes, record_words, write_multihot_counts
 from ..jsonfile import write_json
 from .lookup import lookup_bytes, open_lookups, write_lookups
@@ -86,7 +86,7 @@ def transform_dense(dense: np.ndarray, semantics: str, path: str, first_row: int
     """The model's dense input from the stored integers: v1 log(x + 1) as the
     one-hot loader computes it (float32), dcnv2 ln(x + 3) (rounded once to float32)."""
     if semantics == "dcnv2":
-        return np.log(dense.astype(np.float64) + 3.0).astype(np.float32)
+        return dense_log3(dense)
     if (dense < 0).any():
         row = first_row + int(np.argwhere(dense < 0)[0, 0])
         raise PreprocessError(f"{path}: sample {row} has a negative dense feature, which v1 files store clamped "
