@@ -380,8 +380,8 @@ class Config:
             self._fail("data_format", "multi-hot bags go to ordinary tables only for now (qr_threshold=0, "
                                       "md_temperature=0)")
         if self.bag_size > 1 and self.data_mode != "random":
-            self._fail("bag_size", f"bags of {self.bag_size} random ids come from data_mode=random; the bags of "
-                                   f"files come with them (data_format=multihot)")
+            self._fail("bag_size", f"the binary files hold one id per table; bags of {self.bag_size} ids come "
+                                   f"from data_mode=random (multi-hot files carry their own: data_format=multihot)")
         if self.bag_size > 1 and (self.qr_threshold > 0 or self.md_temperature > 0):
             self._fail("bag_size", "bags of several ids go to ordinary tables only for now (qr_threshold=0, "
                                    "md_temperature=0)")
