@@ -5,6 +5,8 @@
 #   ./run_and_time.sh                      # embedded default: synthetic Criteo-format raw day
 #                                          # files, preprocessed to binary on first use, then
 #                                          # configs/synthetic.yaml
+#   ./run_and_time.sh --config configs/synthetic_dcnv2.yaml   # the dlrm_dcnv2 embedded default:
+#                                          # synthetic multi-hot files, generated on first use
 #   ./run_and_time.sh --config configs/mlperf_closed.yaml --data-dir /data/criteo [key=value ...]
 #   ./run_and_time.sh data_mode=random bag_size=10   # random batches drawn in memory, no data files
 #                                          # (default config then configs/random.yaml)
@@ -13,7 +15,8 @@
 #   --config FILE      [CONFIG]       training config (default configs/synthetic.yaml, or
 #                                     configs/random.yaml with data_mode=random)
 #   --data-dir DIR     [DATA_DIR]     folder with the binary files and the counts file
-#                                     (default for synthetic: .cache/synthetic, generated if missing)
+#                                     (default for synthetic.yaml / synthetic_dcnv2.yaml:
+#                                     .cache/synthetic / .cache/synthetic_dcnv2, generated if missing)
 #   --results-dir DIR  [RESULTS_DIR]  where the MLPerf log and the run summary go (default results/)
 #   --seed N           [SEED]         run seed (default: the config's)
 #   --nproc N          [NPROC]        ranks on this machine, started with torchrun after the data
@@ -38,7 +41,7 @@ while [ $# -gt 0 ]; do
     --results-dir) RESULTS_DIR="$2"; shift 2 ;;
     --seed) SEED="$2"; shift 2 ;;
     --nproc) NPROC="$2"; shift 2 ;;
-    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *=*) overrides+=("$1"); shift ;;
     *) echo "run_and_time.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -64,9 +67,15 @@ source scripts/ensure_venv.sh
 
 args=(--config "$CONFIG" --results-dir "$RESULTS_DIR")
 if [ "$MODE" != "random" ]; then  # random batches are drawn in memory: no files to make or find
-  if [ "$(basename "$CONFIG")" = "synthetic.yaml" ] && [ -z "$DATA_DIR" ]; then
-    DATA_DIR="${DLRM_CACHE_DIR:-.cache}/synthetic"
-    "$PYTHON" -m reference.synthetic --out "$DATA_DIR" --raw
+  if [ -z "$DATA_DIR" ]; then
+    case "$(basename "$CONFIG")" in
+      synthetic.yaml)
+        DATA_DIR="${DLRM_CACHE_DIR:-.cache}/synthetic"
+        "$PYTHON" -m reference.synthetic --out "$DATA_DIR" --raw ;;
+      synthetic_dcnv2.yaml)  # multi-hot bags, written directly
+        DATA_DIR="${DLRM_CACHE_DIR:-.cache}/synthetic_dcnv2"
+        "$PYTHON" -m reference.synthetic --out "$DATA_DIR" --multihot ;;
+    esac
   fi
   if [ -z "$DATA_DIR" ]; then
     echo "run_and_time.sh: --data-dir (or DATA_DIR) is required with --config $CONFIG" >&2

@@ -19,6 +19,8 @@ from typing import Any, NoReturn, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from .data.binary import DENSE_TRANSFORMS
+
 INTERACTIONS = ("dot", "cat", "sum", "dcn")
 MLP_INITS = ("auto", "normal", "uniform")
 BENCHMARKS = ("dlrm", "dlrm_dcnv2")
@@ -32,6 +34,7 @@ STATUSES = ("onprem", "cloud", "preview", "research")
 QUANTIZE_EMBEDDING_BITS = (0, 8, 4)
 QUANTIZE_MLP_BITS = (0, 8)
 DATA_MODES = ("files", "random")
+DATA_FORMATS = ("onehot", "multihot")
 
 
 class ConfigError(ValueError):
@@ -104,6 +107,15 @@ class Config:
     bag_sizes: list | None = _doc("data_mode=random: a fixed number of ids per bag for each table, one per "
                                   "entry of table_sizes (DLRMv2's multi-hot: 3-2-1-2-6-1-1-1-1-7-3-8-1-6-9-5-1-1-1-"
                                   "12-100-27-10-3-1-1); null = bag_size for every table.", default=None)
+    data_format: str = _doc("data_mode=files: onehot (the MLPerf DLRM binary files, one id per table) or multihot "
+                            "(python -m reference.preprocess multihot's files: bags of multihot_sizes ids per "
+                            "table, MLPerf dlrm_dcnv2).", default="onehot")
+    multihot_sizes: list | None = _doc("data_format=multihot: ids per bag for each table; null reads them from "
+                                       "the counts file (key multihot_sizes), which they must match.", default=None)
+    dense_transform: str = _doc("data_format=onehot: how the files' dense integers become the model's input: log1p "
+                                "(log(x + 1), DLRM v1; negatives refused) or log3 (ln(x + 3), files made with "
+                                "--semantics dcnv2, which keeps negatives). Multi-hot files store them transformed.",
+                                default="log1p")
     data_dir: str | None = _doc("Folder with the binary files and the counts file.", default=None)
     train_file: str = _doc("Training split, relative to data_dir.", default="terabyte_processed_train.bin")
     eval_file: str = _doc("Evaluation split, relative to data_dir.", default="terabyte_processed_test.bin")
@@ -378,9 +390,27 @@ class Config:
 
     def _validate_data_mode(self) -> None:
         """Random batches: their shape comes from the config, and they are no MLPerf dataset."""
+        for key, allowed in (("data_format", DATA_FORMATS), ("dense_transform", DENSE_TRANSFORMS)):
+            if getattr(self, key) not in allowed:
+                self._fail(key, f"must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
+        multihot = self.data_format == "multihot"
+        if self.multihot_sizes is not None and not multihot:
+            self._fail("multihot_sizes", f"bag lengths of multi-hot files: set data_format=multihot "
+                                         f"(data_format is {self.data_format!r})")
+        if self.multihot_sizes is not None and (not self.multihot_sizes or min(self.multihot_sizes) < 1):
+            self._fail("multihot_sizes", f"must list bag lengths >= 1, one per table, got {self.multihot_sizes}")
+        if multihot and self.dense_transform != "log1p":
+            self._fail("dense_transform", "multi-hot files store the dense features transformed (as they were made: "
+                                          "--semantics); dense_transform is for data_format=onehot")
+        if multihot and self.data_mode == "random":
+            self._fail("data_format", "data_mode=random draws its batches (bag_size sets their bags); "
+                                      "data_format=multihot reads files")
+        if multihot and (self.qr_threshold > 0 or self.md_temperature > 0):
+            self._fail("data_format", "multi-hot bags go to ordinary tables only for now (qr_threshold=0, "
+                                      "md_temperature=0)")
         if self.bag_size > 1 and self.data_mode != "random":
             self._fail("bag_size", f"the binary files hold one id per table; bags of {self.bag_size} ids come "
-                                   f"from data_mode=random")
+                                   f"from data_mode=random (multi-hot files carry their own: data_format=multihot)")
         if self.bag_sizes is not None and self.data_mode != "random":
             self._fail("bag_sizes", "per-table bags are drawn by data_mode=random (data files carry their own)")
         for key in ("bag_size", "bag_sizes"):

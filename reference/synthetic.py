@@ -7,10 +7,17 @@ common, most are rare, as in Criteo); labels are drawn from the teacher's
 probability. Because the teacher is known, so is the best AUC any model can
 reach on the evaluation split: it is written to ``synthetic.json`` and printed.
 
-    python -m reference.synthetic --out DIR [--raw] [--train-samples N] [--seed S]
+    python -m reference.synthetic --out DIR [--raw | --multihot [--multihot-sizes 3,2,...]]
+        [--train-samples N] [--seed S]
 
 With --raw it goes through the real data path (Criteo-format raw day files,
 then reference.preprocess), as ./run_and_time.sh's embedded default does.
+With --multihot every sample holds a bag of ids per table (MLPerf dlrm_dcnv2's
+214 by default), each id drawn from the table's power law; the teacher pools
+a bag as the model does, by sum (scaled by 1/sqrt(bag length), so a long bag
+weighs no more than a short one), and the files are multi-hot ones
+(reference/data/multihot.py) with dense features stored as ln(x + 3), the
+DLRMv2 reference's transform.
 
 It sits above both data layers: it writes the binary format of reference.data
 directly, or raw text that reference.preprocess turns into it, and scores the
@@ -28,7 +35,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .data.binary import NUM_DENSE, NUM_SPARSE, write_binary, write_counts
+from .data.binary import NUM_DENSE, NUM_SPARSE, dense_log3, write_binary, write_counts
+from .data.multihot import DCNV2_MULTIHOT_SIZES, check_sizes, pack, write_multihot, write_multihot_counts
 from .jsonfile import write_json
 from .metrics import roc_auc
 
@@ -39,6 +47,11 @@ DEFAULT_TABLE_SIZES = [40000, 3000, 2000, 700, 2000, 3, 700, 150, 63, 40000, 300
 
 FILES = {"train": "synthetic_train.bin", "test": "synthetic_test.bin", "val": "synthetic_val.bin",
          "counts": "synthetic_fea_count.npz", "meta": "synthetic.json"}
+# Multi-hot samples are 5.7x larger (912 bytes): a quarter of the one-hot default's, 0.3 GB.
+MULTIHOT_TRAIN_SAMPLES = 262_144
+# The names python -m reference.preprocess multihot writes: one config reads either.
+MULTIHOT_FILES = {"train": "multihot_train.bin", "test": "multihot_test.bin", "val": "multihot_val.bin",
+                  "counts": "multihot_fea_count.npz", "meta": "synthetic.json"}
 
 
 @dataclass
@@ -55,6 +68,7 @@ class SyntheticSpec:
     dense_scale: float = 0.55     # std of each dense feature's linear effect
     bias: float = -1.2            # sets the click rate near Criteo's ~25%
     chunk_rows: int = 131_072
+    multihot_sizes: list | None = None  # ids per bag for each table: multi-hot files; None: one id each
     # The defaults above were calibrated so configs/synthetic.yaml (the MLPerf
     # architecture, SGD lr 1.0, batch 2048) passes AUC 0.8025 at about 0.4
     # epoch; the teacher's own AUC is about 0.90 (benchmarks/RESULTS.md).
@@ -64,6 +78,16 @@ class SyntheticSpec:
             raise ValueError(f"table_sizes must be {NUM_SPARSE} positive sizes, got {self.table_sizes}")
         if self.train_samples <= 0 or self.eval_samples <= 0:
             raise ValueError("train_samples and eval_samples must be > 0")
+        if self.multihot_sizes is not None:
+            self.multihot_sizes = check_sizes(self.multihot_sizes, "multihot_sizes")
+
+    @property
+    def bag_sizes(self) -> list[int]:
+        return self.multihot_sizes if self.multihot_sizes is not None else [1] * NUM_SPARSE
+
+    @property
+    def files(self) -> dict:
+        return MULTIHOT_FILES if self.multihot_sizes is not None else FILES
 
 
 class Teacher:
@@ -88,33 +112,48 @@ class Teacher:
         self.dense_sigma = rng.uniform(0.5, 1.5, NUM_DENSE)
         self.dense_weight = rng.normal(0, spec.dense_scale, NUM_DENSE)
 
-    def sample(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """Returns (rows (n, 40) int32 with labels, click probabilities (n,))."""
-        ids = np.empty((n, NUM_SPARSE), dtype=np.int64)
-        for t, cdf in enumerate(self.id_cdf):
-            ids[:, t] = np.minimum(np.searchsorted(cdf, rng.random(n)), len(cdf) - 1)
+    def draw(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Returns labels (n,), dense integers (n, 13), every table's bag side by
+        side (n, sum of bag sizes) and the click probabilities (n,). With bags of
+        one id these are the draws (and the floating-point sums) of one-hot data."""
+        sizes = self.spec.bag_sizes
+        bags = [np.minimum(np.searchsorted(cdf, rng.random((n, k))), len(cdf) - 1)
+                for cdf, k in zip(self.id_cdf, sizes, strict=True)]
         z = rng.normal(self.dense_mu, self.dense_sigma, (n, NUM_DENSE))
         dense = np.floor(np.expm1(np.maximum(z, 0.0)))
         logit = np.full(n, self.spec.bias)
         for t in range(NUM_SPARSE):
-            logit += self.id_effect[t][ids[:, t]]
+            logit += self.id_effect[t][bags[t]].sum(axis=1) / np.sqrt(sizes[t])
+
+        def pooled(t: int) -> np.ndarray:
+            return self.factors[t][bags[t]].sum(axis=1) / np.sqrt(sizes[t])
         for a, b in self.pairs:
-            logit += self.pair_weight * np.einsum("ij,ij->i", self.factors[a][ids[:, a]], self.factors[b][ids[:, b]])
+            logit += self.pair_weight * np.einsum("ij,ij->i", pooled(a), pooled(b))
         standardised = (np.log1p(dense) - self.dense_mu) / self.dense_sigma
         logit += standardised @ self.dense_weight
         prob = 1.0 / (1.0 + np.exp(-logit))
         labels = (rng.random(n) < prob).astype(np.int64)
-        rows = np.concatenate([labels[:, None], dense.astype(np.int64), ids], axis=1).astype(np.int32)
+        return labels, dense, np.concatenate(bags, axis=1), prob
+
+    def sample(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Returns (records, click probabilities (n,)): one-hot rows (n, 40)
+        int32, or multi-hot records (reference/data/multihot.py) with bags."""
+        labels, dense, bags, prob = self.draw(rng, n)
+        if self.spec.multihot_sizes is not None:
+            return pack(labels, dense_log3(dense), bags), prob
+        rows = np.concatenate([labels[:, None], dense.astype(np.int64), bags], axis=1).astype(np.int32)
         return rows, prob
 
 
 def generate(out_dir: str, spec: SyntheticSpec, log=print) -> dict:
-    """Write train/test/val binary files, the counts file and synthetic.json to
+    """Write train/test/val binary files (one-hot, or multi-hot with
+    ``spec.multihot_sizes``), the counts file and synthetic.json to
     ``out_dir``; every file is written under a temporary name and renamed."""
     os.makedirs(out_dir, exist_ok=True)
     teacher = Teacher(spec)
     started = time.time()
-    meta: dict = {"spec": asdict(spec), "files": dict(FILES)}
+    files = spec.files
+    meta: dict = {"spec": asdict(spec), "files": dict(files)}
     for split, count, stream in (("train", spec.train_samples, 1), ("test", spec.eval_samples, 2),
                                  ("val", spec.eval_samples, 3)):
         rng = np.random.default_rng([spec.seed, stream])
@@ -130,14 +169,23 @@ def generate(out_dir: str, spec: SyntheticSpec, log=print) -> dict:
                     labels.append(rows[:, 0])
                 yield rows
 
-        write_binary(os.path.join(out_dir, FILES[split]), chunks(rng, count, split != "train", probs, labels))
+        path = os.path.join(out_dir, files[split])
+        records = chunks(rng, count, split != "train", probs, labels)
+        if spec.multihot_sizes is not None:
+            write_multihot(path, records, spec.multihot_sizes)
+        else:
+            write_binary(path, records)
         if split != "train":
             meta[f"best_auc_{split}"] = roc_auc(np.concatenate(probs), np.concatenate(labels))
             meta[f"click_rate_{split}"] = float(np.concatenate(labels).mean())
-    write_counts(os.path.join(out_dir, FILES["counts"]), spec.table_sizes)
+    if spec.multihot_sizes is not None:
+        write_multihot_counts(os.path.join(out_dir, files["counts"]), spec.table_sizes, spec.multihot_sizes)
+    else:
+        write_counts(os.path.join(out_dir, files["counts"]), spec.table_sizes)
     meta["seconds"] = round(time.time() - started, 2)
-    write_json(os.path.join(out_dir, FILES["meta"]), meta, indent=2)
-    log(f"synthetic data: {spec.train_samples} train / {spec.eval_samples} test samples in {out_dir} "
+    write_json(os.path.join(out_dir, files["meta"]), meta, indent=2)
+    kind = f"multi-hot ({sum(spec.multihot_sizes)} ids per sample) " if spec.multihot_sizes is not None else ""
+    log(f"synthetic {kind}data: {spec.train_samples} train / {spec.eval_samples} test samples in {out_dir} "
         f"({meta['seconds']} s); click rate {meta['click_rate_test']:.3f}; "
         f"best achievable AUC on test (the teacher's own) {meta['best_auc_test']:.4f}")
     return meta
@@ -222,6 +270,8 @@ def generate_via_raw(out_dir: str, spec: SyntheticSpec, log=print) -> dict:
     the last day, as preprocessing splits it)."""
     from .preprocess import Options, Pipeline, find_inputs, output_names
 
+    if spec.multihot_sizes is not None:
+        raise ValueError("multi-hot synthetic data is written directly (the raw text format has one id per table)")
     started = time.time()
     for key in ("train", "test", "val", "counts", "meta"):  # a cache made the direct way, by this module
         stale = os.path.join(out_dir, FILES[key])
@@ -254,7 +304,9 @@ def read_meta(data_dir: str) -> dict | None:
 def is_complete(out_dir: str, spec: SyntheticSpec, via_raw: bool = False) -> bool:
     """True when ``out_dir`` holds data generated from exactly ``spec`` (and the same way)."""
     meta = read_meta(out_dir)
-    if meta is None or meta.get("spec") != asdict(spec) or (meta.get("via") == "raw") != via_raw:
+    # multihot_sizes came later: data made before it is one-hot
+    if meta is None or {"multihot_sizes": None, **meta.get("spec", {})} != asdict(spec) or \
+            (meta.get("via") == "raw") != via_raw:
         return False
     files = meta.get("files", FILES)
     return all(os.path.isfile(os.path.join(out_dir, files[k])) for k in ("train", "test", "val", "counts"))
@@ -275,16 +327,32 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m reference.synthetic", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--train-samples", type=int, default=SyntheticSpec.train_samples)
+    p.add_argument("--train-samples", type=int, default=None,
+                   help=f"default {SyntheticSpec.train_samples:,}, with --multihot {MULTIHOT_TRAIN_SAMPLES:,}")
     p.add_argument("--eval-samples", type=int, default=SyntheticSpec.eval_samples)
     p.add_argument("--seed", type=int, default=SyntheticSpec.seed)
     p.add_argument("--raw", action="store_true",
                    help="go through the real data path: write Criteo-format raw day files (OUT/raw), then "
                         "preprocess them into OUT with reference.preprocess")
+    p.add_argument("--multihot", action="store_true",
+                   help="multi-hot files (multihot_*.bin): a bag of ids per table, pooled by the teacher by sum")
+    p.add_argument("--multihot-sizes", default=None,
+                   help="with --multihot: ids per bag for each of the 26 tables, e.g. 3,2,1,... "
+                        "(default: MLPerf dlrm_dcnv2's, 214 ids)")
     p.add_argument("--force", action="store_true", help="regenerate even if the folder is up to date")
     args = p.parse_args(argv)
+    if args.multihot and args.raw:
+        p.error("--multihot writes multi-hot files directly; --raw makes one-hot data through raw day files")
+    if args.multihot_sizes is not None and not args.multihot:
+        p.error("--multihot-sizes goes with --multihot")
     try:
-        spec = SyntheticSpec(train_samples=args.train_samples, eval_samples=args.eval_samples, seed=args.seed)
+        sizes = None
+        if args.multihot:
+            sizes = ([int(v) for v in args.multihot_sizes.replace("-", ",").split(",")] if args.multihot_sizes
+                     else list(DCNV2_MULTIHOT_SIZES))
+        train = args.train_samples or (MULTIHOT_TRAIN_SAMPLES if args.multihot else SyntheticSpec.train_samples)
+        spec = SyntheticSpec(train_samples=train, eval_samples=args.eval_samples, seed=args.seed,
+                             multihot_sizes=sizes)
     except ValueError as e:
         p.error(str(e))
     if args.force:

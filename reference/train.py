@@ -23,6 +23,8 @@ from . import checkpoint
 from .config import Config, ConfigError, help_text
 from .data.binary import DataError, load_counts
 from .data.loader import BinaryDataset, Dataset
+from .data.multihot import load_multihot_sizes
+from .data.multihot_dataset import MultiHotDataset
 from .data.random_batches import RandomDataset, RandomSpec
 from .distributed import runtime
 from .distributed.errors import DistributedError
@@ -61,11 +63,29 @@ def resolve_table_sizes(cfg: Config) -> list[int]:
     return sizes
 
 
-def open_split(cfg: Config, name: str, batch_size: int, table_sizes: list[int]) -> BinaryDataset:
+def resolve_multihot_sizes(cfg: Config, table_sizes: list[int]) -> list[int]:
+    """The bag length of every table: the config's, else the counts file's; the two must agree."""
+    path = os.path.join(cfg.data_dir or "", cfg.counts_file)
+    stored = load_multihot_sizes(path) if cfg.multihot_sizes is None or os.path.isfile(path) else None
+    sizes = list(cfg.multihot_sizes) if cfg.multihot_sizes is not None else stored
+    assert sizes is not None, "read from the counts file when the config has none"
+    if stored is not None and stored != sizes:
+        raise ConfigError(f"{cfg.where('multihot_sizes')}: multihot_sizes {sizes} differ from those the data was "
+                          f"made with ({path}: {stored})")
+    if len(sizes) != len(table_sizes):
+        raise ConfigError(f"{cfg.where('multihot_sizes')}: multihot_sizes lists {len(sizes)} tables, the model has "
+                          f"{len(table_sizes)}")
+    return sizes
+
+
+def open_split(cfg: Config, name: str, batch_size: int, table_sizes: list[int]) -> Dataset:
     if cfg.data_dir is None:
         raise ConfigError(f"{cfg.where('data_dir')}: data_dir is not set; point it at the folder with "
                           f"{cfg.train_file} and {cfg.eval_file}")
-    return BinaryDataset(os.path.join(cfg.data_dir, name), batch_size, table_sizes)
+    path = os.path.join(cfg.data_dir, name)
+    if cfg.data_format == "multihot":
+        return MultiHotDataset(path, batch_size, resolve_multihot_sizes(cfg, table_sizes), table_sizes)
+    return BinaryDataset(path, batch_size, table_sizes, cfg.dense_transform)
 
 
 def open_data(cfg: Config, table_sizes: list[int]) -> tuple[Dataset | None, Dataset]:

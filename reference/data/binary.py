@@ -16,6 +16,14 @@ NUM_DENSE = 13
 NUM_SPARSE = 26
 COLUMNS = 1 + NUM_DENSE + NUM_SPARSE
 RECORD_BYTES = 4 * COLUMNS
+# How the stored dense integers become the model's input: log(x + 1) of values clamped at 0
+# (DLRM v1), or ln(x + 3) of the integers as they are (the DLRMv2 reference's, --semantics dcnv2).
+DENSE_TRANSFORMS = ("log1p", "log3")
+
+
+def dense_log3(dense: np.ndarray) -> np.ndarray:
+    """ln(x + 3), computed in float64 and rounded once to float32."""
+    return np.log(dense.astype(np.float64) + 3.0).astype(np.float32)
 
 
 class DataError(ValueError):

@@ -1,7 +1,9 @@
 """Batches of an MLPerf binary file (layout in :mod:`reference.data.binary`).
 
 A batch is one contiguous slice of a memory-mapped file (the file is never
-loaded whole); dense features become float32 log(x + 1).
+loaded whole); dense features become float32 log(x + 1), or ln(x + 3) for
+files made with the DLRMv2 reference's rules (``--semantics dcnv2``, which
+keeps negative integers).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from .binary import COLUMNS, NUM_DENSE, NUM_SPARSE, RECORD_BYTES, DataError
+from .binary import COLUMNS, DENSE_TRANSFORMS, NUM_DENSE, NUM_SPARSE, RECORD_BYTES, DataError, dense_log3
 from .jagged import Ids, JaggedIds
 
 
@@ -94,9 +96,14 @@ class BinaryDataset:
 
     ``table_sizes`` (optional) is checked against every batch read: an id
     outside its table would otherwise silently read another table's row.
+    ``dense_transform``: log1p (v1 files, negatives refused) or log3 (ln(x + 3)).
     """
 
-    def __init__(self, path: str, batch_size: int, table_sizes: list[int] | None = None):
+    def __init__(self, path: str, batch_size: int, table_sizes: list[int] | None = None,
+                 dense_transform: str = "log1p"):
+        if dense_transform not in DENSE_TRANSFORMS:
+            raise ValueError(f"dense_transform must be one of {', '.join(DENSE_TRANSFORMS)}, got {dense_transform!r}")
+        self.dense_transform = dense_transform
         if not os.path.isfile(path):
             raise DataError(f"{path}: binary data file not found")
         size = os.path.getsize(path)
@@ -156,11 +163,17 @@ class BinaryDataset:
         if self._limits is not None:
             self._check_ids(ids, start, columns, self._limits[columns])
         dense = raw[:, 1:1 + NUM_DENSE]
-        if (dense < 0).any():
-            row = (start if dense_start is None else dense_start) + int(np.argwhere(dense < 0)[0, 0])
-            raise DataError(f"{self.path}: sample {row} has a negative dense feature; "
-                            f"the binary format stores them clamped at 0")
-        return Batch(dense=torch.from_numpy(np.log1p(dense, dtype=np.float32)),
+        # ln(x + 3) is finite down to -2, the lowest Criteo holds
+        bad = dense < (-2 if self.dense_transform == "log3" else 0)
+        if bad.any():
+            row = (start if dense_start is None else dense_start) + int(np.argwhere(bad)[0, 0])
+            if self.dense_transform == "log3":
+                raise DataError(f"{self.path}: sample {row} has a dense feature below -2, where ln(x + 3) is not "
+                                f"finite")
+            raise DataError(f"{self.path}: sample {row} has a negative dense feature; the binary format stores "
+                            f"them clamped at 0 (files made with --semantics dcnv2 keep them: dense_transform=log3)")
+        values = dense_log3(dense) if self.dense_transform == "log3" else np.log1p(dense, dtype=np.float32)
+        return Batch(dense=torch.from_numpy(values),
                      ids=torch.from_numpy(ids),
                      labels=torch.from_numpy(raw[:, 0].astype(np.float32)), global_size=global_size)
 

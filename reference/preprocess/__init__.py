@@ -2,13 +2,18 @@
 
     python -m reference.preprocess --dataset {terabyte,kaggle} --raw PATH --out DIR
         [--max-ind-range 40000000] [--sub-sample-rate R] [--days N] [--seed S]
-        [--on-bad-line {error,skip}] [--buckets K] [--workers N]
+        [--on-bad-line {error,skip}] [--buckets K] [--workers N] [--semantics {v1,dcnv2}]
+    python -m reference.preprocess multihot --in DIR --out DIR [--sizes ...]   (multihot.py)
 
 Semantics of the original reference (REFERENCE.md): empty -> 0, negative
 integers -> 0, categorical = hex mod max-ind-range, one dictionary per column
 over all days numbered by first appearance (rows dropped by sub-sampling not
 counted), days 0..N-2 train (negatives sub-sampled with the seed), the last
-day split into test (first ceil(n/2) rows) and val.
+day split into test (first ceil(n/2) rows) and val. ``--semantics dcnv2``
+follows the DLRMv2 reference instead (REFERENCE-DCNV2.md): negative integers
+kept, raw values numbered from 2 in order of first appearance over all days,
+then taken mod its table sizes (the dictionaries then hold every distinct
+raw value: hash tables, not bounded by max-ind-range).
 
 Stages, each resumable (temporary names, renamed when complete; a rerun after
 kill -9 skips what is complete and writes byte-identical outputs):
@@ -31,7 +36,8 @@ Temporary disk: at most a quarter of the training output besides the outputs.
 Modules, one concept each: ``options`` (a run's options and output names),
 ``criteo_raw`` (the raw text format's parser), ``days`` (finding, reading and
 parsing the input days), ``vocabulary`` (the per-column dictionaries),
-``pipeline`` (the stages) and ``cli`` (the command line). The binary format
+``pipeline`` (the stages), ``lookup`` (the dcnv2 reference's multi-hot lookup),
+``multihot`` (one-hot files to multi-hot files) and ``cli`` (the command line). The binary format
 they write is reference/data/binary.py's, the one the loader reads.
 """
 

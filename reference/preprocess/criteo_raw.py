@@ -3,7 +3,8 @@
 A line is ``label \\t 13 integers \\t 26 hex categoricals \\n``; any field but
 the label may be empty. Parsing follows the original reference's
 preprocessing exactly (REFERENCE.md): empty -> 0, negative integers -> 0,
-categorical = int(hex, 16) mod ``max_ind_range`` (no reduction when it is 0).
+categorical = int(hex, 16) mod ``max_ind_range`` (no reduction when it is 0);
+``keep_negative`` keeps negative integers instead (the dcnv2 semantics).
 
 Two parsers share these rules. A block first goes through one compiled pass
 over its bytes (numba; no Python loop per line or per field), which handles
@@ -47,7 +48,7 @@ class RawFormatError(ValueError):
 
 @dataclass
 class ParsedBlock:
-    # (n, 40) int32 in the binary file's layout: label, 13 dense values (clamped at 0),
+    # (n, 40) int32 in the binary file's layout: label, 13 dense values (clamped at 0 unless kept),
     # then 26 columns left for the ids the vocabulary assigns (not set by the parser).
     records: np.ndarray
     categorical: np.ndarray  # (n, 26) int64, hashed mod max_ind_range
@@ -120,10 +121,11 @@ def _digits(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray, max_width:
 
 
 def parse_block(data, path: str = "<data>", first_line: int = 1, max_ind_range: int = 0,
-                on_bad_line: str = "error") -> ParsedBlock:
+                on_bad_line: str = "error", keep_negative: bool = False) -> ParsedBlock:
     """Parse whole lines (``data``, bytes or any buffer, ends with a newline,
     or holds the file's last line without one). ``first_line`` is the 1-based number of the
-    block's first line in its file, for error messages."""
+    block's first line in its file, for error messages. ``keep_negative``: negative
+    integers are kept (the dcnv2 reference's ln(x + 3) takes them as they are)."""
     if on_bad_line not in ("error", "skip"):
         raise ValueError(f"on_bad_line must be 'error' or 'skip', got {on_bad_line!r}")
     if max_ind_range < 0:
@@ -135,9 +137,9 @@ def parse_block(data, path: str = "<data>", first_line: int = 1, max_ind_range: 
         n += 1
     records = np.empty((n, COLUMNS), dtype=np.int32)
     categorical = np.empty((NUM_SPARSE, n), dtype=np.int64)  # one contiguous column each, for the vocabulary
-    if _parse_clean(buf, max_ind_range, records, categorical) == n:
+    if _parse_clean(buf, max_ind_range, keep_negative, records, categorical) == n:
         return ParsedBlock(records, categorical.T, lines=n, skipped=0)
-    return parse_checked(data, path, first_line, max_ind_range, on_bad_line)
+    return parse_checked(data, path, first_line, max_ind_range, on_bad_line, keep_negative)
 
 
 @numba.njit(nogil=True, cache=True)
@@ -162,7 +164,7 @@ def _digits_at(buf, i, table, base):  # pragma: no cover (compiled)
 
 
 @numba.njit(nogil=True, cache=True)
-def _parse_clean(buf, max_ind_range, records, categorical):  # pragma: no cover (compiled)
+def _parse_clean(buf, max_ind_range, keep_negative, records, categorical):  # pragma: no cover (compiled)
     """Fill ``records`` (label and dense columns) and ``categorical`` from
     well-formed lines; ``buf`` ends with a newline. Returns the number of
     lines, or fewer when it stopped at a line that breaks a rule (the caller
@@ -189,7 +191,8 @@ def _parse_clean(buf, max_ind_range, records, categorical):  # pragma: no cover 
             if buf[i] != 9 or width > MAX_DENSE_DIGITS or (negative and width == 0):
                 return n
             i += 1
-            records[n, 1 + f] = 0 if negative else min(np.int64(value), INT32_MAX)
+            clamped = np.int64(value) if np.int64(value) < INT32_MAX else np.int64(INT32_MAX)
+            records[n, 1 + f] = (-clamped if keep_negative else 0) if negative else clamped
         for f in range(NUM_SPARSE):
             value, end = _digits_at(buf, i, _HEXADECIMAL, 16)
             width, i = end - i, end
@@ -204,7 +207,7 @@ def _parse_clean(buf, max_ind_range, records, categorical):  # pragma: no cover 
 
 
 def parse_checked(data, path: str = "<data>", first_line: int = 1, max_ind_range: int = 0,
-                  on_bad_line: str = "error") -> ParsedBlock:
+                  on_bad_line: str = "error", keep_negative: bool = False) -> ParsedBlock:
     """The vectorised numpy parser: slower, but it finds every malformed line
     and names the first one's field (or drops them all with "skip")."""
     if on_bad_line not in ("error", "skip"):
@@ -254,7 +257,8 @@ def parse_checked(data, path: str = "<data>", first_line: int = 1, max_ind_range
     values, nondigit = _digits(buf, d_start + negative, digit_len, MAX_DENSE_DIGITS, _DIGIT, 10)
     rows, cols = np.nonzero(nondigit | (negative & (digit_len == 0)))
     problems.add(good[rows], 1 + cols, lambda k: f"expected an integer, got {text(int(rows[k]), 1 + int(cols[k]))!r}")
-    dense = np.where(negative, 0, np.minimum(values, INT32_MAX)).astype(np.int32)
+    magnitude = np.minimum(values, INT32_MAX).astype(np.int64)
+    dense = np.where(negative, -magnitude if keep_negative else 0, magnitude).astype(np.int32)
 
     # Categoricals: empty -> 0, else hexadecimal, reduced mod max_ind_range.
     c_start, c_len = starts[:, 1 + NUM_DENSE:], lengths[:, 1 + NUM_DENSE:]

@@ -144,12 +144,12 @@ def read_blocks(source: DaySource):
         yield memoryview(buffer)[:filled], source.size()
 
 
-def parse_day(source: DaySource, max_ind_range: int, on_bad_line: str):
+def parse_day(source: DaySource, max_ind_range: int, on_bad_line: str, keep_negative: bool = False):
     """Yield (parsed block, input bytes consumed so far) for one day, in order."""
     line = source.first_line
     try:
         for block, position in read_blocks(source):
-            parsed = parse_block(block, source.path, line, max_ind_range, on_bad_line)
+            parsed = parse_block(block, source.path, line, max_ind_range, on_bad_line, keep_negative)
             line += parsed.lines
             yield parsed, position
     except _UnreadableInput as e:
@@ -159,9 +159,10 @@ def parse_day(source: DaySource, max_ind_range: int, on_bad_line: str):
         raise RawFormatError(f"{source.path}: the file is empty")
 
 
-def _parse_worker(source: DaySource, max_ind_range: int, on_bad_line: str, out: queue.Queue) -> None:
+def _parse_worker(source: DaySource, max_ind_range: int, on_bad_line: str, keep_negative: bool,
+                  out: queue.Queue) -> None:
     try:
-        for item in parse_day(source, max_ind_range, on_bad_line):
+        for item in parse_day(source, max_ind_range, on_bad_line, keep_negative):
             out.put(("block", item))
         out.put(("end", None))
     except Exception as e:  # handed to the consumer, which raises it in order
@@ -187,7 +188,8 @@ class ParseAhead:
             day = self.pending.pop(0)
             out: queue.Queue = queue.Queue(maxsize=2)
             thread = threading.Thread(target=_parse_worker, daemon=True,
-                                      args=(self.sources[day], self.o.max_ind_range, self.o.on_bad_line, out))
+                                      args=(self.sources[day], self.o.max_ind_range, self.o.on_bad_line,
+                                            self.o.semantics == "dcnv2", out))
             thread.start()
             self.running[day] = out
 

@@ -22,7 +22,7 @@ from ..data.binary import COLUMNS, NUM_DENSE, NUM_SPARSE, RECORD_BYTES, write_co
 from ..jsonfile import write_json
 from ..malloc import release_freed_memory
 from .days import DaySource, ParseAhead, estimated_rows, parse_day
-from .options import Options, PreprocessError, output_names
+from .options import DCNV2_FIRST_ID, Options, PreprocessError, defaults_of_later_fields, output_names
 from .vocabulary import Vocabulary
 
 BUCKET_BYTES = 512 << 20        # target size of one shuffle bucket (memory of stage 2)
@@ -131,7 +131,7 @@ class Pipeline:
         if os.path.isfile(manifest):
             with open(manifest) as f:
                 done = json.load(f)
-            if done.get("options") == asdict(self.o):
+            if {**defaults_of_later_fields(), **done.get("options", {})} == asdict(self.o):
                 return
             raise PreprocessError(f"{self.out}: holds a dataset made with other options "
                                   f"({done.get('options')}); choose another --out")
@@ -143,7 +143,7 @@ class Pipeline:
         options_file = os.path.join(self.work, "options.json")
         if os.path.isfile(options_file):
             with open(options_file) as f:
-                if json.load(f) != asdict(self.o):
+                if {**defaults_of_later_fields(), **json.load(f)} != asdict(self.o):
                     raise PreprocessError(f"{self.work}: an interrupted run with other options is there; "
                                           f"rerun with its options or remove {self.work}")
         need = 2 * estimated_rows(self.inputs) * RECORD_BYTES
@@ -184,7 +184,8 @@ class Pipeline:
             partial = folder + ".partial"
             shutil.rmtree(partial, ignore_errors=True)
             os.makedirs(partial)
-            blocks = parser.blocks(day) if parser else parse_day(source, self.o.max_ind_range, self.o.on_bad_line)
+            blocks = parser.blocks(day) if parser else parse_day(source, self.o.max_ind_range, self.o.on_bad_line,
+                                                                 self.o.semantics == "dcnv2")
             records.append(self._map_day(day, source, partial, is_train=day < last, bar=bar, blocks=blocks))
             os.replace(partial, folder)
         bar.close()
@@ -216,7 +217,10 @@ class Pipeline:
                 if is_train and self.o.sub_sample_rate > 0:
                     keep = (parsed.labels == 1) | (keep_rng.random(len(parsed)) >= self.o.sub_sample_rate)
                     records, categorical = records[keep], categorical[keep]
-                self.vocab.map(categorical, out=records[:, 1 + NUM_DENSE:])
+                ids = self.vocab.map(categorical, out=records[:, 1 + NUM_DENSE:])
+                if self.o.table_sizes is not None:  # dcnv2: numbered from 2, then mod its table sizes
+                    ids += DCNV2_FIRST_ID
+                    ids %= np.asarray(self.o.table_sizes, dtype=np.int32)
                 kept += records.shape[0]
                 writer.put(records)
                 bar.update(position - seen)
@@ -339,7 +343,7 @@ class Pipeline:
         stages = {}
         records = self.map_days()
         stages["map"] = time.time() - started
-        table_sizes = self.vocab.sizes
+        table_sizes = list(self.o.table_sizes) if self.o.table_sizes is not None else self.vocab.sizes
         del self.vocab  # up to 4.2 GB of dictionaries: freed before the shuffle's buffers
         release_freed_memory()
         train = self.shuffle_train(records)
