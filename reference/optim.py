@@ -114,6 +114,10 @@ def build_optimizer(name: str, model: nn.Module, lr: float, eps: float = 1e-10,
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr)
     if name == "adagrad":
+        # Its sparse step builds sparse tensors from indices it made itself: checking them would cost time
+        # for nothing, and torch warns on every run ("Memory errors (e.g. SEGFAULT) will occur") unless the
+        # checks are switched off explicitly.
+        torch.sparse.check_sparse_tensor_invariants.disable()
         return torch.optim.Adagrad(params, lr=lr, lr_decay=lr_decay, eps=eps, initial_accumulator_value=0.0,
                                    weight_decay=0.0)
     if name == "rowwise_adagrad":
