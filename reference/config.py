@@ -483,6 +483,11 @@ def _coerce(key: str, value: Any, hint: Any, origin: str) -> Any:
     if base is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-8 (no dot before the e) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"{where}: expected a number, got {value!r}")
     if base is str:
         if isinstance(value, str):

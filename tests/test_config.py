@@ -66,9 +66,11 @@ def test_bad_values_rejected_naming_the_key(override, message):
 
 
 def test_closed_division_optimizer_is_the_benchmarks():
-    with pytest.raises(ConfigError, match="the closed division of dlrm_dcnv2 requires adagrad, got 'sgd'"):
-        Config.from_sources(None, ["submission_benchmark=dlrm_dcnv2"])
-    Config.from_sources(None, ["submission_benchmark=dlrm_dcnv2", "optimizer=adagrad"])
+    dcnv2 = ["submission_benchmark=dlrm_dcnv2", "interaction=dcn", "adagrad_eps=1e-8"]
+    with pytest.raises(ConfigError, match="optimizer: the closed division of submission_benchmark=dlrm_dcnv2 "
+                                          "requires 'adagrad'.*, got 'sgd'"):
+        Config.from_sources(None, dcnv2)
+    Config.from_sources(None, [*dcnv2, "optimizer=adagrad"])
 
 
 def test_errors_name_the_file(tmp_path):
@@ -111,3 +113,11 @@ def test_a_validated_config_is_frozen_and_replace_validates_again():
         other.seed = 4
     with pytest.raises(ConfigError, match="^package: batch_size: must be > 0"):
         cfg.replace("package", batch_size=0)
+
+
+def test_exponents_without_a_dot_are_numbers():
+    # YAML 1.1 reads 1e-8 as a string; 1.0e-8 as a float: both mean the number.
+    cfg = Config.from_sources(None, ["adagrad_eps=1e-8", "learning_rate=4e-3"])
+    assert (cfg.adagrad_eps, cfg.learning_rate) == (1e-8, 0.004)
+    with pytest.raises(ConfigError, match="learning_rate: expected a number, got 'fast'"):
+        Config.from_sources(None, ["learning_rate=fast"])
