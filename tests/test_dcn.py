@@ -244,9 +244,14 @@ def test_bag_sizes_are_validated(overrides, message):
         Config.from_sources(None, base + overrides)
 
 
+# The embedded default's model and optimiser on random batches of the reference's bags (its files aside).
+RANDOM_BAGS = ["data_mode=random", "data_format=onehot", "auc_threshold=null",
+               "bag_sizes=" + "-".join(map(str, BAG_SIZES))]
+
+
 def test_synthetic_dcnv2_config_trains_a_step():
     cfg = Config.from_sources(os.path.join(ROOT, "configs", "synthetic_dcnv2.yaml"),
-                              ["table_sizes=" + "-".join(["20"] * 26), "batch_size=16"])
+                              [*RANDOM_BAGS, "table_sizes=" + "-".join(["20"] * 26), "batch_size=16"])
     assert cfg.bag_sizes == BAG_SIZES and cfg.interaction == "dcn"
     data = RandomDataset(RandomSpec(cfg.table_sizes, 13, bag_sizes=tuple(cfg.bag_sizes)), 16, 1, 0, "train")
     model = DLRM.from_config(cfg, cfg.table_sizes, "aten")
@@ -261,10 +266,10 @@ def test_synthetic_dcnv2_config_trains_a_step():
 @pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=pytest.mark.skipif(
     cpu_bf16_support() is not None, reason=f"this CPU lacks native bf16: {cpu_bf16_support()}"))])
 def test_a_dcnv2_run_through_the_trainer(precision, tmp_path):
-    cfg = Config.from_sources(os.path.join(ROOT, "configs", "synthetic_dcnv2.yaml"), [
+    cfg = Config.from_sources(os.path.join(ROOT, "configs", "synthetic_dcnv2.yaml"), [*RANDOM_BAGS,
         "table_sizes=" + "-".join(["30"] * 26), "embedding_dim=8", "bottom_mlp=13-16-8", "top_mlp=32-16-1",
         "dcn_low_rank_dim=8", "batch_size=64", "eval_batch_size=128", "random_train_batches=4",
-        "random_eval_batches=1", "eval_every_epochs=0.5", "progress=false", "num_threads=1",
+        "random_eval_batches=1", "eval_every_epochs=0.5", "epochs=1", "progress=false", "num_threads=1",
         f"precision={precision}", f"results_dir={tmp_path}"])
     result = train.run(cfg, out=open(os.devnull, "w"))
     assert result.steps == 4 and len(result.evaluations) == 2 and math.isfinite(result.final["log_loss"])
