@@ -47,8 +47,9 @@ DEFAULT_TABLE_SIZES = [40000, 3000, 2000, 700, 2000, 3, 700, 150, 63, 40000, 300
 
 FILES = {"train": "synthetic_train.bin", "test": "synthetic_test.bin", "val": "synthetic_val.bin",
          "counts": "synthetic_fea_count.npz", "meta": "synthetic.json"}
-# Multi-hot samples are 5.7x larger (912 bytes): a quarter of the one-hot default's, 0.3 GB.
-MULTIHOT_TRAIN_SAMPLES = 262_144
+# Multi-hot samples are 5.7x larger (912 bytes): about a quarter of the one-hot default's, 0.3 GB;
+# 140 batches of 2048, so that dlrm_dcnv2's 20 evaluations per epoch fall every 7 steps exactly.
+MULTIHOT_TRAIN_SAMPLES = 286_720
 # The names python -m reference.preprocess multihot writes: one config reads either.
 MULTIHOT_FILES = {"train": "multihot_train.bin", "test": "multihot_test.bin", "val": "multihot_val.bin",
                   "counts": "multihot_fea_count.npz", "meta": "synthetic.json"}

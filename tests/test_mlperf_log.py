@@ -94,9 +94,9 @@ def test_unconverged_run_logs_aborted(easy_data, tmp_path):
 
 
 # DLRMv2's log: Adagrad with the closed division's fixed values, evaluations every 0.05 epoch as the
-# reference's 20 per epoch, the target 0.80275. The tiny model is fine: closed_dlrm_dcnv2.yaml names no tensors.
-DCNV2 = dict(submission_benchmark="dlrm_dcnv2", optimizer="adagrad", adagrad_eps=1e-8, learning_rate=0.02,
-             eval_every_epochs=0.05, auc_threshold=0.80275)
+# reference's 20 per epoch, the target 0.80275. A tiny dcn model is fine: closed_dlrm_dcnv2.yaml names no tensors.
+DCNV2 = dict(submission_benchmark="dlrm_dcnv2", interaction="dcn", dcn_low_rank_dim=8, optimizer="adagrad",
+             adagrad_eps=1e-8, learning_rate=0.02, eval_every_epochs=0.05, auc_threshold=0.80275)
 
 
 @pytest.fixture(scope="module")
