@@ -30,6 +30,30 @@ class DataError(ValueError):
     """A data file is missing, malformed, or disagrees with the model."""
 
 
+def map_records(path: str, words: int, kind: str, ragged: str) -> np.memmap:
+    """A file of fixed-size records of ``words`` little-endian 4-byte words,
+    mapped read-only as (samples, words). A missing or empty file, or one whose
+    size is not a whole number of records (``ragged`` says what that means), is
+    a DataError naming it; ``kind`` names what the file should be."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: {kind} file not found")
+    size = os.path.getsize(path)
+    if size % (4 * words):
+        raise DataError(f"{path}: size {size} bytes is not a multiple of {4 * words} ({ragged})")
+    if size == 0:
+        raise DataError(f"{path}: file holds no samples")
+    return np.memmap(path, dtype="<i4", mode="r", shape=(size // (4 * words), words))
+
+
+def table_limits(path: str, table_sizes: list[int] | None, holds: str) -> np.ndarray | None:
+    """The row count of each table, to check ids against; None: unchecked."""
+    if table_sizes is None:
+        return None
+    if len(table_sizes) != NUM_SPARSE:
+        raise DataError(f"{path}: the model has {len(table_sizes)} tables but the file holds {NUM_SPARSE} {holds}")
+    return np.asarray(table_sizes, dtype=np.int64)
+
+
 def load_counts(path: str) -> list[int]:
     """Table sizes from a ``*_fea_count.npz`` file (key ``counts``)."""
     if not os.path.isfile(path):

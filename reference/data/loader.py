@@ -8,14 +8,13 @@ keeps negative integers).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import torch
 
-from .binary import COLUMNS, DENSE_TRANSFORMS, NUM_DENSE, NUM_SPARSE, RECORD_BYTES, DataError, dense_log3
+from .binary import COLUMNS, DENSE_TRANSFORMS, NUM_DENSE, NUM_SPARSE, DataError, dense_log3, map_records, table_limits
 from .jagged import Ids, JaggedIds
 
 
@@ -104,27 +103,15 @@ class BinaryDataset:
         if dense_transform not in DENSE_TRANSFORMS:
             raise ValueError(f"dense_transform must be one of {', '.join(DENSE_TRANSFORMS)}, got {dense_transform!r}")
         self.dense_transform = dense_transform
-        if not os.path.isfile(path):
-            raise DataError(f"{path}: binary data file not found")
-        size = os.path.getsize(path)
-        if size % RECORD_BYTES:
-            raise DataError(f"{path}: size {size} bytes is not a multiple of {RECORD_BYTES} "
-                            f"(40 int32 per sample); the file is truncated or not in the MLPerf binary format")
-        if size == 0:
-            raise DataError(f"{path}: file holds no samples")
         if batch_size <= 0:
             raise ValueError(f"batch_size must be > 0, got {batch_size}")
+        self._data = map_records(path, COLUMNS, "binary data", f"{COLUMNS} int32 per sample; the file is truncated "
+                                                               f"or not in the MLPerf binary format")
         self.path = path
         self.batch_size = batch_size
-        self.num_samples = size // RECORD_BYTES
+        self.num_samples = self._data.shape[0]
         self.num_batches = -(-self.num_samples // batch_size)
-        self._data = np.memmap(path, dtype="<i4", mode="r", shape=(self.num_samples, COLUMNS))
-        self._limits: np.ndarray | None = None
-        if table_sizes is not None:
-            if len(table_sizes) != NUM_SPARSE:
-                raise DataError(f"{path}: the model has {len(table_sizes)} tables but the file holds "
-                                f"{NUM_SPARSE} categorical columns")
-            self._limits = np.asarray(table_sizes, dtype=np.int64)
+        self._limits = table_limits(path, table_sizes, "categorical columns")
 
     def __len__(self) -> int:
         return self.num_batches

@@ -8,12 +8,10 @@ pools, one process or sharded; the dense features are read as stored.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 
-from .binary import NUM_SPARSE, DataError
+from .binary import NUM_SPARSE, DataError, map_records, table_limits
 from .jagged import JaggedIds
 from .loader import Batch, batch_order, sample_range
 from .multihot import ID_START, bag_starts, check_sizes, record_words
@@ -29,29 +27,17 @@ class MultiHotDataset:
     def __init__(self, path: str, batch_size: int, sizes: list[int], table_sizes: list[int] | None = None):
         self.sizes = check_sizes(sizes, path)
         words = record_words(self.sizes)
-        if not os.path.isfile(path):
-            raise DataError(f"{path}: multi-hot data file not found")
-        size = os.path.getsize(path)
-        if size % (4 * words):
-            raise DataError(f"{path}: size {size} bytes is not a multiple of {4 * words} ({words} 4-byte words per "
-                            f"sample for bags of {sum(self.sizes)} ids); the file is truncated, or was made with "
-                            f"other multihot_sizes, or is not multi-hot data")
-        if size == 0:
-            raise DataError(f"{path}: file holds no samples")
         if batch_size <= 0:
             raise ValueError(f"batch_size must be > 0, got {batch_size}")
+        self._data = map_records(path, words, "multi-hot data",
+                                 f"{words} 4-byte words per sample for bags of {sum(self.sizes)} ids; the file is "
+                                 f"truncated, or was made with other multihot_sizes, or is not multi-hot data")
         self.path = path
         self.batch_size = batch_size
-        self.num_samples = size // (4 * words)
+        self.num_samples = self._data.shape[0]
         self.num_batches = -(-self.num_samples // batch_size)
-        self._data = np.memmap(path, dtype="<i4", mode="r", shape=(self.num_samples, words))
         self._starts = bag_starts(self.sizes)
-        self._limits: np.ndarray | None = None
-        if table_sizes is not None:
-            if len(table_sizes) != NUM_SPARSE:
-                raise DataError(f"{path}: the model has {len(table_sizes)} tables but the file holds "
-                                f"{NUM_SPARSE} bags per sample")
-            self._limits = np.asarray(table_sizes, dtype=np.int64)
+        self._limits = table_limits(path, table_sizes, "bags per sample")
 
     def __len__(self) -> int:
         return self.num_batches
