@@ -8,42 +8,56 @@ from torch import nn
 from .dcn import DCNInteraction
 
 
-class _PairwiseDots(torch.autograd.Function):
-    """Selected entries of each sample's Gram matrix V V^T, flattened.
+class _Dots(torch.autograd.Function):
+    """The dot interaction's output, ``[dense, selected entries of V V^T]``,
+    with V the (B, n, D) stack of the bottom output and the T pooled
+    embeddings, computed in ``dtype``; one node of the autograd graph.
 
-    Autograd through ``bmm`` + indexing costs two more ``bmm`` in the backward
-    and a scatter through 2-D advanced indexing; here the backward is one
-    ``bmm``: dL/dV = (G + G^T) V, with G the output gradient scattered into
-    the Gram matrix's shape. Small batched GEMMs are slow on CPU, so this
-    halves the interaction's share of a step (benchmarks/RESULTS.md).
-
-    Both passes compute in the vectors' dtype (:func:`stack_vectors` makes
-    them bf16 under autocast): the backward, which autograd runs outside
-    autocast, would otherwise mix dtypes.
+    Every pass over the data counts here: small batched GEMMs and strided
+    copies, not FLOPs, are this layer's cost (benchmarks/RESULTS.md). So:
+    the inputs are cast while they are copied into V (no concatenation
+    that would promote to fp32 and be cast after); the selected entries are
+    one ``gather``; and the backward scatters the output gradient into both
+    triangles of a zero (n, n) matrix, G + G^T in two ``index_copy_`` calls
+    without adding a transposed copy, so dL/dV = (G + G^T) V is one ``bmm``.
+    A diagonal entry (``self_interaction``) gets 2 g_ii, its derivative.
+    Gradients are returned in the inputs' dtypes (fp32 for the tables).
     """
 
     @staticmethod
-    def forward(ctx, vectors: torch.Tensor, flat_index: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(vectors, flat_index)
-        gram = torch.bmm(vectors, vectors.transpose(1, 2))
-        return gram.view(gram.shape[0], -1).index_select(1, flat_index)
+    def forward(ctx, dense: torch.Tensor, sparse: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
+                diagonal: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        batch, tables, dim = sparse.shape
+        n = tables + 1
+        vectors = torch.empty(batch, n, dim, dtype=dtype, device=sparse.device)
+        vectors[:, 0].copy_(dense)
+        vectors[:, 1:].copy_(sparse)
+        gram = torch.bmm(vectors, vectors.transpose(1, 2)).view(batch, n * n)
+        pairs = torch.gather(gram, 1, lower.expand(batch, -1))
+        ctx.save_for_backward(vectors, lower, upper, diagonal)
+        ctx.dtypes = (dense.dtype, sparse.dtype)
+        return torch.cat([dense.to(dtype), pairs], dim=1)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        vectors, flat_index = ctx.saved_tensors
-        b, n, _ = vectors.shape
-        g = vectors.new_zeros(b, n * n).index_copy_(1, flat_index, grad.to(vectors.dtype)).view(b, n, n)
-        return torch.bmm(g + g.transpose(1, 2), vectors), None
+        vectors, lower, upper, diagonal = ctx.saved_tensors
+        batch, n, dim = vectors.shape
+        grad = grad.to(vectors.dtype)
+        pairs = grad[:, dim:]
+        symmetric = vectors.new_zeros(batch, n * n)
+        symmetric.index_copy_(1, lower, pairs)
+        symmetric.index_copy_(1, upper, pairs)  # upper names the diagonal too: it holds g_ii once more
+        if diagonal.numel():
+            symmetric.index_copy_(1, diagonal, symmetric.index_select(1, diagonal).mul_(2))
+        grad_vectors = torch.bmm(symmetric.view(batch, n, n), vectors)
+        grad_dense = (grad[:, :dim] + grad_vectors[:, 0]).to(ctx.dtypes[0])
+        return grad_dense, grad_vectors[:, 1:].to(ctx.dtypes[1]), None, None, None, None
 
 
-def stack_vectors(dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-    """(B, T+1, D): the bottom output, then the T pooled embeddings, in the
-    dtype the interaction computes in (autocast's, else the embeddings').
-    Under bf16 the embeddings are cast before the concatenation, which would
-    otherwise promote to fp32 and be cast after: twice the passes over the data."""
+def interaction_dtype(sparse: torch.Tensor) -> torch.dtype:
+    """The dtype the interaction computes in: autocast's where it is on, else the embeddings'."""
     device = sparse.device.type
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else sparse.dtype
-    return torch.cat([dense.unsqueeze(1).to(dtype), sparse.to(dtype)], dim=1)
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else sparse.dtype
 
 
 class DotInteraction(nn.Module):
@@ -52,20 +66,25 @@ class DotInteraction(nn.Module):
     (3,0)...; with ``self_interaction`` the diagonal too. The bottom output is
     concatenated in front, as in the seed, so its checkpoints map one to one."""
 
-    flat_index: torch.Tensor  # a buffer: moves with the module
+    # Buffers (they move with the module): flat (i, j) positions in the n x n Gram matrix.
+    lower: torch.Tensor     # each selected pair (i, j), j <= i, in output order
+    upper: torch.Tensor     # the same pairs transposed, (j, i)
+    diagonal: torch.Tensor  # the (i, i) among them (self_interaction), else empty
 
     def __init__(self, num_vectors: int, self_interaction: bool = False):
         super().__init__()
         offset = 1 if self_interaction else 0
         pairs = [(i, j) for i in range(num_vectors) for j in range(i + offset)]
-        self.register_buffer("flat_index", torch.tensor([i * num_vectors + j for i, j in pairs],
-                                                        dtype=torch.long), persistent=False)
+        n = num_vectors
+        for name, flat in (("lower", [i * n + j for i, j in pairs]), ("upper", [j * n + i for i, j in pairs]),
+                           ("diagonal", [i * n + i for i, j in pairs if i == j])):
+            self.register_buffer(name, torch.tensor(flat, dtype=torch.long), persistent=False)
 
     def output_dim(self, dim: int) -> int:
-        return dim + len(self.flat_index)
+        return dim + len(self.lower)
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        return torch.cat([dense, _PairwiseDots.apply(stack_vectors(dense, sparse), self.flat_index)], dim=1)
+        return _Dots.apply(dense, sparse, self.lower, self.upper, self.diagonal, interaction_dtype(sparse))
 
 
 class CatInteraction(nn.Module):
