@@ -41,6 +41,7 @@ from reference.data.binary import write_binary
 from reference.data.loader import BinaryDataset
 from reference.jsonfile import write_json
 from reference.linear import onednn_available
+from reference.malloc import keep_freed_memory
 from reference.mlperf_log import MLPerfLogger
 from reference.model import DLRM, resolve_linear_kernel
 from reference.precision import cpu_bf16_support
@@ -162,6 +163,7 @@ def main(argv=None) -> int:
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="also print the N operators that take the most time per step, per path (first optimiser)")
     args = p.parse_args(argv)
+    keep_freed_memory()  # as reference.train does: a step's buffers are reused, not faulted in again
     paths = ["fp32 aten"]
     notes = []
     if onednn_available():

@@ -31,6 +31,7 @@ from .distributed.errors import DistributedError
 from .distributed.launch import LaunchError, detect
 from .distributed.planner import format_plan
 from .jsonfile import write_json
+from .malloc import keep_freed_memory
 from .mlperf_conventions import convention_for
 from .mlperf_log import MLPerfLogger, log_hyperparameters, log_submission
 from .model import DLRM
@@ -180,6 +181,9 @@ def run(cfg: Config, out=sys.stderr, parallel: runtime.Parallel | None = None) -
     init phase (data, model), the timed run, and the outputs. With several
     ranks only rank 0 writes the log, the summary and the progress."""
     parallel = parallel if parallel is not None else runtime.SingleProcess(cfg)
+    # Every step frees and allocates again activations and gradients of up to tens of MB; kept in
+    # the heap they are reused instead of faulted in afresh (reference/malloc.py).
+    keep_freed_memory()
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     root = parallel.is_root
