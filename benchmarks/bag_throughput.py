@@ -24,20 +24,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import io
 import json
-import os
 import statistics
-import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from typing import Any
 
 import torch
 
-from benchmarks.train_throughput import cpu_description
+from benchmarks.train_throughput import cpu_description, import_before
 from reference.config import Config
 from reference.data.jagged import JaggedIds
 from reference.data.loader import Batch
@@ -48,17 +44,6 @@ from reference.trainer import Trainer
 
 SETTINGS = dict(embedding_dim=128, bottom_mlp=[13, 512, 256, 128], top_mlp=[1024, 1024, 512, 256, 1],
                 optimizer="sgd", learning_rate=0.01, progress=False, submission_division="open")
-
-
-def import_before(revision: str, into: str) -> Any:
-    """The package ``reference`` of ``revision``, importable as ``reference_before``
-    (its imports are relative, so it runs beside this one)."""
-    archive = subprocess.run(["git", "archive", revision, "reference"], capture_output=True, check=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        tar.extractall(into, filter="data")
-    os.rename(os.path.join(into, "reference"), os.path.join(into, "reference_before"))
-    sys.path.insert(0, into)
-    return importlib.import_module("reference_before.trainer")
 
 
 def make_trainer(package: Any, sizes: list[int], batch_size: int, data: RandomDataset) -> Any:

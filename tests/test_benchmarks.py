@@ -1,0 +1,44 @@
+"""benchmarks/train_throughput: the paths it times side by side, its --before revision, its evaluation
+timings, its verdict on auto."""
+import json
+import os
+
+from benchmarks import train_throughput
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def row(path, step_ms, optimizer="sgd"):
+    return {"optimizer": optimizer, "path": path, "step_ms": step_ms}
+
+
+def test_the_auto_verdict_compares_this_codes_fp32_paths_only():
+    results = [row("fp32 aten", 100.0), row("fp32 onednn", 110.0), row("bf16", 40.0),
+               row("fp32 aten @ abc123", 90.0), row("bf16 @ abc123", 39.0)]
+    assert train_throughput.auto_verdicts(results, "aten") == [
+        "sgd: linear_kernel=auto picks aten, the faster on this CPU"]
+    assert train_throughput.auto_verdicts(results, "onednn") == [
+        "sgd: linear_kernel=auto picks onednn, not the faster (fp32 aten is) on this CPU"]
+
+
+def test_a_tiny_run_times_this_code_and_a_revision_beside_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)  # git archive reads this repository
+    out = tmp_path / "t.json"
+    assert train_throughput.main(["--steps", "2", "--warmup", "1", "--batch-size", "64", "--table-rows", "500",
+                                  "--optimizers", "sgd", "--before", "HEAD", "--eval-batch-sizes", "64", "256",
+                                  "--eval-passes", "1", "--phases", "--json", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    results = saved["results"]
+    paths = [r["path"] for r in results]
+    assert paths[0] == "fp32 aten" and "fp32 aten @ HEAD" in paths
+    assert ("bf16 @ HEAD" in paths) == ("bf16" in paths)
+    assert all(r["step_ms"] > 0 and 0 < r["mlp_only_ms"] for r in results)
+    assert "fp32 aten @ HEAD" in capsys.readouterr().out
+    evaluation = {(r["path"], r["eval_batch_size"]): r for r in saved["evaluation"]}
+    assert {b for _, b in evaluation} == {64, 256} and evaluation[("fp32 aten", 256)]["vs_largest"] == 1.0
+    assert all(r["samples_per_s"] > 0 for r in evaluation.values())
+    # Every part of a step is timed, once: the parts of the fp32 step add up to about its whole.
+    phases = saved["phases"]["fp32 aten"]
+    assert list(phases) == list(train_throughput.PHASES) and all(ms >= 0 for ms in phases.values())
+    step = next(r["step_ms"] for r in results if r["path"] == "fp32 aten")
+    assert 0.5 * step < sum(phases.values()) < 2 * step
