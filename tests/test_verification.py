@@ -91,6 +91,16 @@ def test_closed_division_refuses_other_architecture(tmp_path):
     assert "embedding_dim=64 differs from the reference 128" in failed(result)["closed_division_rules"]
 
 
+def test_closed_division_leaves_numerics_and_kernels_to_the_submitter(tmp_path):
+    path = write_log(tmp_path / "run.log", events())
+    for name, settings in (("bf16", "precision: bf16\nprefetch_batches: 0\ndeterministic: false\n"),
+                           ("kernel", "linear_kernel: aten\n")):
+        chosen = tmp_path / f"{name}.yaml"
+        chosen.write_text(open(CLOSED).read() + settings)
+        result, _ = findings(path, config=str(chosen))
+        assert result["closed_division_rules"]["verdict"] == "pass", result["closed_division_rules"]
+
+
 def test_cli_writes_report_and_plots_and_exit_status(tmp_path):
     good = write_log(tmp_path / "good.log", events())
     out = tmp_path / "out"

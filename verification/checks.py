@@ -375,7 +375,7 @@ def check_closed_division_rules(run, rules, claim, reference: dict | None = None
     elif accumulation is not None and accumulation.value != closed["gradient_accumulation_steps"]:
         problems.append((f"gradient_accumulation_steps {accumulation.value}", accumulation.line))
     if claim is not None and reference is not None:
-        free = set(closed["may_differ"]) | set(closed["not_hyperparameters"])
+        free = set(closed["may_differ"]) | set(closed["not_hyperparameters"]) | set(closed["implementation_choices"])
         if run.value("train_samples") != rules["criteo_1tb"]["train_samples"]:
             free |= set(closed["dataset_keys"])  # other data has other tables: dataset_identity reports it
         for key, ref_value in reference.items():
