@@ -86,7 +86,10 @@ def random_file(path: str, rows: int, table_rows: int, seed: int = 0) -> None:
 def import_before(revision: str, into: str) -> Any:
     """The package ``reference`` of ``revision``, importable as ``reference_before``
     (its imports are relative, so it runs beside this one)."""
-    archive = subprocess.run(["git", "archive", revision, "reference"], capture_output=True, check=True).stdout
+    proc = subprocess.run(["git", "archive", revision, "reference"], capture_output=True)
+    if proc.returncode:
+        raise SystemExit(f"--before {revision}: git archive failed: {proc.stderr.decode().strip()}")
+    archive = proc.stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(into, filter="data")
     os.rename(os.path.join(into, "reference"), os.path.join(into, "reference_before"))

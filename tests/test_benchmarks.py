@@ -3,6 +3,8 @@ timings, its verdict on auto."""
 import json
 import os
 
+import pytest
+
 from benchmarks import train_throughput
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,3 +44,9 @@ def test_a_tiny_run_times_this_code_and_a_revision_beside_it(tmp_path, monkeypat
     assert list(phases) == list(train_throughput.PHASES) and all(ms >= 0 for ms in phases.values())
     step = next(r["step_ms"] for r in results if r["path"] == "fp32 aten")
     assert 0.5 * step < sum(phases.values()) < 2 * step
+
+
+def test_an_unknown_revision_is_named(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SystemExit, match="--before no-such-rev: git archive failed"):
+        train_throughput.import_before("no-such-rev", str(tmp_path))
