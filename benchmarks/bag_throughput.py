@@ -23,7 +23,6 @@ another path, so a busy machine slows all of them alike; after each step, the sa
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import statistics
 import sys
@@ -33,7 +32,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.train_throughput import cpu_description, import_before
+from benchmarks.train_throughput import build_trainer, cpu_description, import_before
 from reference.config import Config
 from reference.data.jagged import JaggedIds
 from reference.data.loader import Batch
@@ -48,12 +47,7 @@ SETTINGS = dict(embedding_dim=128, bottom_mlp=[13, 512, 256, 128], top_mlp=[1024
 
 def make_trainer(package: Any, sizes: list[int], batch_size: int, data: RandomDataset) -> Any:
     """A Trainer of ``package`` (this code's trainer module, or the revision's)."""
-    root = package.__name__.rsplit(".", 1)[0]
-    config, model, log = (importlib.import_module(f"{root}.{name}") for name in ("config", "model", "mlperf_log"))
-    cfg = config.Config()
-    cfg.update(dict(SETTINGS, table_sizes=sizes, batch_size=batch_size), origin="benchmark")
-    cfg.validate()
-    return package.Trainer(cfg, model.DLRM.from_config(cfg, sizes), data, data, log.MLPerfLogger(None))
+    return build_trainer(package, dict(SETTINGS, table_sizes=sizes, batch_size=batch_size), sizes, data)
 
 
 def as_bags_of_one(batch: Batch) -> Batch:

@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from reference import trainer as trainer_module
 from reference.config import Config
 from reference.cpuinfo import cpu_info
 from reference.data.binary import write_binary
@@ -56,8 +57,7 @@ from reference.data.loader import BinaryDataset
 from reference.jsonfile import write_json
 from reference.linear import onednn_available
 from reference.malloc import keep_freed_memory
-from reference.mlperf_log import MLPerfLogger
-from reference.model import DLRM, resolve_linear_kernel
+from reference.model import resolve_linear_kernel
 from reference.precision import cpu_bf16_support
 from reference.trainer import Trainer
 
@@ -109,22 +109,21 @@ def mlp_only_step(trainer: Trainer, batch, pairs: torch.Tensor) -> None:
     torch.nn.functional.binary_cross_entropy_with_logits(logits, batch.labels).backward()
 
 
-def make_trainer(optimizer: str, settings: dict, data: BinaryDataset, sizes: list[int], batch_size: int,
-                 before: Any = None) -> Trainer:
-    """A Trainer of this code, or of the revision whose trainer module ``before`` is (:func:`import_before`)."""
-    if before is None:
-        config, model, log, trainer = Config, DLRM, MLPerfLogger, Trainer
-    else:
-        root = before.__name__.rsplit(".", 1)[0]
-        config = importlib.import_module(f"{root}.config").Config
-        model = importlib.import_module(f"{root}.model").DLRM
-        log = importlib.import_module(f"{root}.mlperf_log").MLPerfLogger
-        trainer = before.Trainer
-    cfg = config()
-    cfg.update(dict(optimizer=optimizer, batch_size=batch_size, learning_rate=0.01, progress=False,
-                    submission_division="open", **settings), origin="benchmark")
+def build_trainer(package: Any, settings: dict, sizes: list[int], data: Any) -> Any:
+    """A Trainer of ``package`` (``reference.trainer``, or a revision's from :func:`import_before`) with
+    the config ``settings``, training and evaluating on ``data``."""
+    root = package.__name__.rsplit(".", 1)[0]
+    config, model, log = (importlib.import_module(f"{root}.{name}") for name in ("config", "model", "mlperf_log"))
+    cfg = config.Config()
+    cfg.update(settings, origin="benchmark")
     cfg.validate()
-    return trainer(cfg, model.from_config(cfg, sizes), data, data, log(None))
+    return package.Trainer(cfg, model.DLRM.from_config(cfg, sizes), data, data, log.MLPerfLogger(None))
+
+
+def make_trainer(optimizer: str, settings: dict, data: BinaryDataset, sizes: list[int], batch_size: int,
+                 package: Any = trainer_module) -> Trainer:
+    return build_trainer(package, dict(optimizer=optimizer, batch_size=batch_size, learning_rate=0.01,
+                                       progress=False, submission_division="open", **settings), sizes, data)
 
 
 def measure(optimizer: str, paths: list[str], path: str, args, before: Any = None) -> list[dict]:
@@ -240,11 +239,12 @@ def measure_evaluation(paths: list[str], path: str, args) -> list[dict]:
     sizes = [args.table_rows] * 26
     train = BinaryDataset(path, args.batch_size, sizes)
     trainers = {name: make_trainer("sgd", PATHS[name], train, sizes, args.batch_size) for name in paths}
+    evaluation_data = {b: BinaryDataset(path, b, sizes) for b in args.eval_batch_sizes}
     seconds: dict[tuple[str, int], list[float]] = {(n, b): [] for n in paths for b in args.eval_batch_sizes}
     for i in range(1 + args.eval_passes):  # the first pass is warm-up
         for name, batch_size in seconds:
             trainer = trainers[name]
-            trainer.eval_data = BinaryDataset(path, batch_size, sizes)
+            trainer.eval_data = evaluation_data[batch_size]
             t0 = time.perf_counter()
             trainer.evaluate()
             if i:

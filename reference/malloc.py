@@ -6,12 +6,13 @@ step's activations and gradients (27 MB for the looked-up vectors of a
 By default glibc serves each such allocation with a fresh ``mmap`` and
 returns it with ``munmap`` when freed (or trims the heap under it), so every
 block pays its page faults again: on the 4M-row preprocessing benchmark that
-was 15 s of system time in a 37 s run; in a bf16 training step of the
-embedded default, 8,000-12,000 faults and 10-18 ms of system time a step.
-Keeping freed memory in the heap (no trimming, a 32 MB mmap threshold,
-256 MB of top padding) lets the next block reuse the same pages:
+was 15 s of system time in a 37 s run; 200 bf16 training steps of the
+embedded default faulted 1,800-15,500 pages a step (glibc moves its
+threshold as memory is freed, so it varies from run to run) and took
+7.8-11.1 s. Keeping freed memory in the heap (no trimming, a 32 MB mmap
+threshold, 256 MB of top padding) lets the next block reuse the same pages:
 preprocessing 26-28 s, system time 6-7 s, about 0.5 GB more peak RSS;
-training under 100 faults a step (benchmarks/RESULTS.md).
+training faults nothing after start-up, 8.0-8.3 s (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
