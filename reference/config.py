@@ -29,6 +29,7 @@ OPTIMIZERS = ("sgd", "rowwise_adagrad", "adagrad")
 DIST_BACKENDS = ("auto", "gloo", "nccl", "mpi")
 PRECISIONS = ("fp32", "bf16")
 LINEAR_KERNELS = ("auto", "aten", "onednn")
+SPARSE_UPDATE_KERNELS = ("auto", "torch", "native")
 DIVISIONS = ("closed", "open")
 STATUSES = ("onprem", "cloud", "preview", "research")
 QUANTIZE_EMBEDDING_BITS = (0, 8, 4)
@@ -150,6 +151,11 @@ class Config:
     linear_kernel: str = _doc("GEMM kernel of the MLPs in fp32 on CPU: aten (torch's BLAS), onednn, or auto "
                               "(onednn on x86 CPUs not made by Intel, else aten; bf16 and CUDA use torch's "
                               "own).", default="auto")
+    sparse_update_kernel: str = _doc("How the optimiser updates the embedding rows of a batch: torch (torch's "
+                                     "sparse ops), native (C kernels compiled at start-up for this CPU; needs a C "
+                                     "compiler with OpenMP, CPU tables), or auto (native where it compiles, "
+                                     "else torch). The same formulas; native is the faster (benchmarks/RESULTS.md).",
+                                     default="auto")
     prefetch_batches: int = _doc("Batches read ahead in a background thread (0 = read on the main thread; "
                                  "the results are the same).", default=2)
     log_every: int = _doc("Progress line (and loss read-out) every N iterations.", default=50)
@@ -267,7 +273,8 @@ class Config:
                 self._fail(key, f"must be >= 0, got {getattr(self, key)}")
         for key, allowed in (("interaction", INTERACTIONS), ("optimizer", OPTIMIZERS), ("qr_operation", QR_OPERATIONS),
                              ("dist_backend", DIST_BACKENDS), ("precision", PRECISIONS),
-                             ("linear_kernel", LINEAR_KERNELS), ("data_mode", DATA_MODES),
+                             ("linear_kernel", LINEAR_KERNELS), ("sparse_update_kernel", SPARSE_UPDATE_KERNELS),
+                             ("data_mode", DATA_MODES),
                              ("submission_division", DIVISIONS), ("submission_status", STATUSES),
                              ("mlp_init", MLP_INITS), ("submission_benchmark", BENCHMARKS)):
             if getattr(self, key) not in allowed:
@@ -315,6 +322,9 @@ class Config:
             self._fail("linear_kernel", f"onednn is a kernel for fp32 on CPU; with precision={self.precision} "
                                         f"on {self.device} the MLPs use torch's own GEMMs (leave linear_kernel "
                                         f"at auto)")
+        if self.sparse_update_kernel == "native" and self.device != "cpu":
+            self._fail("sparse_update_kernel", f"native kernels update CPU tables; the tables are on "
+                                               f"{self.device} (leave sparse_update_kernel at auto)")
         if self.allow_tf32 and not self.device.startswith("cuda"):
             self._fail("allow_tf32", f"TF32 is a GPU mode (tensor cores); device is {self.device!r}")
         if self.device != "cpu":

@@ -10,12 +10,22 @@ w -= lr * g / (sqrt(m) + eps), one accumulator per element, starting at 0;
 torch takes this path for every sparse gradient, foreach or not
 (tests/test_dcn.py checks it against the formula). With tables sharded over
 ranks, each rank's optimiser holds the state of its own rows.
+
+With ``sparse_update_kernel=native`` (CPU tables) the rows named by a sparse
+gradient are updated by the compiled kernels of reference/row_kernels.py,
+the same formulas in one pass; everything else, and every state_dict, is
+torch's.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
+
+from .row_kernels import NativeRowKernels, native_row_kernels
 
 
 class RowWiseAdagrad(torch.optim.Optimizer):
@@ -29,11 +39,12 @@ class RowWiseAdagrad(torch.optim.Optimizer):
     """
 
     def __init__(self, params, lr: float = 0.01, lr_decay: float = 0.0, eps: float = 1e-10,
-                 weight_decay: float = 0.0):
+                 weight_decay: float = 0.0, kernels: NativeRowKernels | None = None):
         if lr <= 0 or eps <= 0 or lr_decay < 0 or weight_decay < 0:
             raise ValueError(f"invalid row-wise Adagrad settings: lr={lr}, eps={eps}, "
                              f"lr_decay={lr_decay}, weight_decay={weight_decay}")
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay))
+        self.kernels = kernels  # for sparse gradients on CPU; None: torch's ops
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -55,7 +66,10 @@ class RowWiseAdagrad(torch.optim.Optimizer):
                 if p.grad.is_sparse:
                     if group["weight_decay"]:
                         raise RuntimeError("row-wise Adagrad: weight_decay is not supported with sparse gradients")
-                    self._sparse_update(p, p.grad, state["sum"], clr, group["eps"])
+                    if self.kernels is not None and not p.is_cuda:
+                        self.kernels.rowwise_adagrad(p, p.grad, state["sum"], clr, group["eps"])
+                    else:
+                        self._sparse_update(p, p.grad, state["sum"], clr, group["eps"])
                 else:
                     grad = p.grad
                     if group["weight_decay"]:
@@ -108,12 +122,85 @@ class RowWiseAdagrad(torch.optim.Optimizer):
         p.index_add_(0, unique, summed)
 
 
-def build_optimizer(name: str, model: nn.Module, lr: float, eps: float = 1e-10,
-                    lr_decay: float = 0.0) -> torch.optim.Optimizer:
+SparseGrad = tuple[torch.Tensor, torch.Tensor, dict]  # (parameter, its sparse gradient, its group)
+
+
+@contextmanager
+def _sparse_grads_set_aside(optimizer: torch.optim.Optimizer) -> Iterator[list[SparseGrad]]:
+    """Hides the sparse gradients of CPU parameters from ``optimizer``'s own step
+    and yields (parameter, gradient, group) for each: the native kernels apply them."""
+    aside = [(p, p.grad, group) for group in optimizer.param_groups for p in group["params"]
+             if p.grad is not None and p.grad.is_sparse and not p.is_cuda]
+    for p, _, _ in aside:
+        p.grad = None
+    try:
+        yield aside
+    finally:
+        for p, grad, _ in aside:
+            p.grad = grad
+
+
+def _closure_loss(closure):
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
+class NativeRowsSGD(torch.optim.SGD):
+    """torch's SGD (lr only, as :func:`build_optimizer` makes it), with the rows
+    of a sparse gradient updated by the native kernel: w -= lr * g, duplicate
+    ids one after the other, as torch does."""
+
+    def __init__(self, params, lr: float, kernels: NativeRowKernels):
+        super().__init__(params, lr=lr)
+        self.kernels = kernels
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = _closure_loss(closure)
+        with _sparse_grads_set_aside(self) as sparse:
+            super().step()
+            for p, grad, group in sparse:
+                self.kernels.sgd(p, grad, group["lr"])
+        return loss
+
+
+class NativeRowsAdagrad(torch.optim.Adagrad):
+    """torch's Adagrad, with the rows of a sparse gradient updated by the native
+    kernel: the same formula on each row's summed gradient, the same state."""
+
+    def __init__(self, params, lr: float, lr_decay: float, eps: float, kernels: NativeRowKernels):
+        super().__init__(params, lr=lr, lr_decay=lr_decay, eps=eps, initial_accumulator_value=0.0, weight_decay=0.0)
+        self.kernels = kernels
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = _closure_loss(closure)
+        with _sparse_grads_set_aside(self) as sparse:
+            super().step()
+            for p, grad, group in sparse:
+                state = self.state[p]
+                state["step"] += 1
+                clr = group["lr"] / (1 + (state["step"].item() - 1) * group["lr_decay"])
+                self.kernels.adagrad(p, grad, state["sum"], clr, group["eps"])
+        return loss
+
+
+def build_optimizer(name: str, model: nn.Module, lr: float, eps: float = 1e-10, lr_decay: float = 0.0,
+                    sparse_update_kernel: str = "torch") -> torch.optim.Optimizer:
+    """``sparse_update_kernel``: torch, or native (resolved already: see
+    row_kernels.resolve_sparse_update_kernel)."""
+    if sparse_update_kernel not in ("torch", "native"):
+        raise ValueError(f"unknown sparse update kernel {sparse_update_kernel!r}: expected torch or native "
+                         f"(auto is resolved before the optimizer is built)")
+    kernels = native_row_kernels() if sparse_update_kernel == "native" else None
     params = list(model.parameters())
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr)
+        return torch.optim.SGD(params, lr=lr) if kernels is None else NativeRowsSGD(params, lr, kernels)
     if name == "adagrad":
+        if kernels is not None:
+            return NativeRowsAdagrad(params, lr, lr_decay, eps, kernels)
         # Its sparse step builds sparse tensors from indices it made itself: checking them would cost time
         # for nothing, and torch warns on every run ("Memory errors (e.g. SEGFAULT) will occur") unless the
         # checks are switched off explicitly.
@@ -121,7 +208,7 @@ def build_optimizer(name: str, model: nn.Module, lr: float, eps: float = 1e-10,
         return torch.optim.Adagrad(params, lr=lr, lr_decay=lr_decay, eps=eps, initial_accumulator_value=0.0,
                                    weight_decay=0.0)
     if name == "rowwise_adagrad":
-        return RowWiseAdagrad(params, lr=lr, lr_decay=lr_decay, eps=eps)
+        return RowWiseAdagrad(params, lr=lr, lr_decay=lr_decay, eps=eps, kernels=kernels)
     raise ValueError(f"unknown optimizer {name!r}: expected sgd, rowwise_adagrad or adagrad")
 
 

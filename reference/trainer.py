@@ -85,8 +85,9 @@ class Trainer:
         self.eval_data = eval_data
         self.log = log
         self.out = out
+        self.sparse_update_kernel, self.sparse_update_reason = runtime.make_sparse_update_kernel(cfg, self.device)
         self.optimizer = build_optimizer(cfg.optimizer, model, cfg.learning_rate, cfg.adagrad_eps,
-                                         cfg.adagrad_lr_decay)
+                                         cfg.adagrad_lr_decay, self.sparse_update_kernel)
         self.schedule = PolyWarmupSchedule.from_config(cfg)
         self.checkpoints = checkpoint.CheckpointPolicy(cfg.checkpoint_path, cfg.checkpoint_every)
         self.state = TrainingState()

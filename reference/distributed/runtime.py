@@ -25,6 +25,7 @@ from ..data.loader import Batch, Dataset
 from ..metrics import evaluate_scores
 from ..model import DLRM, resolve_linear_kernel
 from ..precision import Precision, PrecisionError, build_precision
+from ..row_kernels import NativeKernelError, resolve_sparse_update_kernel
 from .communicator import Communicator, build_communicator
 from .data_parallel import GradientReducer
 from .gpu_binding import check_distinct, gpu_index
@@ -102,6 +103,14 @@ def make_linear_kernel(cfg: Config) -> tuple[str, str]:
         return resolve_linear_kernel(cfg)
     except ValueError as e:
         raise ConfigError(f"{cfg.where('linear_kernel')}: linear_kernel: {e}") from None
+
+
+def make_sparse_update_kernel(cfg: Config, device: torch.device) -> tuple[str, str]:
+    """The optimiser's kernel for the embedding rows and why (each rank updates its own rows)."""
+    try:
+        return resolve_sparse_update_kernel(cfg.sparse_update_kernel, device)
+    except NativeKernelError as e:
+        raise ConfigError(f"{cfg.where('sparse_update_kernel')}: sparse_update_kernel: {e}") from None
 
 
 def make_plan(cfg: Config, table_sizes: list[int], world_size: int) -> Plan:
