@@ -25,10 +25,12 @@ ENV DEBIAN_FRONTEND=noninteractive \
     DLRM_PYTHON=/opt/venv/bin/python
 
 # Python 3.11 from the base's own packages: Debian bookworm's python3, Ubuntu 22.04's python3.11.
+# gcc and libc6-dev: a run compiles the optimisers' row kernels for the CPU it starts on
+# (reference/row_kernels.py; without a compiler it falls back to torch's slower sparse ops).
 # Versions are not pinned because the two bases ship different ones; the Python packages are.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3.11 python3.11-venv ca-certificates \
+    && apt-get install -y --no-install-recommends python3.11 python3.11-venv ca-certificates gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/* \
     && python3.11 -m venv /opt/venv
 

@@ -5,6 +5,7 @@
 #      compliance checker;
 #   2. the environment variables of run_and_time.sh reach the run inside (SEED);
 #   3. 2-rank training under mpirun inside the container (mpi backend through mpi4py).
+# The run must have compiled the native row kernels (the image has gcc).
 # Prints the image size, build time, run time and the log check; exit 0 when all pass.
 # Where podman is missing it prints "SKIP: <reason>" and exits 0.
 #
@@ -75,6 +76,8 @@ podman run --rm -v "$results:/workspace/results" "$IMAGE" > "$work/run.out" 2> "
 run_s=$(( $(date +%s) - t0 ))
 grep -E "^RESULT: " "$work/run.out" || fail "no RESULT line"
 grep -q "^RESULT: status=success converged=True" "$work/run.out" || fail "the run did not converge"
+grep "^sparse updates: " "$work/run.err" || fail "no sparse updates line"
+grep -q "^sparse updates: native" "$work/run.err" || fail "the image did not build the native row kernels"
 log=$(ls "$results"/*.log 2>/dev/null | head -1)
 [ -n "$log" ] || fail "no MLPerf log in the mounted results folder"
 podman run --rm -v "$results:/workspace/results" -w /workspace/results "$IMAGE" \
