@@ -11,6 +11,8 @@ ids (214 per sample; ``bag_sizes``), drawn in memory (data_mode=random).
 Paths, each a full Trainer on its own copy of the model (same seed):
 
 - ``dcnv2 fp32``: the fp32 GEMM kernel ``linear_kernel=auto`` picks here;
+- ``dcnv2 fp32, torch rows``: the same with the tables' Adagrad on torch's
+  sparse ops (``sparse_update_kernel=torch``) instead of the kernel auto picks;
 - ``dcnv2 bf16``: ``precision=bf16`` (autocast), where the CPU has native bf16;
 - ``dot (v1) fp32``: the v1 interaction on the same multi-hot batches, for scale.
 
@@ -72,7 +74,7 @@ def main(argv=None) -> int:
     p.add_argument("--table-rows", type=int, default=100_000)
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
-    paths = {"dcnv2 fp32": {}}
+    paths = {"dcnv2 fp32": {}, "dcnv2 fp32, torch rows": {"sparse_update_kernel": "torch"}}
     bf16_missing = cpu_bf16_support()
     if bf16_missing is None:
         paths["dcnv2 bf16"] = {"precision": "bf16"}
@@ -109,6 +111,8 @@ def main(argv=None) -> int:
             "batch_size": args.batch_size, "table_rows": args.table_rows,
             "rows": sum(first.table_sizes), "steps": args.steps, "warmup": args.warmup,
             "linear_kernel_fp32": f"{kernel} ({reason})", "bf16": bf16_missing or "native",
+            "sparse_update_kernel_auto": f"{trainers[names[0]].sparse_update_kernel} "
+                                         f"({trainers[names[0]].sparse_update_reason})",
             "dense_parameters": DLRM.dense_parameter_count(first, 26)}
     results = []
     for name in names:
@@ -118,9 +122,10 @@ def main(argv=None) -> int:
                         "samples_per_s": round(args.batch_size / step * 1e3),
                         "cross_ms": None if cross is None else round(cross, 1)})
     print(f"# {json.dumps(info)}")
-    print(f"{'path':<16} {'step ms':>8} {'steps/s':>8} {'samples/s':>10} {'cross fwd+bwd ms':>17}")
+    width = max(len(name) for name in names)
+    print(f"{'path':<{width}} {'step ms':>8} {'steps/s':>8} {'samples/s':>10} {'cross fwd+bwd ms':>17}")
     for r in results:
-        print(f"{r['path']:<16} {r['step_ms']:>8} {r['steps_per_s']:>8} {r['samples_per_s']:>10,} "
+        print(f"{r['path']:<{width}} {r['step_ms']:>8} {r['steps_per_s']:>8} {r['samples_per_s']:>10,} "
               f"{'-' if r['cross_ms'] is None else r['cross_ms']:>17}")
     if args.json:
         write_json(args.json, {"info": info, "results": results})

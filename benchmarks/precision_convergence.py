@@ -53,7 +53,10 @@ def train(data_dir: str, results: str, precision: str, seed: int, optimizer: str
           f"time_to_train_s={summary['run_seconds']:.1f}", flush=True)
     return {"name": name, "optimizer": optimizer, "precision": precision, "seed": seed,
             "converged": summary["converged"], "steps": summary["steps"], "run_seconds": summary["run_seconds"],
-            "linear_kernel": summary["linear_kernel"], "log": os.path.join(results, name + ".log"),
+            "linear_kernel": summary["linear_kernel"],
+            # Summaries written before sparse_update_kernel existed come from runs on torch's sparse ops.
+            "sparse_update_kernel": summary.get("sparse_update_kernel", "torch"),
+            "log": os.path.join(results, name + ".log"),
             "curve": [(e["epoch_num"], e["auc"]) for e in summary["evaluations"]]}
 
 

@@ -59,6 +59,7 @@ from reference.linear import onednn_available
 from reference.malloc import keep_freed_memory
 from reference.model import resolve_linear_kernel
 from reference.precision import cpu_bf16_support
+from reference.row_kernels import resolve_sparse_update_kernel
 from reference.trainer import Trainer
 
 PATHS = {"fp32 aten": dict(precision="fp32", linear_kernel="aten"),
@@ -302,7 +303,8 @@ def main(argv=None) -> int:
     auto, reason = resolve_linear_kernel(Config().validate())
     info = {**cpu_description(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "batch_size": args.batch_size, "table_rows": args.table_rows, "steps": args.steps, "before": args.before,
-            "linear_kernel_auto": f"{auto} ({reason})"}
+            "linear_kernel_auto": f"{auto} ({reason})",
+            "sparse_update_kernel_auto": "{} ({})".format(*resolve_sparse_update_kernel("auto", "cpu"))}
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "random.bin")
         random_file(path, 16 * args.batch_size, args.table_rows)

@@ -1,11 +1,11 @@
 """benchmarks/train_throughput: the paths it times side by side, its --before revision, its evaluation
-timings, its verdict on auto."""
+timings, its verdict on auto; benchmarks/dcnv2_throughput: its paths, torch's row updates among them."""
 import json
 import os
 
 import pytest
 
-from benchmarks import train_throughput
+from benchmarks import dcnv2_throughput, train_throughput
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,6 +30,7 @@ def test_a_tiny_run_times_this_code_and_a_revision_beside_it(tmp_path, monkeypat
                                   "--optimizers", "sgd", "--before", "HEAD", "--eval-batch-sizes", "64", "256",
                                   "--eval-passes", "1", "--phases", "--json", str(out)]) == 0
     saved = json.loads(out.read_text())
+    assert saved["info"]["sparse_update_kernel_auto"].split()[0] in ("native", "torch")
     results = saved["results"]
     paths = [r["path"] for r in results]
     assert paths[0] == "fp32 aten" and "fp32 aten @ HEAD" in paths
@@ -50,3 +51,15 @@ def test_an_unknown_revision_is_named(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     with pytest.raises(SystemExit, match="--before no-such-rev: git archive failed"):
         train_throughput.import_before("no-such-rev", str(tmp_path))
+
+
+def test_a_tiny_dcnv2_run_times_the_native_and_torchs_row_updates(tmp_path, capsys):
+    out = tmp_path / "d.json"
+    assert dcnv2_throughput.main(["--steps", "1", "--warmup", "0", "--batch-size", "32", "--table-rows", "200",
+                                  "--json", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    paths = [r["path"] for r in saved["results"]]
+    assert paths[:2] == ["dcnv2 fp32", "dcnv2 fp32, torch rows"] and paths[-1] == "dot (v1) fp32"
+    assert all(r["step_ms"] > 0 for r in saved["results"])
+    assert saved["info"]["sparse_update_kernel_auto"].split()[0] in ("native", "torch")
+    assert "dcnv2 fp32, torch rows" in capsys.readouterr().out

@@ -150,6 +150,9 @@ def test_tables_on_a_gpu_keep_torchs_ops():
         resolve_sparse_update_kernel("fast", "cpu")
     with pytest.raises(ConfigError, match="sparse_update_kernel: must be one of auto, torch, native"):
         Config.from_sources(None, ["sparse_update_kernel=fast"])
+    with pytest.raises(ConfigError, match="sparse_update_kernel: native kernels update CPU tables; the tables are on "
+                                          "cuda"):
+        Config.from_sources(None, ["sparse_update_kernel=native", "device=cuda"])
 
 
 def test_optimizer_state_moves_between_torchs_classes_and_the_native_ones():
