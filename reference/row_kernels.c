@@ -1,5 +1,5 @@
 /* The optimisers' updates of embedding rows from a sparse gradient, for fp32
- * tables on the CPU (reference/row_updates.py compiles this file at start-up and
+ * tables on the CPU (reference/row_kernels.py compiles this file at start-up and
  * says why these exist).
  *
  * A gradient is n rows of `dim` floats, `g`, for the table rows `rows` (duplicates
