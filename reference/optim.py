@@ -19,9 +19,6 @@ torch's.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 from torch import nn
 
@@ -122,32 +119,37 @@ class RowWiseAdagrad(torch.optim.Optimizer):
         p.index_add_(0, unique, summed)
 
 
-SparseGrad = tuple[torch.Tensor, torch.Tensor, dict]  # (parameter, its sparse gradient, its group)
+class _NativeRowsStep(torch.optim.Optimizer):
+    """The step of a torch optimiser (the class after this one in the bases)
+    for everything but the sparse gradients of CPU parameters: those are hidden
+    from it and applied by :meth:`update_rows` with the native kernels."""
+
+    kernels: NativeRowKernels
+
+    def update_rows(self, p: torch.Tensor, grad: torch.Tensor, group: dict) -> None:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        sparse = [(p, p.grad, group) for group in self.param_groups for p in group["params"]
+                  if p.grad is not None and p.grad.is_sparse and not p.is_cuda]
+        for p, _, _ in sparse:
+            p.grad = None
+        try:
+            super().step()
+            for p, grad, group in sparse:
+                self.update_rows(p, grad, group)
+        finally:
+            for p, grad, _ in sparse:
+                p.grad = grad
+        return loss
 
 
-@contextmanager
-def _sparse_grads_set_aside(optimizer: torch.optim.Optimizer) -> Iterator[list[SparseGrad]]:
-    """Hides the sparse gradients of CPU parameters from ``optimizer``'s own step
-    and yields (parameter, gradient, group) for each: the native kernels apply them."""
-    aside = [(p, p.grad, group) for group in optimizer.param_groups for p in group["params"]
-             if p.grad is not None and p.grad.is_sparse and not p.is_cuda]
-    for p, _, _ in aside:
-        p.grad = None
-    try:
-        yield aside
-    finally:
-        for p, grad, _ in aside:
-            p.grad = grad
-
-
-def _closure_loss(closure):
-    if closure is None:
-        return None
-    with torch.enable_grad():
-        return closure()
-
-
-class NativeRowsSGD(torch.optim.SGD):
+class NativeRowsSGD(_NativeRowsStep, torch.optim.SGD):
     """torch's SGD (lr only, as :func:`build_optimizer` makes it), with the rows
     of a sparse gradient updated by the native kernel: w -= lr * g, duplicate
     ids one after the other, as torch does."""
@@ -156,17 +158,11 @@ class NativeRowsSGD(torch.optim.SGD):
         super().__init__(params, lr=lr)
         self.kernels = kernels
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = _closure_loss(closure)
-        with _sparse_grads_set_aside(self) as sparse:
-            super().step()
-            for p, grad, group in sparse:
-                self.kernels.sgd(p, grad, group["lr"])
-        return loss
+    def update_rows(self, p: torch.Tensor, grad: torch.Tensor, group: dict) -> None:
+        self.kernels.sgd(p, grad, group["lr"])
 
 
-class NativeRowsAdagrad(torch.optim.Adagrad):
+class NativeRowsAdagrad(_NativeRowsStep, torch.optim.Adagrad):
     """torch's Adagrad, with the rows of a sparse gradient updated by the native
     kernel: the same formula on each row's summed gradient, the same state."""
 
@@ -174,17 +170,11 @@ class NativeRowsAdagrad(torch.optim.Adagrad):
         super().__init__(params, lr=lr, lr_decay=lr_decay, eps=eps, initial_accumulator_value=0.0, weight_decay=0.0)
         self.kernels = kernels
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = _closure_loss(closure)
-        with _sparse_grads_set_aside(self) as sparse:
-            super().step()
-            for p, grad, group in sparse:
-                state = self.state[p]
-                state["step"] += 1
-                clr = group["lr"] / (1 + (state["step"].item() - 1) * group["lr_decay"])
-                self.kernels.adagrad(p, grad, state["sum"], clr, group["eps"])
-        return loss
+    def update_rows(self, p: torch.Tensor, grad: torch.Tensor, group: dict) -> None:
+        state = self.state[p]
+        state["step"] += 1
+        clr = group["lr"] / (1 + (state["step"].item() - 1) * group["lr_decay"])
+        self.kernels.adagrad(p, grad, state["sum"], clr, group["eps"])
 
 
 def build_optimizer(name: str, model: nn.Module, lr: float, eps: float = 1e-10, lr_decay: float = 0.0,
