@@ -60,6 +60,8 @@ def _build(folder: str) -> str:
         done = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", library], capture_output=True, text=True, timeout=120)
     except subprocess.TimeoutExpired:
         raise NativeKernelError(f"{cc} took over 120 s to compile {SOURCE}") from None
+    except OSError as e:  # found, but the system cannot run it (not a program for this machine)
+        raise NativeKernelError(f"could not run the C compiler {cc!r}: {e}") from None
     if done.returncode != 0:
         raise NativeKernelError(f"{cc} {' '.join(FLAGS)} {SOURCE} failed (exit {done.returncode}):\n"
                                 f"{done.stderr.strip()}")

@@ -142,6 +142,15 @@ def test_a_failing_compiler_is_quoted(fresh_build, tmp_path):
         native_row_kernels()
 
 
+def test_a_compiler_that_cannot_run_is_named(fresh_build, tmp_path):
+    cc = tmp_path / "cc"
+    cc.write_text("not a program")  # executable, but no binary and no #! line: exec fails
+    cc.chmod(cc.stat().st_mode | stat.S_IEXEC)
+    fresh_build.setenv("CC", str(cc))
+    kernel, reason = resolve_sparse_update_kernel("auto", "cpu")
+    assert kernel == "torch" and f"could not run the C compiler '{cc}'" in reason
+
+
 def test_tables_on_a_gpu_keep_torchs_ops():
     assert resolve_sparse_update_kernel("auto", "cuda") == ("torch", "tables on cuda: torch's ops")
     with pytest.raises(NativeKernelError, match="tables are on cuda"):
