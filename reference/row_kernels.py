@@ -63,8 +63,10 @@ def _build(folder: str) -> str:
     except OSError as e:  # found, but the system cannot run it (not a program for this machine)
         raise NativeKernelError(f"could not run the C compiler {cc!r}: {e}") from None
     if done.returncode != 0:
-        raise NativeKernelError(f"{cc} {' '.join(FLAGS)} {SOURCE} failed (exit {done.returncode}):\n"
-                                f"{done.stderr.strip()}")
+        lines = done.stderr.strip().splitlines() or ["(no message)"]
+        first_error = next((line for line in lines if "error" in line), lines[0])
+        raise NativeKernelError(f"{cc} failed to compile {SOURCE.name} (exit {done.returncode}): {first_error}\n"
+                                f"{cc} {' '.join(FLAGS)} {SOURCE}:\n" + "\n".join(lines))
     return library
 
 

@@ -135,11 +135,18 @@ def test_auto_falls_back_to_torch_without_a_compiler_and_native_says_why(fresh_b
 
 def test_a_failing_compiler_is_quoted(fresh_build, tmp_path):
     cc = tmp_path / "cc"
-    cc.write_text("#!/bin/sh\necho 'row_kernels.c:1: error: no OpenMP here' >&2\nexit 1\n")
+    cc.write_text("#!/bin/sh\necho 'In file included from row_kernels.c:1:' >&2\n"
+                  "echo 'row_kernels.c:13: error: omp.h: No such file' >&2\nexit 1\n")
     cc.chmod(cc.stat().st_mode | stat.S_IEXEC)
     fresh_build.setenv("CC", str(cc))
-    with pytest.raises(NativeKernelError, match="failed \\(exit 1\\):\nrow_kernels.c:1: error: no OpenMP here"):
+    with pytest.raises(NativeKernelError) as failed:
         native_row_kernels()
+    first, *rest = str(failed.value).splitlines()
+    assert first == f"{cc} failed to compile row_kernels.c (exit 1): row_kernels.c:13: error: omp.h: No such file"
+    assert rest[-2:] == ["In file included from row_kernels.c:1:", "row_kernels.c:13: error: omp.h: No such file"]
+    # auto falls back and says why in one line
+    kernel, reason = resolve_sparse_update_kernel("auto", "cpu")
+    assert kernel == "torch" and reason.endswith("row_kernels.c:13: error: omp.h: No such file")
 
 
 def test_a_compiler_that_cannot_run_is_named(fresh_build, tmp_path):
