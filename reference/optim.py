@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.optim.adagrad import adagrad as functional_adagrad
 
 from .row_kernels import NativeRowKernels, native_row_kernels
 
@@ -50,6 +51,7 @@ class RowWiseAdagrad(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
+            dense = []
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -58,22 +60,33 @@ class RowWiseAdagrad(torch.optim.Optimizer):
                     state["step"] = torch.tensor(0.0)
                     shape = (p.shape[0],) if p.grad.is_sparse else p.shape
                     state["sum"] = torch.zeros(shape, dtype=p.dtype, device=p.device)
+                if not p.grad.is_sparse:
+                    dense.append(p)
+                    continue
+                if group["weight_decay"]:
+                    raise RuntimeError("row-wise Adagrad: weight_decay is not supported with sparse gradients")
                 state["step"] += 1
                 clr = group["lr"] / (1 + (state["step"].item() - 1) * group["lr_decay"])
-                if p.grad.is_sparse:
-                    if group["weight_decay"]:
-                        raise RuntimeError("row-wise Adagrad: weight_decay is not supported with sparse gradients")
-                    if self.kernels is not None and not p.is_cuda:
-                        self.kernels.rowwise_adagrad(p, p.grad, state["sum"], clr, group["eps"])
-                    else:
-                        self._sparse_update(p, p.grad, state["sum"], clr, group["eps"])
+                if self.kernels is not None and not p.is_cuda:
+                    self.kernels.rowwise_adagrad(p, p.grad, state["sum"], clr, group["eps"])
                 else:
-                    grad = p.grad
-                    if group["weight_decay"]:
-                        grad = grad.add(p, alpha=group["weight_decay"])
-                    state["sum"].addcmul_(grad, grad)
-                    p.addcdiv_(grad, state["sum"].sqrt().add_(group["eps"]), value=-clr)
+                    self._sparse_update(p, p.grad, state["sum"], clr, group["eps"])
+            if dense:
+                self._dense_update(dense, group)
         return loss
+
+    def _dense_update(self, params: list[torch.Tensor], group: dict) -> None:
+        """Element-wise Adagrad by torch's own functional Adagrad: the same
+        formula (g += weight_decay * p; sum += g^2; p -= clr * g / (sqrt(sum) + eps)),
+        which counts the steps too. On the CPU its fused kernel reads and writes
+        each tensor once, where the plain ops make about nine passes over the MLPs'
+        weights, gradients and sums."""
+        on_cpu = all(p.device.type == "cpu" for p in params)
+        states = [self.state[p] for p in params]
+        grads = [p.grad for p in params if p.grad is not None]
+        functional_adagrad(params, grads, [s["sum"] for s in states], [s["step"] for s in states], fused=on_cpu,
+                           foreach=False, lr=group["lr"], weight_decay=group["weight_decay"],
+                           lr_decay=group["lr_decay"], eps=group["eps"], maximize=False)
 
     @staticmethod
     def _sparse_update(p: torch.Tensor, grad: torch.Tensor, acc: torch.Tensor, clr: float, eps: float) -> None:

@@ -35,6 +35,24 @@ def test_rowwise_adagrad_against_the_formulas_with_duplicates():
     assert opt.state[w]["sum"].shape == (rows,)  # one float per row
 
 
+def test_rowwise_adagrad_dense_parameters_follow_adagrad_with_lr_decay_and_weight_decay():
+    torch.manual_seed(1)
+    lr, lr_decay, weight_decay, eps = 0.5, 0.3, 0.1, 1e-8
+    dense = torch.nn.Parameter(torch.randn(4, 3))
+    opt = RowWiseAdagrad([dense], lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay)
+    ref, acc = dense.detach().clone(), torch.zeros(4, 3)
+    for step in (1, 2, 3):
+        grad = torch.randn(4, 3)
+        dense.grad = grad.clone()
+        opt.step()
+        g = grad + weight_decay * ref
+        acc += g ** 2
+        ref -= lr / (1 + (step - 1) * lr_decay) * g / (acc.sqrt() + eps)
+        torch.testing.assert_close(dense.detach(), ref)
+        assert opt.state[dense]["step"].item() == step  # counted once a step
+    torch.testing.assert_close(opt.state[dense]["sum"], acc)
+
+
 def test_rowwise_adagrad_untouched_rows_bitwise_unchanged():
     w = torch.nn.Parameter(torch.randn(10, 3))
     before = w.detach().clone()
