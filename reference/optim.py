@@ -14,7 +14,9 @@ ranks, each rank's optimiser holds the state of its own rows.
 With ``sparse_update_kernel=native`` (CPU tables) the rows named by a sparse
 gradient are updated by the compiled kernels of reference/row_kernels.py,
 the same formulas in one pass; everything else, and every state_dict, is
-torch's.
+torch's. The dense parameters' element-wise Adagrad (row-wise Adagrad's, and
+adagrad's with the native kernels) is torch's functional Adagrad, fused on
+the CPU (:func:`dense_adagrad`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,21 @@ from torch import nn
 from torch.optim.adagrad import adagrad as functional_adagrad
 
 from .row_kernels import NativeRowKernels, native_row_kernels
+
+
+def dense_adagrad(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], group: dict) -> None:
+    """Element-wise Adagrad on ``params`` (dense gradients, state ``sum`` and
+    ``step`` in ``optimizer.state``) by torch's functional Adagrad: torch's
+    formula (g += weight_decay * p; sum += g^2; p -= clr * g / (sqrt(sum) + eps)),
+    counting the steps too. On the CPU its fused kernel reads and writes each
+    tensor once, where the plain ops make about nine passes over weights,
+    gradients and sums."""
+    states = [optimizer.state[p] for p in params]
+    grads = [p.grad for p in params if p.grad is not None]
+    functional_adagrad(params, grads, [s["sum"] for s in states], [s["step"] for s in states],
+                       fused=all(p.device.type == "cpu" for p in params), foreach=False, lr=group["lr"],
+                       weight_decay=group["weight_decay"], lr_decay=group["lr_decay"], eps=group["eps"],
+                       maximize=group.get("maximize", False))
 
 
 class RowWiseAdagrad(torch.optim.Optimizer):
@@ -72,21 +89,8 @@ class RowWiseAdagrad(torch.optim.Optimizer):
                 else:
                     self._sparse_update(p, p.grad, state["sum"], clr, group["eps"])
             if dense:
-                self._dense_update(dense, group)
+                dense_adagrad(self, dense, group)
         return loss
-
-    def _dense_update(self, params: list[torch.Tensor], group: dict) -> None:
-        """Element-wise Adagrad by torch's own functional Adagrad: the same
-        formula (g += weight_decay * p; sum += g^2; p -= clr * g / (sqrt(sum) + eps)),
-        which counts the steps too. On the CPU its fused kernel reads and writes
-        each tensor once, where the plain ops make about nine passes over the MLPs'
-        weights, gradients and sums."""
-        on_cpu = all(p.device.type == "cpu" for p in params)
-        states = [self.state[p] for p in params]
-        grads = [p.grad for p in params if p.grad is not None]
-        functional_adagrad(params, grads, [s["sum"] for s in states], [s["step"] for s in states], fused=on_cpu,
-                           foreach=False, lr=group["lr"], weight_decay=group["weight_decay"],
-                           lr_decay=group["lr_decay"], eps=group["eps"], maximize=False)
 
     @staticmethod
     def _sparse_update(p: torch.Tensor, grad: torch.Tensor, acc: torch.Tensor, clr: float, eps: float) -> None:
@@ -142,6 +146,10 @@ class _NativeRowsStep(torch.optim.Optimizer):
     def update_rows(self, p: torch.Tensor, grad: torch.Tensor, group: dict) -> None:
         raise NotImplementedError
 
+    def dense_step(self) -> None:
+        """The update of the parameters with dense gradients: the base optimiser's step."""
+        super().step()
+
     @torch.no_grad()
     def step(self, closure=None):
         loss = None
@@ -153,7 +161,7 @@ class _NativeRowsStep(torch.optim.Optimizer):
         for p, _, _ in sparse:
             p.grad = None
         try:
-            super().step()
+            self.dense_step()
             for p, grad, group in sparse:
                 self.update_rows(p, grad, group)
         finally:
@@ -182,6 +190,14 @@ class NativeRowsAdagrad(_NativeRowsStep, torch.optim.Adagrad):
     def __init__(self, params, lr: float, lr_decay: float, eps: float, kernels: NativeRowKernels):
         super().__init__(params, lr=lr, lr_decay=lr_decay, eps=eps, initial_accumulator_value=0.0, weight_decay=0.0)
         self.kernels = kernels
+
+    def dense_step(self) -> None:
+        # torch's Adagrad, fused where it can be (its own step on the CPU makes about nine passes); through the
+        # functional call, so that the param_groups, and a checkpoint's, stay those of plain torch.optim.Adagrad.
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                dense_adagrad(self, params, group)
 
     def update_rows(self, p: torch.Tensor, grad: torch.Tensor, group: dict) -> None:
         state = self.state[p]
