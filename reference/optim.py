@@ -21,6 +21,8 @@ the CPU (:func:`dense_adagrad`).
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 from torch.optim.adagrad import adagrad as functional_adagrad
@@ -34,9 +36,9 @@ def dense_adagrad(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], 
     formula (g += weight_decay * p; sum += g^2; p -= clr * g / (sqrt(sum) + eps)),
     counting the steps too. On the CPU its fused kernel reads and writes each
     tensor once, where the plain ops make about nine passes over weights,
-    gradients and sums."""
+    gradients and sums. Every one of ``params`` has a gradient (the callers pick those)."""
     states = [optimizer.state[p] for p in params]
-    grads = [p.grad for p in params if p.grad is not None]
+    grads = [cast(torch.Tensor, p.grad) for p in params]
     functional_adagrad(params, grads, [s["sum"] for s in states], [s["step"] for s in states],
                        fused=all(p.device.type == "cpu" for p in params), foreach=False, lr=group["lr"],
                        weight_decay=group["weight_decay"], lr_decay=group["lr_decay"], eps=group["eps"],
