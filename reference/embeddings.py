@@ -6,11 +6,20 @@ offsets[t] + table_sizes[t] - 1``. A batch of ids ``(B, T)`` becomes one
 gather instead of ``T`` Python-level calls, and bags of ids (jagged, see
 reference/data/jagged.py) one ``embedding_bag``; either way the gradient is
 one sparse tensor, so the optimiser touches only the rows present in the batch.
+
+With the native kernels (``sparse_update_kernel=native``, CPU tables) the
+lookup of one id per table is one compiled gather, written where its consumer
+wants it (:class:`LookupOutput`: in the consumer's compute dtype, behind
+vectors the consumer stacks in front), and its backward applies the
+optimiser's update to the rows from the gradient where it arrives
+(optim.backward_row_update) instead of building a sparse gradient: no cast
+or copy of the looked-up vectors or of their gradient on the way.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -22,6 +31,7 @@ from torch import nn
 
 from .data.jagged import Ids, JaggedIds
 from .hugepages import advise_huge_pages
+from .row_kernels import NativeRowKernels
 
 
 def init_block_rows(dim: int) -> int:
@@ -144,8 +154,64 @@ class LocalTables(nn.Module):
         return pending
 
 
+@dataclass(frozen=True)
+class LookupOutput:
+    """Where the consumer of a lookup wants its (B, T, D) vectors: ``head``
+    vectors left free in front of each sample's T (the dot interaction stacks
+    the bottom MLP's output there, so the lookup's vectors need no copy), and
+    in autocast's dtype when autocast is on (``compute_dtype``: for a consumer
+    that casts them anyway, so the values are the same)."""
+    head: int = 0
+    compute_dtype: bool = False
+
+
+def stacked(vectors: torch.Tensor, head: int) -> torch.Tensor | None:
+    """The (B, head + T, D) stack behind ``vectors`` when they are its slice
+    ``[:, head:]`` and the stack is contiguous and theirs alone (the native
+    lookup's output with ``LookupOutput(head)``); else None."""
+    if head <= 0 or vectors.dim() != 3:
+        return None
+    batch, tables, dim = vectors.shape
+    n = head + tables
+    whole = vectors.untyped_storage().nbytes() == batch * n * dim * vectors.element_size()
+    if not (whole and vectors.stride() == (n * dim, dim, 1) and vectors.storage_offset() == head * dim):
+        return None
+    return vectors.as_strided((batch, n, dim), (n * dim, dim, 1), 0)
+
+
+class _NativeLookup(torch.autograd.Function):
+    """One id per table: the rows ``rows`` (B, T) of ``weight`` gathered by the
+    native kernel into ``stack[:, head:]`` of a new (B, head + T, D) stack of
+    ``dtype``. The backward applies ``update(rows, grad)`` (the optimiser's
+    step of the rows, :func:`reference.optim.backward_row_update`) and gives
+    ``weight`` no gradient; without ``update`` it returns the sparse gradient
+    ``F.embedding(..., sparse=True)`` would."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, rows: torch.Tensor, kernels: NativeRowKernels, dtype: torch.dtype,
+                head: int, update: Callable | None) -> torch.Tensor:
+        batch, tables = rows.shape
+        stack = torch.empty(batch, head + tables, weight.shape[1], dtype=dtype)
+        ctx.save_for_backward(rows)
+        ctx.update, ctx.table_shape, ctx.table_dtype = update, weight.shape, weight.dtype
+        return kernels.gather(weight, rows, stack[:, head:])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (rows,) = ctx.saved_tensors
+        if ctx.update is not None:
+            ctx.update(rows, grad)
+            return None, None, None, None, None, None
+        values = grad.reshape(-1, ctx.table_shape[1]).to(ctx.table_dtype)
+        weight_grad = torch.sparse_coo_tensor(rows.view(1, -1), values, ctx.table_shape, check_invariants=False)
+        return weight_grad, None, None, None, None, None
+
+
 class FusedEmbeddingBag(LocalTables):
     offsets: torch.Tensor  # a buffer: moves with the module
+    lookup_output: LookupOutput = LookupOutput()  # what its consumer wants (set by the model)
+    kernels: NativeRowKernels | None = None  # the native lookup's, when used
+    update: Callable | None = None  # the optimiser's row update, applied by the native lookup's backward
 
     def __init__(self, table_sizes: list[int], dim: int, seed: int = 0, device=None):
         super().__init__()
@@ -170,6 +236,21 @@ class FusedEmbeddingBag(LocalTables):
         start = sum(self.table_sizes[:t])
         return self.weight.data[start:start + self.table_sizes[t]]
 
+    def use_native_kernels(self, kernels: NativeRowKernels | None, update: Callable | None = None) -> None:
+        """Look up one id per table with the native gather (CPU tables; None:
+        torch's lookup again); with ``update`` (optim.backward_row_update), step
+        the rows in the backward pass."""
+        if kernels is not None and self.weight.device.type != "cpu":
+            raise ValueError(f"the native lookup reads CPU tables; these are on {self.weight.device}")
+        if kernels is None and update is not None:
+            raise ValueError("the tables are stepped in the backward pass of the native lookup only")
+        self.kernels, self.update = kernels, update
+
+    def lookup_dtype(self) -> torch.dtype:
+        if self.lookup_output.compute_dtype and torch.is_autocast_enabled("cpu"):
+            return torch.get_autocast_dtype("cpu")
+        return self.weight.dtype
+
     @torch.no_grad()
     def reset_parameters(self, seed: int) -> None:
         ranges, offset = [], 0
@@ -191,5 +272,9 @@ class FusedEmbeddingBag(LocalTables):
             raise ValueError(f"expected ids of shape (batch, {self.num_tables}[, hotness]), got {tuple(ids.shape)}")
         shape = (1, -1) if ids.dim() == 2 else (1, -1, 1)
         rows = ids.long() + self.offsets.view(shape)
+        if self.kernels is not None and ids.dim() == 2:
+            update = self.update if torch.is_grad_enabled() and self.weight.requires_grad else None
+            return _NativeLookup.apply(self.weight, rows, self.kernels, self.lookup_dtype(), self.lookup_output.head,
+                                       update)
         out = F.embedding(rows, self.weight, sparse=True)
         return out if ids.dim() == 2 else out.sum(dim=2)

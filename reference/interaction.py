@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .dcn import DCNInteraction
+from .embeddings import LookupOutput, stacked
 
 
 class _Dots(torch.autograd.Function):
@@ -22,16 +23,21 @@ class _Dots(torch.autograd.Function):
     without adding a transposed copy, so dL/dV = (G + G^T) V is one ``bmm``.
     A diagonal entry (``self_interaction``) gets 2 g_ii, its derivative.
     Gradients are returned in the inputs' dtypes (fp32 for the tables).
+    With ``in_place``, embeddings that are already ``V[:, 1:]`` of a stack V
+    of ``dtype`` (the native lookup's, see DotInteraction.stack_lookup) are
+    not copied: the bottom output is written into V[:, 0].
     """
 
     @staticmethod
     def forward(ctx, dense: torch.Tensor, sparse: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
-                diagonal: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+                diagonal: torch.Tensor, dtype: torch.dtype, in_place: bool) -> torch.Tensor:
         batch, tables, dim = sparse.shape
         n = tables + 1
-        vectors = torch.empty(batch, n, dim, dtype=dtype, device=sparse.device)
+        vectors = stacked(sparse, 1) if in_place and sparse.dtype == dtype else None
+        if vectors is None:
+            vectors = torch.empty(batch, n, dim, dtype=dtype, device=sparse.device)
+            vectors[:, 1:].copy_(sparse)
         vectors[:, 0].copy_(dense)
-        vectors[:, 1:].copy_(sparse)
         gram = torch.bmm(vectors, vectors.transpose(1, 2)).view(batch, n * n)
         pairs = torch.gather(gram, 1, lower.expand(batch, -1))
         ctx.save_for_backward(vectors, lower, upper, diagonal)
@@ -51,7 +57,7 @@ class _Dots(torch.autograd.Function):
             symmetric.index_copy_(1, diagonal, symmetric.index_select(1, diagonal).mul_(2))
         grad_vectors = torch.bmm(symmetric.view(batch, n, n), vectors)
         grad_dense = (grad[:, :dim] + grad_vectors[:, 0]).to(ctx.dtypes[0])
-        return grad_dense, grad_vectors[:, 1:].to(ctx.dtypes[1]), None, None, None, None
+        return grad_dense, grad_vectors[:, 1:].to(ctx.dtypes[1]), None, None, None, None, None
 
 
 def interaction_dtype(sparse: torch.Tensor) -> torch.dtype:
@@ -73,6 +79,7 @@ class DotInteraction(nn.Module):
 
     def __init__(self, num_vectors: int, self_interaction: bool = False):
         super().__init__()
+        self.in_place = False
         offset = 1 if self_interaction else 0
         pairs = [(i, j) for i in range(num_vectors) for j in range(i + offset)]
         n = num_vectors
@@ -83,8 +90,16 @@ class DotInteraction(nn.Module):
     def output_dim(self, dim: int) -> int:
         return dim + len(self.lower)
 
+    def stack_lookup(self) -> LookupOutput:
+        """Where the model's lookup is to write, so that its vectors enter
+        the stack of this interaction without a copy or a cast; from now on the
+        slot in front of embeddings written that way is this interaction's to fill."""
+        self.in_place = True
+        return LookupOutput(head=1, compute_dtype=True)
+
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        return _Dots.apply(dense, sparse, self.lower, self.upper, self.diagonal, interaction_dtype(sparse))
+        return _Dots.apply(dense, sparse, self.lower, self.upper, self.diagonal, interaction_dtype(sparse),
+                           self.in_place)
 
 
 class CatInteraction(nn.Module):

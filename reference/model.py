@@ -14,7 +14,7 @@ from .data.jagged import Ids
 from .dcn import DCNInteraction
 from .embedding_factory import build_embeddings
 from .embeddings import EmbeddingTables, FusedEmbeddingBag
-from .interaction import build_interaction
+from .interaction import DotInteraction, build_interaction
 from .linear import Linear, resolve_kernel
 
 
@@ -85,6 +85,8 @@ class DLRM(nn.Module):
                                                     kernel=linear_kernel)
         self.top_mlp = mlp([width] + list(top_mlp), final_relu=False, generator=generator, kernel=linear_kernel,
                            init=init)
+        if isinstance(self.embeddings, FusedEmbeddingBag) and isinstance(self.interaction, DotInteraction):
+            self.embeddings.lookup_output = self.interaction.stack_lookup()
 
     @classmethod
     def from_config(cls, cfg, table_sizes: list[int], linear_kernel: str | None = None, device=None,

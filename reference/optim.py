@@ -14,20 +14,25 @@ ranks, each rank's optimiser holds the state of its own rows.
 With ``sparse_update_kernel=native`` (CPU tables) the rows named by a sparse
 gradient are updated by the compiled kernels of reference/row_kernels.py,
 the same formulas in one pass; everything else, and every state_dict, is
-torch's. The dense parameters' element-wise Adagrad (row-wise Adagrad's, and
-adagrad's with the native kernels) is torch's functional Adagrad, fused on
-the CPU (:func:`dense_adagrad`).
+torch's. The same update can be applied by the table lookup itself, in the
+backward pass, from the gradient where the layer above left it
+(:func:`backward_row_update`): the results are the same. The dense
+parameters' element-wise Adagrad (row-wise Adagrad's, and adagrad's with the
+native kernels) is torch's functional Adagrad, fused on the CPU
+(:func:`dense_adagrad`).
 """
 
 from __future__ import annotations
 
-from typing import cast
+import functools
+from collections.abc import Callable
+from typing import Protocol, cast
 
 import torch
 from torch import nn
 from torch.optim.adagrad import adagrad as functional_adagrad
 
-from .row_kernels import NativeRowKernels, native_row_kernels
+from .row_kernels import NativeRowKernels, native_row_kernels, sparse_rows
 
 
 def dense_adagrad(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], group: dict) -> None:
@@ -74,25 +79,40 @@ class RowWiseAdagrad(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = torch.tensor(0.0)
-                    shape = (p.shape[0],) if p.grad.is_sparse else p.shape
-                    state["sum"] = torch.zeros(shape, dtype=p.dtype, device=p.device)
                 if not p.grad.is_sparse:
+                    self._state(p, rows=False)
                     dense.append(p)
-                    continue
-                if group["weight_decay"]:
-                    raise RuntimeError("row-wise Adagrad: weight_decay is not supported with sparse gradients")
-                state["step"] += 1
-                clr = group["lr"] / (1 + (state["step"].item() - 1) * group["lr_decay"])
-                if self.kernels is not None and not p.is_cuda:
-                    self.kernels.rowwise_adagrad(p, p.grad, state["sum"], clr, group["eps"])
+                elif self.kernels is not None and not p.is_cuda:
+                    self.update_rows(p, *sparse_rows(p.grad, p), group)
                 else:
+                    state, clr = self._row_step(p, group)
                     self._sparse_update(p, p.grad, state["sum"], clr, group["eps"])
             if dense:
                 dense_adagrad(self, dense, group)
         return loss
+
+    def _state(self, p: torch.Tensor, rows: bool) -> dict:
+        """p's state, made on first use: one accumulator per row (sparse gradients) or per element."""
+        state = self.state[p]
+        if not state:
+            state["step"] = torch.tensor(0.0)
+            state["sum"] = torch.zeros((p.shape[0],) if rows else p.shape, dtype=p.dtype, device=p.device)
+        return state
+
+    def _row_step(self, p: torch.Tensor, group: dict) -> tuple[dict, float]:
+        """Counts a step of p's rows; returns p's state and this step's lr."""
+        if group["weight_decay"]:
+            raise RuntimeError("row-wise Adagrad: weight_decay is not supported with sparse gradients")
+        state = self._state(p, rows=True)
+        state["step"] += 1
+        return state, group["lr"] / (1 + (state["step"].item() - 1) * group["lr_decay"])
+
+    def update_rows(self, p: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor, group: dict) -> None:
+        """The step of p's rows ``rows`` (a CPU table) from their gradient vectors, by the native kernel."""
+        if self.kernels is None:
+            raise RuntimeError("row-wise Adagrad without native kernels updates rows only from sparse gradients")
+        state, clr = self._row_step(p, group)
+        self.kernels.rowwise_adagrad(p, rows, grad, state["sum"], clr, group["eps"])
 
     @staticmethod
     def _sparse_update(p: torch.Tensor, grad: torch.Tensor, acc: torch.Tensor, clr: float, eps: float) -> None:
@@ -145,7 +165,8 @@ class _NativeRowsStep(torch.optim.Optimizer):
 
     kernels: NativeRowKernels
 
-    def update_rows(self, p: torch.Tensor, grad: torch.Tensor, group: dict) -> None:
+    def update_rows(self, p: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor, group: dict) -> None:
+        """The step of p's rows ``rows`` from their gradient vectors ``grad`` (one per id, duplicates included)."""
         raise NotImplementedError
 
     def dense_step(self) -> None:
@@ -165,7 +186,7 @@ class _NativeRowsStep(torch.optim.Optimizer):
         try:
             self.dense_step()
             for p, grad, group in sparse:
-                self.update_rows(p, grad, group)
+                self.update_rows(p, *sparse_rows(grad, p), group)
         finally:
             for p, grad, _ in sparse:
                 p.grad = grad
@@ -181,8 +202,8 @@ class NativeRowsSGD(_NativeRowsStep, torch.optim.SGD):
         super().__init__(params, lr=lr)
         self.kernels = kernels
 
-    def update_rows(self, p: torch.Tensor, grad: torch.Tensor, group: dict) -> None:
-        self.kernels.sgd(p, grad, group["lr"])
+    def update_rows(self, p: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor, group: dict) -> None:
+        self.kernels.sgd(p, rows, grad, group["lr"])
 
 
 class NativeRowsAdagrad(_NativeRowsStep, torch.optim.Adagrad):
@@ -201,11 +222,39 @@ class NativeRowsAdagrad(_NativeRowsStep, torch.optim.Adagrad):
             if params:
                 dense_adagrad(self, params, group)
 
-    def update_rows(self, p: torch.Tensor, grad: torch.Tensor, group: dict) -> None:
+    def update_rows(self, p: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor, group: dict) -> None:
         state = self.state[p]
         state["step"] += 1
         clr = group["lr"] / (1 + (state["step"].item() - 1) * group["lr_decay"])
-        self.kernels.adagrad(p, grad, state["sum"], clr, group["eps"])
+        self.kernels.adagrad(p, rows, grad, state["sum"], clr, group["eps"])
+
+
+class UpdatesRows(Protocol):
+    """An optimiser that can step a CPU table's rows from their gradient vectors (native kernels)."""
+
+    param_groups: list[dict]
+
+    def update_rows(self, p: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor, group: dict) -> None: ...
+
+
+RowUpdate = Callable[[torch.Tensor, torch.Tensor], None]
+
+
+def backward_row_update(optimizer: torch.optim.Optimizer, p: torch.Tensor) -> RowUpdate | None:
+    """The optimiser's step of the table ``p``, as ``update(rows, grad)`` for a
+    lookup to apply in its backward pass instead of handing p a sparse
+    gradient (embeddings.FusedEmbeddingBag.use_native_kernels); None where the
+    optimiser has no native kernels for p. The lookup then reads the gradient
+    where the layer above left it (a bf16 gradient stays bf16, a slice of a
+    stack is not copied), and p never gets a ``.grad``, so the optimiser's own
+    step leaves it alone. The same formulas, state and lr as the step, so the
+    results are the same: the lr is set before the forward pass, and nothing
+    else reads a table's gradient."""
+    if p.is_cuda or not (isinstance(optimizer, _NativeRowsStep)
+                         or (isinstance(optimizer, RowWiseAdagrad) and optimizer.kernels is not None)):
+        return None
+    group = next(g for g in optimizer.param_groups if any(q is p for q in g["params"]))
+    return functools.partial(cast(UpdatesRows, optimizer).update_rows, p, group=group)
 
 
 def build_optimizer(name: str, model: nn.Module, lr: float, eps: float = 1e-10, lr_decay: float = 0.0,

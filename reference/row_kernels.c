@@ -1,28 +1,115 @@
-/* The optimisers' updates of embedding rows from a sparse gradient, for fp32
- * tables on the CPU (reference/row_kernels.py compiles this file at start-up and
- * says why these exist).
+/* The table lookup and the optimisers' updates of embedding rows, for fp32 tables
+ * on the CPU (reference/row_kernels.py compiles this file at start-up and says why
+ * these exist).
  *
- * A gradient is n rows of `dim` floats, `g`, for the table rows `rows` (duplicates
- * included, in batch order). The kernels run in torch's own OpenMP thread pool: this
- * library is loaded after torch, so its libgomp.so.1 is the one torch has loaded,
- * and its parallel regions reuse torch's threads instead of competing with them
- * for the cores. No two threads ever write the same row, and each row's result is
- * the same whatever the thread count.
+ * The rows `rows` (duplicates included, in batch order) are named by n = B * T
+ * ids: sample b's id of table t is rows[b * T + t]. Their vectors (the lookup's
+ * output, the gradient the updates read) are laid out as a (B, T, dim) view of a
+ * larger buffer: vector i is at `i / T * sample_stride + i % T * dim` elements from
+ * the start, so a lookup can write into a stack that holds other vectors too, and
+ * an update reads its gradient where the backward left it, without a copy. They
+ * are fp32 or bf16 (`bf16` nonzero).
+ *
+ * The kernels run in torch's own OpenMP thread pool: this library is loaded after
+ * torch, so its libgomp.so.1 is the one torch has loaded, and its parallel regions
+ * reuse torch's threads instead of competing with them for the cores. No two
+ * threads ever write the same row, and each row's result is the same whatever the
+ * thread count.
  */
+#include <immintrin.h>
 #include <math.h>
 #include <omp.h>
 #include <stdint.h>
+#include <string.h>
 
-/* A table row is read far from the last one: fetch the row needed this many gradient rows ahead. */
+/* A table row is read far from the last one: fetch the row needed this many vectors ahead
+ * (the lookup's loop is short enough for the CPU to overlap a few rows by itself; measured,
+ * benchmarks/RESULTS.md). */
 #define AHEAD 16
+#define GATHER_AHEAD 2
 
 static inline void prefetch_row(const float *row, int64_t dim) {
   for (int64_t j = 0; j < dim; j += 16) __builtin_prefetch(row + j, 1);
 }
 
+typedef struct {
+  void *base;
+  int64_t per_sample, sample_stride, dim;
+  int bf16;
+} Vectors;
+
+static inline int64_t vector_offset(const Vectors *v, int64_t i) {
+  return i / v->per_sample * v->sample_stride + i % v->per_sample * v->dim;
+}
+
+static inline float bf16_to_float(uint16_t h) {
+  const uint32_t u = (uint32_t)h << 16;
+  float f;
+  memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+/* Round to nearest even, NaN to the quiet NaN 0x7FC0: torch's conversion (c10::BFloat16). */
+static inline uint16_t float_to_bf16(float f) {
+  uint32_t u;
+  memcpy(&u, &f, sizeof u);
+  const uint16_t rounded = (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+  return (u & 0x7FFFFFFFu) > 0x7F800000u ? (uint16_t)0x7FC0 : rounded;
+}
+
+/* dst = vector i of g, as fp32. */
+static inline void load_vector(float *dst, const Vectors *g, int64_t i) {
+  const int64_t at = vector_offset(g, i), dim = g->dim;
+  if (g->bf16) {
+    const uint16_t *src = (const uint16_t *)g->base + at;
+#pragma omp simd
+    for (int64_t j = 0; j < dim; j++) dst[j] = bf16_to_float(src[j]);
+  } else {
+    memcpy(dst, (const float *)g->base + at, (size_t)dim * sizeof(float));
+  }
+}
+
+/* dst = src rounded to bf16. With AVX512_BF16 one instruction per 16 values: the loop stays
+ * short, and the rows' loads overlap (the portable loop made the lookup 1.5x slower). It rounds
+ * alike but reads subnormals as zero, so a row that holds one is done again the portable way.
+ * A NaN stays a NaN, with the payload's top bits. */
+static inline void row_to_bf16(uint16_t *dst, const float *src, int64_t dim) {
+  int64_t j = 0;
+#if defined(__AVX512BF16__) && defined(__AVX512DQ__)
+  __mmask16 subnormal = 0;
+  for (; j + 16 <= dim; j += 16) {
+    const __m512 v = _mm512_loadu_ps(src + j);
+    subnormal |= _mm512_fpclass_ps_mask(v, 0x20);
+    _mm256_storeu_si256((__m256i *)(dst + j), (__m256i)_mm512_cvtneps_pbh(v));
+  }
+  if (subnormal) j = 0;
+#endif
+#pragma omp simd
+  for (int64_t k = j; k < dim; k++) dst[k] = float_to_bf16(src[k]);
+}
+
+/* The lookup: vector i of out = table row rows[i], cast to bf16 if out is bf16. */
+void gather_rows(const float *w, const int64_t *rows, int64_t n, void *out, int64_t per_sample,
+                 int64_t sample_stride, int64_t dim, int bf16, int threads) {
+  const Vectors o = {out, per_sample, sample_stride, dim, bf16};
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t i = 0; i < n; i++) {
+    if (i + GATHER_AHEAD < n) prefetch_row(w + rows[i + GATHER_AHEAD] * dim, dim);
+    const float *wr = w + rows[i] * dim;
+    const int64_t at = vector_offset(&o, i);
+    if (bf16) {
+      row_to_bf16((uint16_t *)out + at, wr, dim);
+    } else {
+      memcpy((float *)out + at, wr, (size_t)dim * sizeof(float));
+    }
+  }
+}
+
 /* SGD: w[rows[i]] += alpha * g[i], each row's updates applied in batch order. Thread t
  * of T updates the rows r with r % T == t, so the update needs no sort. */
-void sgd_rows(float *w, int64_t dim, const int64_t *rows, const float *g, int64_t n, float alpha, int threads) {
+void sgd_rows(float *w, const int64_t *rows, int64_t n, const void *grad, int64_t per_sample, int64_t sample_stride,
+              int64_t dim, int bf16, float alpha, int threads) {
+  const Vectors g = {(void *)grad, per_sample, sample_stride, dim, bf16};
 #pragma omp parallel num_threads(threads)
   {
     const uint64_t t = (uint64_t)omp_get_thread_num(), T = (uint64_t)omp_get_num_threads();
@@ -31,9 +118,16 @@ void sgd_rows(float *w, int64_t dim, const int64_t *rows, const float *g, int64_
       const int64_t r = rows[i];
       if ((uint64_t)r % T != t) continue;
       float *wr = w + r * dim;
-      const float *gr = g + i * dim;
+      const int64_t at = vector_offset(&g, i);
+      if (bf16) {
+        const uint16_t *gr = (const uint16_t *)grad + at;
 #pragma omp simd
-      for (int64_t j = 0; j < dim; j++) wr[j] += alpha * gr[j];
+        for (int64_t j = 0; j < dim; j++) wr[j] += alpha * bf16_to_float(gr[j]);
+      } else {
+        const float *gr = (const float *)grad + at;
+#pragma omp simd
+        for (int64_t j = 0; j < dim; j++) wr[j] += alpha * gr[j];
+      }
     }
   }
 }
@@ -51,31 +145,32 @@ static void run_share(const int64_t *sorted, int64_t n, int64_t t, int64_t T, in
 }
 
 /* sum = the gradient rows of the run starting at k; returns the position after the run. */
-static inline int64_t sum_run(float *sum, int64_t dim, const int64_t *sorted, const int64_t *order, const float *g,
-                              int64_t k, int64_t hi) {
-  const int64_t r = sorted[k];
-  const float *g0 = g + order[k] * dim;
-  for (int64_t j = 0; j < dim; j++) sum[j] = g0[j];
+static inline int64_t sum_run(float *sum, float *scratch, const int64_t *sorted, const int64_t *order,
+                              const Vectors *g, int64_t k, int64_t hi) {
+  const int64_t r = sorted[k], dim = g->dim;
+  load_vector(sum, g, order[k]);
   for (k++; k < hi && sorted[k] == r; k++) {
-    const float *gk = g + order[k] * dim;
+    load_vector(scratch, g, order[k]);
 #pragma omp simd
-    for (int64_t j = 0; j < dim; j++) sum[j] += gk[j];
+    for (int64_t j = 0; j < dim; j++) sum[j] += scratch[j];
   }
   return k;
 }
 
 /* Row-wise Adagrad (REFERENCE.md): acc[r] += mean(sum^2); w[r] -= lr * sum / (sqrt(acc[r]) + eps). */
-void rowwise_adagrad_rows(float *w, float *acc, int64_t dim, const int64_t *sorted, const int64_t *order,
-                          const float *g, int64_t n, float lr, float eps, int threads) {
+void rowwise_adagrad_rows(float *w, float *acc, const int64_t *sorted, const int64_t *order, int64_t n,
+                          const void *grad, int64_t per_sample, int64_t sample_stride, int64_t dim, int bf16, float lr,
+                          float eps, int threads) {
+  const Vectors g = {(void *)grad, per_sample, sample_stride, dim, bf16};
 #pragma omp parallel num_threads(threads)
   {
     int64_t lo, hi;
     run_share(sorted, n, omp_get_thread_num(), omp_get_num_threads(), &lo, &hi);
-    float sum[dim];
+    float sum[dim], scratch[dim];
     for (int64_t k = lo; k < hi;) {
       const int64_t r = sorted[k];
       if (k + AHEAD < hi) prefetch_row(w + sorted[k + AHEAD] * dim, dim);
-      k = sum_run(sum, dim, sorted, order, g, k, hi);
+      k = sum_run(sum, scratch, sorted, order, &g, k, hi);
       float squares = 0.0f;
 #pragma omp simd reduction(+ : squares)
       for (int64_t j = 0; j < dim; j++) squares += sum[j] * sum[j];
@@ -90,20 +185,21 @@ void rowwise_adagrad_rows(float *w, float *acc, int64_t dim, const int64_t *sort
 }
 
 /* Element-wise Adagrad, torch's sparse formula: s[r] += sum^2; w[r] -= lr * (sum / (sqrt(s[r]) + eps)). */
-void adagrad_rows(float *w, float *state, int64_t dim, const int64_t *sorted, const int64_t *order, const float *g,
-                  int64_t n, float lr, float eps, int threads) {
+void adagrad_rows(float *w, float *state, const int64_t *sorted, const int64_t *order, int64_t n, const void *grad,
+                  int64_t per_sample, int64_t sample_stride, int64_t dim, int bf16, float lr, float eps, int threads) {
+  const Vectors g = {(void *)grad, per_sample, sample_stride, dim, bf16};
 #pragma omp parallel num_threads(threads)
   {
     int64_t lo, hi;
     run_share(sorted, n, omp_get_thread_num(), omp_get_num_threads(), &lo, &hi);
-    float sum[dim];
+    float sum[dim], scratch[dim];
     for (int64_t k = lo; k < hi;) {
       const int64_t r = sorted[k];
       if (k + AHEAD < hi) {
         prefetch_row(w + sorted[k + AHEAD] * dim, dim);
         prefetch_row(state + sorted[k + AHEAD] * dim, dim);
       }
-      k = sum_run(sum, dim, sorted, order, g, k, hi);
+      k = sum_run(sum, scratch, sorted, order, &g, k, hi);
       float *wr = w + r * dim, *sr = state + r * dim;
 #pragma omp simd
       for (int64_t j = 0; j < dim; j++) {

@@ -1,4 +1,6 @@
-"""Native kernels for the optimisers' updates of embedding rows (row_kernels.c).
+"""Native kernels for the embedding tables on the CPU (row_kernels.c): the
+lookup of one id per table, and the optimisers' updates of the rows a batch
+names.
 
 An embedding table's gradient is sparse: one row of ``dim`` values per id in
 the batch (53,248 rows for the MLPerf batch of 2048 over 26 tables, 438,272
@@ -7,9 +9,13 @@ several passes over those rows (coalescing, masks, index copies) and, for
 SGD, update them one BLAS call per row. The kernels read each gradient row
 once, update its table row in place, prefetch the table rows ahead of use
 (they are scattered over gigabytes), and run in torch's own OpenMP thread
-pool. Beside torch's ops in one run (benchmarks/RESULTS.md): the bf16 step of
-the MLPerf architecture 0.93x (SGD) and 0.90x (row-wise Adagrad), a DLRMv2
-fp32 step (Adagrad) 0.45x.
+pool. The lookup gathers the rows the same way, straight into the layout and
+dtype its consumer computes in, and the updates read their gradient where
+the backward pass left it, fp32 or bf16, a slice of a larger stack or not
+(reference/embeddings.py), so neither is copied or cast on the way. Beside
+torch's ops in one run (benchmarks/RESULTS.md): the bf16 step of the MLPerf
+architecture 0.93x (SGD) and 0.90x (row-wise Adagrad) with the updates
+alone, a DLRMv2 fp32 step (Adagrad) 0.45x.
 
 The library is compiled when a run starts (well under a second), for this
 CPU (``-march=native``), into a temporary folder that is removed once it is
@@ -36,11 +42,14 @@ SOURCE = Path(__file__).with_name("row_kernels.c")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-shared", "-fPIC"]
 
 _P, _I64, _F32, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
+_VECTORS = [_P, _I64, _I64, _I64, _INT]  # base, per_sample, sample_stride, dim, bf16 (row_kernels.c)
 _SIGNATURES = {
-    "sgd_rows": [_P, _I64, _P, _P, _I64, _F32, _INT],
-    "rowwise_adagrad_rows": [_P, _P, _I64, _P, _P, _P, _I64, _F32, _F32, _INT],
-    "adagrad_rows": [_P, _P, _I64, _P, _P, _P, _I64, _F32, _F32, _INT],
+    "gather_rows": [_P, _P, _I64, *_VECTORS, _INT],
+    "sgd_rows": [_P, _P, _I64, *_VECTORS, _F32, _INT],
+    "rowwise_adagrad_rows": [_P, _P, _P, _P, _I64, *_VECTORS, _F32, _F32, _INT],
+    "adagrad_rows": [_P, _P, _P, _P, _I64, *_VECTORS, _F32, _F32, _INT],
 }
+VECTOR_DTYPES = (torch.float32, torch.bfloat16)
 
 
 class NativeKernelError(RuntimeError):
@@ -71,8 +80,9 @@ def _build(folder: str) -> str:
 
 
 class NativeRowKernels:
-    """The compiled kernels, each applying one optimiser's update to the rows
-    of a fp32 CPU table named by a sparse gradient, duplicates included."""
+    """The compiled kernels: the lookup of a fp32 CPU table's rows, and each
+    optimiser's update of the rows named by ids, duplicates included, from one
+    gradient vector per id."""
 
     def __init__(self, library: ctypes.CDLL):
         self._lib = library
@@ -81,53 +91,100 @@ class NativeRowKernels:
             getattr(library, name).restype = None
 
     @staticmethod
-    def _rows(weight: torch.Tensor, grad: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The gradient's row ids and values, checked against the table: a wrong
-        pointer or stride here would write outside it."""
+    def _table(weight: torch.Tensor, *state: torch.Tensor) -> None:
         if not (weight.device.type == "cpu" and weight.dtype == torch.float32 and weight.dim() == 2
                 and weight.is_contiguous()):
-            raise ValueError(f"native row kernels update contiguous 2-D fp32 CPU tables, got {weight.dtype} "
+            raise ValueError(f"native row kernels read and update contiguous 2-D fp32 CPU tables, got {weight.dtype} "
                              f"{tuple(weight.shape)} on {weight.device}")
-        if not (grad.is_sparse and grad.sparse_dim() == 1 and grad.shape == weight.shape
-                and grad.dtype == torch.float32):
-            raise ValueError(f"expected a sparse fp32 gradient of the table's shape {tuple(weight.shape)} with one "
-                             f"sparse dimension, got {grad.layout} {grad.dtype} {tuple(grad.shape)}")
         for s in state:
             if not (s.dtype == torch.float32 and s.is_contiguous() and s.shape[0] == weight.shape[0]):
                 raise ValueError(f"optimiser state {s.dtype} {tuple(s.shape)} does not match the table "
                                  f"{tuple(weight.shape)}")
-        rows = grad._indices()[0].contiguous()
-        values = grad._values().contiguous()
+
+    @staticmethod
+    def _rows(weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The row ids, flat and checked against the table: a row outside it would be read or written outside it."""
+        if rows.dtype != torch.int64 or rows.device.type != "cpu":
+            raise ValueError(f"row ids must be int64 on the CPU, got {rows.dtype} on {rows.device}")
+        rows = rows.reshape(-1).contiguous()
         if rows.numel() and not 0 <= int(rows.min()) <= int(rows.max()) < weight.shape[0]:
-            raise IndexError(f"gradient rows outside the table's {weight.shape[0]} rows")
-        return rows, values
+            raise IndexError(f"row ids outside the table's {weight.shape[0]} rows")
+        return rows
 
-    def sgd(self, weight: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
-        """weight -= lr * grad, duplicates applied one after the other in batch order."""
-        rows, values = self._rows(weight, grad)
-        self._lib.sgd_rows(weight.data_ptr(), weight.shape[1], rows.data_ptr(), values.data_ptr(), rows.numel(),
-                           -lr, torch.get_num_threads())
+    @staticmethod
+    def _layout(vectors: torch.Tensor, n: int, dim: int) -> tuple[int, int] | None:
+        """(vectors per sample, sample stride) of ``n`` vectors of ``dim`` values laid
+        out as the kernels read and write them (row_kernels.c): (n, dim) contiguous,
+        or a (B, T, dim) view whose T vectors of a sample are contiguous and whose
+        samples do not overlap (a slice of a larger stack); else None."""
+        if vectors.dim() == 2 and vectors.shape == (n, dim) and vectors.is_contiguous():
+            return 1, dim
+        if (vectors.dim() == 3 and vectors.shape[0] * vectors.shape[1] == n and vectors.shape[2] == dim
+                and vectors.stride()[1:] == (dim, 1) and vectors.stride(0) >= vectors.shape[1] * dim):
+            return vectors.shape[1], vectors.stride(0)
+        return None
 
-    def rowwise_adagrad(self, weight: torch.Tensor, grad: torch.Tensor, acc: torch.Tensor, lr: float,
-                        eps: float) -> None:
+    def _vectors(self, vectors: torch.Tensor, n: int, dim: int, copy: bool = False) -> tuple:
+        """The kernels' arguments for ``vectors``; in another layout they are copied
+        (``copy``: they are only read) or refused."""
+        if vectors.dtype not in VECTOR_DTYPES or vectors.device.type != "cpu":
+            raise ValueError(f"vectors must be fp32 or bf16 on the CPU, got {vectors.dtype} on {vectors.device}")
+        layout = self._layout(vectors, n, dim)
+        if layout is None and copy:
+            vectors = vectors.contiguous()
+            layout = self._layout(vectors, n, dim)
+        if layout is None:
+            raise ValueError(f"expected {n} vectors of {dim} values, (n, dim) contiguous or (B, T, dim) with each "
+                             f"sample's vectors contiguous; got shape {tuple(vectors.shape)}, "
+                             f"strides {vectors.stride()}")
+        return vectors.data_ptr(), *layout, dim, int(vectors.dtype == torch.bfloat16)
+
+    def gather(self, weight: torch.Tensor, rows: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """out[b, t] = weight[rows[b, t]], cast to out's dtype (fp32, or bf16 rounded as torch rounds);
+        ``out`` may be a slice of a larger stack (see :meth:`_vectors`). Returns ``out``."""
+        self._table(weight)
+        flat = self._rows(weight, rows)
+        self._lib.gather_rows(weight.data_ptr(), flat.data_ptr(), flat.numel(),
+                              *self._vectors(out, flat.numel(), weight.shape[1]), torch.get_num_threads())
+        return out
+
+    def sgd(self, weight: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
+        """weight[rows[i]] -= lr * grad[i], duplicates applied one after the other in batch order."""
+        self._table(weight)
+        rows = self._rows(weight, rows)
+        self._lib.sgd_rows(weight.data_ptr(), rows.data_ptr(), rows.numel(),
+                           *self._vectors(grad, rows.numel(), weight.shape[1], copy=True), -lr, torch.get_num_threads())
+
+    def rowwise_adagrad(self, weight: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor, acc: torch.Tensor,
+                        lr: float, eps: float) -> None:
         """Row-wise Adagrad (optim.RowWiseAdagrad) on the summed gradient of each row present."""
-        rows, values = self._rows(weight, grad, acc)
-        self._runs("rowwise_adagrad_rows", weight, acc, rows, values, lr, eps)
+        self._table(weight, acc)
+        self._runs("rowwise_adagrad_rows", weight, acc, rows, grad, lr, eps)
 
-    def adagrad(self, weight: torch.Tensor, grad: torch.Tensor, state_sum: torch.Tensor, lr: float,
-                eps: float) -> None:
+    def adagrad(self, weight: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor, state_sum: torch.Tensor,
+                lr: float, eps: float) -> None:
         """torch's sparse Adagrad on the summed gradient of each row present (``lr``: after lr_decay)."""
         if state_sum.shape != weight.shape:
             raise ValueError(f"Adagrad state {tuple(state_sum.shape)} does not match the table {tuple(weight.shape)}")
-        rows, values = self._rows(weight, grad, state_sum)
-        self._runs("adagrad_rows", weight, state_sum, rows, values, lr, eps)
+        self._table(weight, state_sum)
+        self._runs("adagrad_rows", weight, state_sum, rows, grad, lr, eps)
 
-    def _runs(self, name: str, weight: torch.Tensor, state: torch.Tensor, rows: torch.Tensor, values: torch.Tensor,
+    def _runs(self, name: str, weight: torch.Tensor, state: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor,
               lr: float, eps: float) -> None:
+        rows = self._rows(weight, rows)
         # Stable: each row's gradients are summed in batch order, so the sums do not depend on the threads.
         sorted_rows, order = torch.sort(rows, stable=True)
-        getattr(self._lib, name)(weight.data_ptr(), state.data_ptr(), weight.shape[1], sorted_rows.data_ptr(),
-                                 order.data_ptr(), values.data_ptr(), rows.numel(), lr, eps, torch.get_num_threads())
+        getattr(self._lib, name)(weight.data_ptr(), state.data_ptr(), sorted_rows.data_ptr(), order.data_ptr(),
+                                 rows.numel(), *self._vectors(grad, rows.numel(), weight.shape[1], copy=True), lr, eps,
+                                 torch.get_num_threads())
+
+
+def sparse_rows(grad: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The row ids and values of a sparse gradient of ``weight`` (one sparse dimension), as the kernels take them."""
+    if not (grad.is_sparse and grad.sparse_dim() == 1 and grad.shape == weight.shape):
+        raise ValueError(f"expected a sparse gradient of the table's shape {tuple(weight.shape)} with one sparse "
+                         f"dimension, got {grad.layout} {grad.dtype} {tuple(grad.shape)}")
+    return grad._indices()[0], grad._values().contiguous()
 
 
 @functools.cache

@@ -20,11 +20,13 @@ from .config import Config
 from .data.loader import Dataset
 from .data.pipeline import Batches
 from .distributed import runtime
+from .embeddings import FusedEmbeddingBag
 from .loss_meter import LossMeter
 from .mlperf_conventions import convention_for
 from .mlperf_log import MLPerfLogger, RunBracketing
 from .model import DLRM
-from .optim import build_optimizer, set_learning_rate
+from .optim import backward_row_update, build_optimizer, set_learning_rate
+from .row_kernels import native_row_kernels
 from .schedule import PolyWarmupSchedule
 from .training_state import TrainingState
 
@@ -88,6 +90,11 @@ class Trainer:
         self.sparse_update_kernel, self.sparse_update_reason = runtime.make_sparse_update_kernel(cfg, self.device)
         self.optimizer = build_optimizer(cfg.optimizer, model, cfg.learning_rate, cfg.adagrad_eps,
                                          cfg.adagrad_lr_decay, self.sparse_update_kernel)
+        tables = self.model.embeddings
+        if self.sparse_update_kernel == "native" and isinstance(tables, FusedEmbeddingBag):
+            # The lookup and the tables' step in its backward, on the same kernels (reference/embeddings.py).
+            tables.use_native_kernels(native_row_kernels(), backward_row_update(self.optimizer, tables.weight))
+            self.sparse_update_reason += "; the lookup too, stepping the tables in its backward pass"
         self.schedule = PolyWarmupSchedule.from_config(cfg)
         self.checkpoints = checkpoint.CheckpointPolicy(cfg.checkpoint_path, cfg.checkpoint_every)
         self.state = TrainingState()

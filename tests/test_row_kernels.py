@@ -13,7 +13,7 @@ from reference import train
 from reference.config import Config, ConfigError
 from reference.embeddings import FusedEmbeddingBag
 from reference.optim import NativeRowsAdagrad, NativeRowsSGD, build_optimizer
-from reference.row_kernels import NativeKernelError, native_row_kernels, resolve_sparse_update_kernel
+from reference.row_kernels import NativeKernelError, native_row_kernels, resolve_sparse_update_kernel, sparse_rows
 
 OPTIMIZERS = ["sgd", "rowwise_adagrad", "adagrad"]
 
@@ -82,26 +82,32 @@ def test_native_updates_are_the_same_for_any_thread_count(optimizer):
 def test_native_sgd_applies_duplicates_one_after_the_other():
     kernels = native_or_skip()
     weight = torch.zeros(4, 3)
-    grad = torch.sparse_coo_tensor(torch.tensor([[2, 0, 2]]), torch.tensor([[1.0, 2, 3], [4, 5, 6], [7, 8, 9]]),
-                                   (4, 3))
-    kernels.sgd(weight, grad, 0.5)
+    kernels.sgd(weight, torch.tensor([2, 0, 2]), torch.tensor([[1.0, 2, 3], [4, 5, 6], [7, 8, 9]]), 0.5)
     assert weight.tolist() == [[-2, -2.5, -3], [0, 0, 0], [-4, -5, -6], [0, 0, 0]]
 
 
 def test_native_kernels_reject_what_they_cannot_update():
     kernels = native_or_skip()
     weight = torch.zeros(4, 3)
-    outside = torch.sparse_coo_tensor(torch.tensor([[1, 9]]), torch.ones(2, 3), (10, 3))
     with pytest.raises(ValueError, match="gradient of the table's shape"):
-        kernels.sgd(weight, outside, 0.1)
-    unchecked = torch.sparse_coo_tensor(torch.tensor([[1, 9]]), torch.ones(2, 3), (4, 3), check_invariants=False)
+        sparse_rows(torch.sparse_coo_tensor(torch.tensor([[1, 9]]), torch.ones(2, 3), (10, 3)), weight)
     with pytest.raises(IndexError, match="outside the table's 4 rows"):
-        kernels.sgd(weight, unchecked, 0.1)
+        kernels.sgd(weight, torch.tensor([1, 9]), torch.ones(2, 3), 0.1)
+    with pytest.raises(IndexError, match="outside the table's 4 rows"):
+        kernels.gather(weight, torch.tensor([[-1]]), torch.empty(1, 1, 3))
     with pytest.raises(ValueError, match="fp32 CPU tables"):
-        kernels.sgd(weight.double(), outside.double(), 0.1)
-    grad = torch.sparse_coo_tensor(torch.tensor([[1]]), torch.ones(1, 3), (4, 3))
+        kernels.sgd(weight.double(), torch.tensor([1]), torch.ones(1, 3), 0.1)
     with pytest.raises(ValueError, match="optimiser state"):
-        kernels.rowwise_adagrad(weight, grad, torch.zeros(3), 0.1, 1e-8)
+        kernels.rowwise_adagrad(weight, torch.tensor([1]), torch.ones(1, 3), torch.zeros(3), 0.1, 1e-8)
+    with pytest.raises(ValueError, match="fp32 or bf16"):
+        kernels.sgd(weight, torch.tensor([1]), torch.ones(1, 3, dtype=torch.float16), 0.1)
+    with pytest.raises(ValueError, match="int64"):
+        kernels.sgd(weight, torch.tensor([1], dtype=torch.int32), torch.ones(1, 3), 0.1)
+    with pytest.raises(ValueError, match=r"expected 2 vectors of 3 values.*strides \(3, 1\)"):
+        kernels.sgd(weight, torch.tensor([1, 2]), torch.ones(3, 3), 0.1)
+    # The lookup writes: an output whose samples overlap is refused, not written twice.
+    with pytest.raises(ValueError, match="each sample's vectors contiguous"):
+        kernels.gather(weight, torch.tensor([[1, 2], [0, 3]]), torch.empty(6, 3).as_strided((2, 2, 3), (3, 3, 1)))
 
 
 # In a fresh process (other libraries bring their own OpenMP, scikit-learn's among them): the OpenMP
