@@ -129,6 +129,8 @@ class NativeRowKernels:
         (``copy``: they are only read) or refused."""
         if vectors.dtype not in VECTOR_DTYPES or vectors.device.type != "cpu":
             raise ValueError(f"vectors must be fp32 or bf16 on the CPU, got {vectors.dtype} on {vectors.device}")
+        if n >= 2**32:
+            raise ValueError(f"{n} vectors: the kernels index fewer than 2**32")
         layout = self._layout(vectors, n, dim)
         if layout is None and copy:
             vectors = vectors.contiguous()
