@@ -12,10 +12,11 @@ once, update its table row in place, prefetch the table rows ahead of use
 pool. The lookup gathers the rows the same way, straight into the layout and
 dtype its consumer computes in, and the updates read their gradient where
 the backward pass left it, fp32 or bf16, a slice of a larger stack or not
-(reference/embeddings.py), so neither is copied or cast on the way. Beside
-torch's ops in one run (benchmarks/RESULTS.md): the bf16 step of the MLPerf
-architecture 0.93x (SGD) and 0.90x (row-wise Adagrad) with the updates
-alone, a DLRMv2 fp32 step (Adagrad) 0.45x.
+(reference/embeddings.py), so neither is copied or cast on the way. Measured
+within one run each (benchmarks/RESULTS.md): the updates alone took the bf16
+step of the MLPerf architecture to 0.93x of torch's ops (SGD) and 0.90x
+(row-wise Adagrad), the lookup then to 0.91-0.92x and 0.92-0.94x of that;
+a DLRMv2 fp32 step (Adagrad) is 0.45x of torch's.
 
 The library is compiled when a run starts (well under a second), for this
 CPU (``-march=native``), into a temporary folder that is removed once it is
