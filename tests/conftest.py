@@ -9,6 +9,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from reference.config import Config  # noqa: E402
+from reference.row_kernels import native_row_kernels  # noqa: E402
 from reference.synthetic import SyntheticSpec, generate  # noqa: E402
 
 SMALL_TABLES = [40, 3, 25, 7, 60, 3, 12, 5, 9, 50, 30, 20, 4, 11, 18, 6, 4, 8, 5, 45, 35, 40, 15, 10, 6, 5]
@@ -70,3 +71,12 @@ def save_like_the_seed(path, model):
     torch.save({"epoch": 0, "nepochs": 1, "nbatches": 20, "nbatches_test": 2, "iter": 20,
                 "state_dict": state, "train_acc": np.float64(0.75), "train_loss": np.float32(0.5),
                 "test_acc": np.float64(0.76), "test_loss": np.float64(0.49), "opt_state_dict": {}}, path)
+
+
+@pytest.fixture
+def fresh_build(monkeypatch):
+    """native_row_kernels() compiles again under this test's environment, and again after it."""
+    native_row_kernels.cache_clear()
+    yield monkeypatch
+    monkeypatch.undo()
+    native_row_kernels.cache_clear()

@@ -2,6 +2,10 @@
 backward pass (optim.backward_row_update): the same values, gradients and
 trained weights as torch's lookup followed by the optimiser's step."""
 
+import os
+import shutil
+import stat
+
 import pytest
 import torch
 
@@ -56,7 +60,23 @@ def test_the_native_lookup_returns_torchs_vectors_behind_a_free_head(head):
 
 
 def test_in_the_compute_dtype_it_rounds_as_torch_casts():
-    kernels = kernels_or_skip()
+    assert_rounds_as_torch(kernels_or_skip())
+
+
+def test_without_avx512_bf16_the_portable_cast_rounds_alike(fresh_build, tmp_path):
+    """The kernels use AVX512_BF16's conversion where the CPU has it; built without it they
+    take the portable loop, which every CPU without it runs: checked here on any CPU."""
+    compiler = shutil.which(os.environ.get("CC") or "cc")
+    if compiler is None:
+        pytest.skip("no C compiler")
+    cc = tmp_path / "cc"
+    cc.write_text(f'#!/bin/sh\nexec {compiler} "$@" -mno-avx512bf16\n')
+    cc.chmod(cc.stat().st_mode | stat.S_IEXEC)
+    fresh_build.setenv("CC", str(cc))
+    assert_rounds_as_torch(kernels_or_skip())
+
+
+def assert_rounds_as_torch(kernels):
     native = awkward_tables(16)
     native.use_native_kernels(kernels)
     native.lookup_output = LookupOutput(head=1, compute_dtype=True)

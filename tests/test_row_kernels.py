@@ -25,15 +25,6 @@ def native_or_skip():
         pytest.skip(f"native row kernels not built here: {e}")
 
 
-@pytest.fixture
-def fresh_build(monkeypatch):
-    """native_row_kernels() compiles again under this test's environment, and again after it."""
-    native_row_kernels.cache_clear()
-    yield monkeypatch
-    monkeypatch.undo()
-    native_row_kernels.cache_clear()
-
-
 def train_tables(optimizer: str, kernel: str, dim: int, steps: int = 4, threads: int | None = None):
     """A few optimiser steps on tables plus a dense layer; ids drawn from few rows, so most repeat."""
     torch.manual_seed(0)
