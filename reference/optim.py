@@ -24,7 +24,6 @@ native kernels) is torch's functional Adagrad, fused on the CPU
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Protocol, cast
 
@@ -249,12 +248,18 @@ def backward_row_update(optimizer: torch.optim.Optimizer, p: torch.Tensor) -> Ro
     stack is not copied), and p never gets a ``.grad``, so the optimiser's own
     step leaves it alone. The same formulas, state and lr as the step, so the
     results are the same: the lr is set before the forward pass, and nothing
-    else reads a table's gradient."""
+    else reads a table's gradient. p's group is looked up at each call:
+    loading a state_dict replaces the optimiser's groups."""
     if p.is_cuda or not (isinstance(optimizer, _NativeRowsStep)
                          or (isinstance(optimizer, RowWiseAdagrad) and optimizer.kernels is not None)):
         return None
-    group = next(g for g in optimizer.param_groups if any(q is p for q in g["params"]))
-    return functools.partial(cast(UpdatesRows, optimizer).update_rows, p, group=group)
+    rows_optimizer = cast(UpdatesRows, optimizer)
+
+    def update(rows: torch.Tensor, grad: torch.Tensor) -> None:
+        group = next(g for g in rows_optimizer.param_groups if any(q is p for q in g["params"]))
+        rows_optimizer.update_rows(p, rows, grad, group)
+
+    return update
 
 
 def build_optimizer(name: str, model: nn.Module, lr: float, eps: float = 1e-10, lr_decay: float = 0.0,

@@ -18,7 +18,9 @@ DEVNULL = open(os.devnull, "w")
 
 @pytest.mark.parametrize("optimizer", ["sgd", "rowwise_adagrad", "adagrad"])
 def test_resume_equals_uninterrupted(easy_data, tmp_path, optimizer):
-    common = dict(optimizer=optimizer, epochs=2, eval_every=6, submission_division="open", learning_rate=0.1)
+    # A schedule that changes the lr at every step: a resumed run must follow it (the tables' step too).
+    common = dict(optimizer=optimizer, epochs=2, eval_every=6, submission_division="open", learning_rate=0.1,
+                  warmup_steps=10, decay_start_step=10, decay_steps=20)
     full = train.run(tiny_config(easy_data, tmp_path, **common), out=DEVNULL)
     ckpt = str(tmp_path / "ckpt")
     for stop_at in (7, 20):  # mid-epoch, and exactly at an epoch boundary
