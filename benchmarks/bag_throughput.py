@@ -56,10 +56,19 @@ def as_bags_of_one(batch: Batch) -> Batch:
 
 
 def embedding_step(trainer: Any, batch: Batch, upstream: torch.Tensor) -> None:
-    """The tables' lookup forward and backward alone."""
+    """The tables' lookup forward and backward alone, to a sparse gradient: the
+    native lookup of one id per table would otherwise step the tables in its
+    backward (and change the trainer's weights), which the bags' lookup does not."""
     tables = trainer.model.embeddings
-    tables.zero_grad(set_to_none=True)
-    (tables(batch.ids) * upstream).sum().backward()
+    update = getattr(tables, "update", None)
+    if update is not None:
+        tables.use_native_kernels(tables.kernels)
+    try:
+        tables.zero_grad(set_to_none=True)
+        (tables(batch.ids) * upstream).sum().backward()
+    finally:
+        if update is not None:
+            tables.use_native_kernels(tables.kernels, update)
 
 
 def main(argv=None) -> int:

@@ -28,10 +28,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from .data.jagged import Ids, JaggedIds
 from .hugepages import advise_huge_pages
-from .row_kernels import NativeRowKernels
+from .row_kernels import VECTOR_DTYPES, NativeRowKernels
 
 
 def init_block_rows(dim: int) -> int:
@@ -167,8 +168,10 @@ class LookupOutput:
 
 def stacked(vectors: torch.Tensor, head: int) -> torch.Tensor | None:
     """The (B, head + T, D) stack behind ``vectors`` when they are its slice
-    ``[:, head:]`` and the stack is contiguous and theirs alone (the native
-    lookup's output with ``LookupOutput(head)``); else None."""
+    ``[:, head:]`` and their storage holds exactly that stack, as the native
+    lookup's output with ``LookupOutput(head)`` does; else None. Only the
+    layout is checked: a consumer writes into the head only when it asked the
+    lookup for one (DotInteraction.stack_lookup)."""
     if head <= 0 or vectors.dim() != 3:
         return None
     batch, tables, dim = vectors.shape
@@ -184,7 +187,9 @@ class _NativeLookup(torch.autograd.Function):
     native kernel into ``stack[:, head:]`` of a new (B, head + T, D) stack of
     ``dtype``. The backward applies ``update(rows, grad)`` (the optimiser's
     step of the rows, :func:`reference.optim.backward_row_update`) and gives
-    ``weight`` no gradient; without ``update`` it returns the sparse gradient
+    ``weight`` no gradient, so each backward pass through it is one step of
+    the tables (the Trainer makes one a step; not twice differentiable);
+    without ``update`` it returns the sparse gradient
     ``F.embedding(..., sparse=True)`` would."""
 
     @staticmethod
@@ -197,6 +202,7 @@ class _NativeLookup(torch.autograd.Function):
         return kernels.gather(weight, rows, stack[:, head:])
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         (rows,) = ctx.saved_tensors
         if ctx.update is not None:
@@ -248,7 +254,9 @@ class FusedEmbeddingBag(LocalTables):
 
     def lookup_dtype(self) -> torch.dtype:
         if self.lookup_output.compute_dtype and torch.is_autocast_enabled("cpu"):
-            return torch.get_autocast_dtype("cpu")
+            dtype = torch.get_autocast_dtype("cpu")
+            if dtype in VECTOR_DTYPES:
+                return dtype
         return self.weight.dtype
 
     @torch.no_grad()

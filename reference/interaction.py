@@ -93,7 +93,9 @@ class DotInteraction(nn.Module):
     def stack_lookup(self) -> LookupOutput:
         """Where the model's lookup is to write, so that its vectors enter
         the stack of this interaction without a copy or a cast; from now on the
-        slot in front of embeddings written that way is this interaction's to fill."""
+        slot in front of embeddings written that way is this interaction's to
+        fill. The lookup's output is then this interaction's alone: autograd
+        refuses any other use of it after the interaction has filled the slot."""
         self.in_place = True
         return LookupOutput(head=1, compute_dtype=True)
 

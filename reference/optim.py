@@ -248,8 +248,10 @@ def backward_row_update(optimizer: torch.optim.Optimizer, p: torch.Tensor) -> Ro
     stack is not copied), and p never gets a ``.grad``, so the optimiser's own
     step leaves it alone. The same formulas, state and lr as the step, so the
     results are the same: the lr is set before the forward pass, and nothing
-    else reads a table's gradient. p's group is looked up at each call:
-    loading a state_dict replaces the optimiser's groups."""
+    else reads a table's gradient, or its values after the lookup. Each
+    backward pass through the lookup is a step (the Trainer's step has one).
+    p's group is looked up at each call: loading a state_dict replaces the
+    optimiser's groups."""
     if p.is_cuda or not (isinstance(optimizer, _NativeRowsStep)
                          or (isinstance(optimizer, RowWiseAdagrad) and optimizer.kernels is not None)):
         return None

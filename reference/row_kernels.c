@@ -32,6 +32,10 @@ static inline void prefetch_row(const float *row, int64_t dim) {
   for (int64_t j = 0; j < dim; j += 16) __builtin_prefetch(row + j, 1);
 }
 
+static inline void prefetch_row_to_read(const float *row, int64_t dim) {
+  for (int64_t j = 0; j < dim; j += 16) __builtin_prefetch(row + j, 0);
+}
+
 typedef struct {
   void *base;
   int64_t per_sample, sample_stride, dim;
@@ -110,7 +114,7 @@ void gather_rows(const float *w, const int64_t *rows, int64_t n, void *out, int6
   const Vectors o = {out, per_sample, sample_stride, dim, bf16};
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t i = 0; i < n; i++) {
-    if (i + GATHER_AHEAD < n) prefetch_row(w + rows[i + GATHER_AHEAD] * dim, dim);
+    if (i + GATHER_AHEAD < n) prefetch_row_to_read(w + rows[i + GATHER_AHEAD] * dim, dim);
     const float *wr = w + rows[i] * dim;
     const int64_t at = vector_offset(&o, i);
     if (bf16) {

@@ -94,8 +94,8 @@ class Trainer:
         if self.sparse_update_kernel == "native" and isinstance(tables, FusedEmbeddingBag):
             # The lookup and the tables' step in its backward, on the same kernels (reference/embeddings.py).
             tables.use_native_kernels(native_row_kernels(), backward_row_update(self.optimizer, tables.weight))
-            self.sparse_update_reason += ("; one id per table is looked up natively too, the tables stepped in the "
-                                          "lookup's backward")
+            self.sparse_update_reason += ("; a lookup of one id per table is native too, the tables stepped in "
+                                          "its backward")
         self.schedule = PolyWarmupSchedule.from_config(cfg)
         self.checkpoints = checkpoint.CheckpointPolicy(cfg.checkpoint_path, cfg.checkpoint_every)
         self.state = TrainingState()
