@@ -1,11 +1,15 @@
 """benchmarks/train_throughput: the paths it times side by side, its --before revision, its evaluation
-timings, its verdict on auto; benchmarks/dcnv2_throughput: its paths, torch's row updates among them."""
+timings, its verdict on auto; benchmarks/dcnv2_throughput: its paths, torch's row updates among them;
+benchmarks/bag_throughput: its paths, and a lookup timing that leaves the tables alone."""
 import json
 import os
 
 import pytest
+import torch
 
-from benchmarks import dcnv2_throughput, train_throughput
+from benchmarks import bag_throughput, dcnv2_throughput, train_throughput
+from reference import trainer as trainer_module
+from reference.data.random_batches import RandomDataset, RandomSpec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -63,3 +67,25 @@ def test_a_tiny_dcnv2_run_times_the_native_and_torchs_row_updates(tmp_path, caps
     assert all(r["step_ms"] > 0 for r in saved["results"])
     assert saved["info"]["sparse_update_kernel_auto"].split()[0] in ("native", "torch")
     assert "dcnv2 fp32, torch rows" in capsys.readouterr().out
+
+
+def test_a_tiny_bag_run_times_one_id_and_bags(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    assert bag_throughput.main(["--steps", "1", "--warmup", "0", "--batch-size", "32", "--table-rows", "200",
+                                "--json", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    assert [r["path"] for r in saved["results"]] == ["one id (B, T)", "bags of 1 (jagged)", "bags of 4", "bags of 10"]
+    assert all(r["step_ms"] > 0 for r in saved["results"])  # a lookup of 32 samples may round to 0.0 ms
+
+
+def test_the_lookup_timing_leaves_the_tables_alone():
+    """The native lookup of one id steps the tables in its backward; timed on its own, it must not
+    (the bags' lookup does not), and the trainer keeps its update afterwards."""
+    sizes = [50] * 26
+    data = RandomDataset(RandomSpec(sizes, 13), 32, 2, seed=0, split="train")
+    trainer = bag_throughput.make_trainer(trainer_module, sizes, 32, data)
+    tables = trainer.model.embeddings
+    update, before = tables.update, tables.weight.detach().clone()
+    bag_throughput.embedding_step(trainer, data.batch(0), torch.randn(32, 26, 128))
+    assert torch.equal(tables.weight, before) and tables.weight.grad.is_sparse
+    assert tables.update is update
