@@ -49,6 +49,13 @@ def dense_adagrad(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], 
                        maximize=group.get("maximize", False))
 
 
+def count_step(state: dict, group: dict) -> float:
+    """Counts one more step in ``state``; returns its lr, decayed as torch's Adagrad decays it:
+    lr / (1 + (step - 1) * lr_decay)."""
+    state["step"] += 1
+    return group["lr"] / (1 + (state["step"].item() - 1) * group["lr_decay"])
+
+
 class RowWiseAdagrad(torch.optim.Optimizer):
     """Adagrad with one accumulator per embedding row (REFERENCE.md).
 
@@ -103,8 +110,7 @@ class RowWiseAdagrad(torch.optim.Optimizer):
         if group["weight_decay"]:
             raise RuntimeError("row-wise Adagrad: weight_decay is not supported with sparse gradients")
         state = self._state(p, rows=True)
-        state["step"] += 1
-        return state, group["lr"] / (1 + (state["step"].item() - 1) * group["lr_decay"])
+        return state, count_step(state, group)
 
     def update_rows(self, p: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor, group: dict) -> None:
         """The step of p's rows ``rows`` (a CPU table) from their gradient vectors, by the native kernel."""
@@ -223,9 +229,7 @@ class NativeRowsAdagrad(_NativeRowsStep, torch.optim.Adagrad):
 
     def update_rows(self, p: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor, group: dict) -> None:
         state = self.state[p]
-        state["step"] += 1
-        clr = group["lr"] / (1 + (state["step"].item() - 1) * group["lr_decay"])
-        self.kernels.adagrad(p, rows, grad, state["sum"], clr, group["eps"])
+        self.kernels.adagrad(p, rows, grad, state["sum"], count_step(state, group), group["eps"])
 
 
 class UpdatesRows(Protocol):
