@@ -54,6 +54,7 @@ from reference.config import Config
 from reference.cpuinfo import cpu_info
 from reference.data.binary import write_binary
 from reference.data.loader import BinaryDataset
+from reference.dot_kernels import resolve_interaction_kernel
 from reference.jsonfile import write_json
 from reference.linear import onednn_available
 from reference.malloc import keep_freed_memory
@@ -304,7 +305,9 @@ def main(argv=None) -> int:
     info = {**cpu_description(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "batch_size": args.batch_size, "table_rows": args.table_rows, "steps": args.steps, "before": args.before,
             "linear_kernel_auto": f"{auto} ({reason})",
-            "sparse_update_kernel_auto": "{} ({})".format(*resolve_sparse_update_kernel("auto", "cpu"))}
+            "sparse_update_kernel_auto": "{} ({})".format(*resolve_sparse_update_kernel("auto", "cpu")),
+            "interaction_kernel_auto_bf16": "{} ({})".format(*resolve_interaction_kernel("auto", "dot", "cpu",
+                                                                                          "bf16"))}
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "random.bin")
         random_file(path, 16 * args.batch_size, args.table_rows)

@@ -30,6 +30,7 @@ DIST_BACKENDS = ("auto", "gloo", "nccl", "mpi")
 PRECISIONS = ("fp32", "bf16")
 LINEAR_KERNELS = ("auto", "aten", "onednn")
 SPARSE_UPDATE_KERNELS = ("auto", "torch", "native")
+INTERACTION_KERNELS = ("auto", "torch", "native")
 DIVISIONS = ("closed", "open")
 STATUSES = ("onprem", "cloud", "preview", "research")
 QUANTIZE_EMBEDDING_BITS = (0, 8, 4)
@@ -156,6 +157,11 @@ class Config:
                                      "compiler with OpenMP, CPU tables), or auto (native where it compiles, "
                                      "else torch). The same formulas; native is the faster (benchmarks/RESULTS.md).",
                                      default="auto")
+    interaction_kernel: str = _doc("How the dot interaction is computed in bf16 on the CPU: torch (batched GEMMs, "
+                                   "gather, scatter), native (C kernels on AMX compiled at start-up; needs a CPU "
+                                   "with amx_bf16, a C compiler with OpenMP, precision=bf16), or auto (native where "
+                                   "it runs, else torch). The same sums in fp32, rounded once; native is the "
+                                   "faster (benchmarks/RESULTS.md).", default="auto")
     prefetch_batches: int = _doc("Batches read ahead in a background thread (0 = read on the main thread; "
                                  "the results are the same).", default=2)
     log_every: int = _doc("Progress line (and loss read-out) every N iterations.", default=50)
@@ -274,6 +280,7 @@ class Config:
         for key, allowed in (("interaction", INTERACTIONS), ("optimizer", OPTIMIZERS), ("qr_operation", QR_OPERATIONS),
                              ("dist_backend", DIST_BACKENDS), ("precision", PRECISIONS),
                              ("linear_kernel", LINEAR_KERNELS), ("sparse_update_kernel", SPARSE_UPDATE_KERNELS),
+                             ("interaction_kernel", INTERACTION_KERNELS),
                              ("data_mode", DATA_MODES),
                              ("submission_division", DIVISIONS), ("submission_status", STATUSES),
                              ("mlp_init", MLP_INITS), ("submission_benchmark", BENCHMARKS)):
@@ -325,6 +332,11 @@ class Config:
         if self.sparse_update_kernel == "native" and self.device != "cpu":
             self._fail("sparse_update_kernel", f"native kernels update CPU tables; the tables are on "
                                                f"{self.device} (leave sparse_update_kernel at auto)")
+        if self.interaction_kernel == "native" and (self.interaction, self.precision, self.device) != ("dot", "bf16",
+                                                                                                     "cpu"):
+            self._fail("interaction_kernel", f"native computes the dot interaction in bf16 on the CPU; this run has "
+                                             f"interaction={self.interaction}, precision={self.precision}, device="
+                                             f"{self.device} (leave interaction_kernel at auto)")
         if self.allow_tf32 and not self.device.startswith("cuda"):
             self._fail("allow_tf32", f"TF32 is a GPU mode (tensor cores); device is {self.device!r}")
         if self.device != "cpu":

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .dcn import DCNInteraction
+from .dot_kernels import NativeDotKernels
 from .embeddings import LookupOutput, stacked
 
 
@@ -25,12 +26,15 @@ class _Dots(torch.autograd.Function):
     Gradients are returned in the inputs' dtypes (fp32 for the tables).
     With ``in_place``, embeddings that are already ``V[:, 1:]`` of a stack V
     of ``dtype`` (the native lookup's, see DotInteraction.stack_lookup) are
-    not copied: the bottom output is written into V[:, 0].
+    not copied: the bottom output is written into V[:, 0]. With ``kernels``
+    (bf16 on the CPU) the output and the gradient of V come from the native
+    kernels (reference/dot_kernels.py), each in one pass over V.
     """
 
     @staticmethod
     def forward(ctx, dense: torch.Tensor, sparse: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
-                diagonal: torch.Tensor, dtype: torch.dtype, in_place: bool) -> torch.Tensor:
+                diagonal: torch.Tensor, dtype: torch.dtype, in_place: bool,
+                kernels: NativeDotKernels | None) -> torch.Tensor:
         batch, tables, dim = sparse.shape
         n = tables + 1
         vectors = stacked(sparse, 1) if in_place and sparse.dtype == dtype else None
@@ -38,26 +42,33 @@ class _Dots(torch.autograd.Function):
             vectors = torch.empty(batch, n, dim, dtype=dtype, device=sparse.device)
             vectors[:, 1:].copy_(sparse)
         vectors[:, 0].copy_(dense)
-        gram = torch.bmm(vectors, vectors.transpose(1, 2)).view(batch, n * n)
-        pairs = torch.gather(gram, 1, lower.expand(batch, -1))
         ctx.save_for_backward(vectors, lower, upper, diagonal)
         ctx.dtypes = (dense.dtype, sparse.dtype)
+        ctx.kernels = kernels if dtype == torch.bfloat16 and vectors.device.type == "cpu" else None
+        if ctx.kernels is not None:
+            return ctx.kernels.forward(vectors, self_interaction=diagonal.numel() > 0)
+        gram = torch.bmm(vectors, vectors.transpose(1, 2)).view(batch, n * n)
+        pairs = torch.gather(gram, 1, lower.expand(batch, -1))
         return torch.cat([dense.to(dtype), pairs], dim=1)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         vectors, lower, upper, diagonal = ctx.saved_tensors
         batch, n, dim = vectors.shape
-        grad = grad.to(vectors.dtype)
-        pairs = grad[:, dim:]
-        symmetric = vectors.new_zeros(batch, n * n)
-        symmetric.index_copy_(1, lower, pairs)
-        symmetric.index_copy_(1, upper, pairs)  # upper names the diagonal too: it holds g_ii once more
-        if diagonal.numel():
-            symmetric.index_copy_(1, diagonal, symmetric.index_select(1, diagonal).mul_(2))
-        grad_vectors = torch.bmm(symmetric.view(batch, n, n), vectors)
-        grad_dense = (grad[:, :dim] + grad_vectors[:, 0]).to(ctx.dtypes[0])
-        return grad_dense, grad_vectors[:, 1:].to(ctx.dtypes[1]), None, None, None, None, None
+        if ctx.kernels is not None:
+            grad_vectors = ctx.kernels.backward(vectors, grad, self_interaction=diagonal.numel() > 0)
+            grad_dense = grad_vectors[:, 0].to(ctx.dtypes[0])  # holds the gradient of the output's copy of it
+        else:
+            grad = grad.to(vectors.dtype)
+            pairs = grad[:, dim:]
+            symmetric = vectors.new_zeros(batch, n * n)
+            symmetric.index_copy_(1, lower, pairs)
+            symmetric.index_copy_(1, upper, pairs)  # upper names the diagonal too: it holds g_ii once more
+            if diagonal.numel():
+                symmetric.index_copy_(1, diagonal, symmetric.index_select(1, diagonal).mul_(2))
+            grad_vectors = torch.bmm(symmetric.view(batch, n, n), vectors)
+            grad_dense = (grad[:, :dim] + grad_vectors[:, 0]).to(ctx.dtypes[0])
+        return grad_dense, grad_vectors[:, 1:].to(ctx.dtypes[1]), None, None, None, None, None, None
 
 
 def interaction_dtype(sparse: torch.Tensor) -> torch.dtype:
@@ -80,6 +91,7 @@ class DotInteraction(nn.Module):
     def __init__(self, num_vectors: int, self_interaction: bool = False):
         super().__init__()
         self.in_place = False
+        self.kernels: NativeDotKernels | None = None
         offset = 1 if self_interaction else 0
         pairs = [(i, j) for i in range(num_vectors) for j in range(i + offset)]
         n = num_vectors
@@ -99,9 +111,15 @@ class DotInteraction(nn.Module):
         self.in_place = True
         return LookupOutput(head=1, compute_dtype=True)
 
+    def use_native_kernels(self, kernels: NativeDotKernels) -> None:
+        """Compute in bf16 on the CPU with ``kernels`` (other dtypes and devices keep torch's ops)."""
+        if not kernels.available:
+            raise ValueError(f"the native dot interaction cannot run here: {kernels.why_not}")
+        self.kernels = kernels
+
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
         return _Dots.apply(dense, sparse, self.lower, self.upper, self.diagonal, interaction_dtype(sparse),
-                           self.in_place)
+                           self.in_place, self.kernels)
 
 
 class CatInteraction(nn.Module):

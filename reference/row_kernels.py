@@ -18,29 +18,22 @@ step of the MLPerf architecture to 0.93x of torch's ops (SGD) and 0.90x
 (row-wise Adagrad), the lookup then to 0.91-0.92x and 0.92-0.94x of that;
 a DLRMv2 fp32 step (Adagrad) is 0.45x of torch's.
 
-The library is compiled when a run starts (well under a second), for this
-CPU (``-march=native``), into a temporary folder that is removed once it is
-loaded: nothing is cached, so nothing compiled for one machine is loaded on
-another. It needs a C compiler with OpenMP (``$CC``, else ``cc``); without
-one, ``sparse_update_kernel=auto`` keeps torch's ops.
+The library is compiled when a run starts, for this CPU (reference/native_build.py);
+without a C compiler, ``sparse_update_kernel=auto`` keeps torch's ops.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import os
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
 
 from .config import SPARSE_UPDATE_KERNELS
+from .native_build import NativeKernelError, compiler, load_library
 
 SOURCE = Path(__file__).with_name("row_kernels.c")
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-shared", "-fPIC"]
 
 _P, _I64, _F32, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
 _VECTORS = [_P, _I64, _I64, _I64, _INT]  # base, per_sample, sample_stride, dim, bf16 (row_kernels.c)
@@ -52,33 +45,6 @@ _SIGNATURES = {
     "sort_rows": [_P, _I64, _I64, _P, _P, _P, _P],
 }
 VECTOR_DTYPES = (torch.float32, torch.bfloat16)
-
-
-class NativeKernelError(RuntimeError):
-    """The native kernels could not be built or loaded here."""
-
-
-def compiler() -> str:
-    return os.environ.get("CC") or "cc"
-
-
-def _build(folder: str) -> str:
-    cc = compiler()
-    if shutil.which(cc) is None:
-        raise NativeKernelError(f"no C compiler: {cc!r} is not on PATH (set CC to one with OpenMP, e.g. gcc)")
-    library = os.path.join(folder, "row_kernels.so")
-    try:
-        done = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", library], capture_output=True, text=True, timeout=120)
-    except subprocess.TimeoutExpired:
-        raise NativeKernelError(f"{cc} took over 120 s to compile {SOURCE}") from None
-    except OSError as e:  # found, but the system cannot run it (not a program for this machine)
-        raise NativeKernelError(f"could not run the C compiler {cc!r}: {e}") from None
-    if done.returncode != 0:
-        lines = done.stderr.strip().splitlines() or ["(no message)"]
-        first_error = next((line for line in lines if "error" in line), lines[0])
-        raise NativeKernelError(f"{cc} failed to compile {SOURCE.name} (exit {done.returncode}): {first_error}\n"
-                                f"{cc} {' '.join(FLAGS)} {SOURCE}:\n" + "\n".join(lines))
-    return library
 
 
 class NativeRowKernels:
@@ -205,14 +171,7 @@ def sparse_rows(grad: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor,
 @functools.cache
 def native_row_kernels() -> NativeRowKernels:
     """Compiles and loads the kernels once per process; raises NativeKernelError where they cannot be."""
-    with tempfile.TemporaryDirectory(prefix="dlrm-row-kernels-") as folder:
-        library = _build(folder)
-        try:
-            # Loaded after torch: the libgomp.so.1 it needs is the one torch has loaded (see row_kernels.c).
-            loaded = ctypes.CDLL(library)
-        except OSError as e:
-            raise NativeKernelError(f"compiled {SOURCE.name} but could not load it: {e}") from None
-    return NativeRowKernels(loaded)
+    return NativeRowKernels(load_library(SOURCE))
 
 
 def resolve_sparse_update_kernel(kind: str, device: torch.device | str) -> tuple[str, str]:

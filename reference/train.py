@@ -157,10 +157,12 @@ def output_paths(cfg: Config) -> tuple[str, str]:
 
 
 def write_summary(path: str, cfg: Config, result: RunResult, table_sizes: list[int], world_size: int = 1,
-                  linear_kernel: str = "aten", sparse_update_kernel: str = "torch") -> None:
+                  linear_kernel: str = "aten", sparse_update_kernel: str = "torch",
+                  interaction_kernel: str = "torch") -> None:
     summary = {
         "config": cfg.as_dict(), "config_name": cfg.name, "table_sizes": table_sizes, "world_size": world_size,
         "linear_kernel": linear_kernel, "sparse_update_kernel": sparse_update_kernel,
+        "interaction_kernel": interaction_kernel,
         "converged": result.converged, "status": result.status, "steps": result.steps,
         "epoch_num": result.epoch_num, "run_seconds": result.run_seconds,
         "samples_per_second": result.samples_per_second, "evaluations": result.evaluations,
@@ -210,6 +212,8 @@ def run(cfg: Config, out=sys.stderr, parallel: runtime.Parallel | None = None) -
         trainer = Trainer(cfg, model, train_data, eval_data, log, out=out, parallel=parallel)
         if root and not cfg.inference_only:
             print(f"sparse updates: {trainer.sparse_update_kernel} ({trainer.sparse_update_reason})", file=out)
+        if root and cfg.interaction == "dot":
+            print(f"dot interaction: {trainer.interaction_kernel} ({trainer.interaction_reason})", file=out)
         # Every rank reads only its own rows; neither keeps the files mapped once it returns.
         source = cfg.resume or cfg.load_checkpoint
         if cfg.resume is not None and not cfg.inference_only:
@@ -243,7 +247,7 @@ def run(cfg: Config, out=sys.stderr, parallel: runtime.Parallel | None = None) -
         if summary_path is not None:  # rank 0
             result.log_path, result.summary_path = log_path, summary_path
             write_summary(summary_path, cfg, result, table_sizes, parallel.world_size, parallel.linear_kernel,
-                          trainer.sparse_update_kernel)
+                          trainer.sparse_update_kernel, trainer.interaction_kernel)
         return result
     finally:
         log.close()

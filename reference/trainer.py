@@ -20,7 +20,9 @@ from .config import Config
 from .data.loader import Dataset
 from .data.pipeline import Batches
 from .distributed import runtime
+from .dot_kernels import native_dot_kernels
 from .embeddings import FusedEmbeddingBag
+from .interaction import DotInteraction
 from .loss_meter import LossMeter
 from .mlperf_conventions import convention_for
 from .mlperf_log import MLPerfLogger, RunBracketing
@@ -96,6 +98,9 @@ class Trainer:
             tables.use_native_kernels(native_row_kernels(), backward_row_update(self.optimizer, tables.weight))
             self.sparse_update_reason += ("; a lookup of one id per table is native too, the tables stepped in "
                                           "its backward")
+        self.interaction_kernel, self.interaction_reason = runtime.make_interaction_kernel(cfg, self.device)
+        if self.interaction_kernel == "native" and isinstance(self.model.interaction, DotInteraction):
+            self.model.interaction.use_native_kernels(native_dot_kernels())
         self.schedule = PolyWarmupSchedule.from_config(cfg)
         self.checkpoints = checkpoint.CheckpointPolicy(cfg.checkpoint_path, cfg.checkpoint_every)
         self.state = TrainingState()

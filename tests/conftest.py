@@ -9,6 +9,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from reference.config import Config  # noqa: E402
+from reference.dot_kernels import native_dot_kernels  # noqa: E402
 from reference.row_kernels import native_row_kernels  # noqa: E402
 from reference.synthetic import SyntheticSpec, generate  # noqa: E402
 
@@ -75,8 +76,10 @@ def save_like_the_seed(path, model):
 
 @pytest.fixture
 def fresh_build(monkeypatch):
-    """native_row_kernels() compiles again under this test's environment, and again after it."""
+    """The native kernels compile again under this test's environment, and again after it."""
     native_row_kernels.cache_clear()
+    native_dot_kernels.cache_clear()
     yield monkeypatch
     monkeypatch.undo()
     native_row_kernels.cache_clear()
+    native_dot_kernels.cache_clear()

@@ -22,10 +22,12 @@ import torch.distributed as dist
 from ..config import Config, ConfigError
 from ..data.binary import DataError
 from ..data.loader import Batch, Dataset
+from ..dot_kernels import resolve_interaction_kernel
 from ..metrics import evaluate_scores
 from ..model import DLRM, resolve_linear_kernel
+from ..native_build import NativeKernelError
 from ..precision import Precision, PrecisionError, build_precision
-from ..row_kernels import NativeKernelError, resolve_sparse_update_kernel
+from ..row_kernels import resolve_sparse_update_kernel
 from .communicator import Communicator, build_communicator
 from .data_parallel import GradientReducer
 from .gpu_binding import check_distinct, gpu_index
@@ -111,6 +113,14 @@ def make_sparse_update_kernel(cfg: Config, device: torch.device) -> tuple[str, s
         return resolve_sparse_update_kernel(cfg.sparse_update_kernel, device)
     except NativeKernelError as e:
         raise ConfigError(f"{cfg.where('sparse_update_kernel')}: sparse_update_kernel: {e}") from None
+
+
+def make_interaction_kernel(cfg: Config, device: torch.device) -> tuple[str, str]:
+    """The dot interaction's kernel and why (each rank computes its own samples' interaction)."""
+    try:
+        return resolve_interaction_kernel(cfg.interaction_kernel, cfg.interaction, device, cfg.precision)
+    except NativeKernelError as e:
+        raise ConfigError(f"{cfg.where('interaction_kernel')}: interaction_kernel: {e}") from None
 
 
 def make_plan(cfg: Config, table_sizes: list[int], world_size: int) -> Plan:

@@ -1,0 +1,244 @@
+/* The dot interaction in bf16 on CPUs with AMX, forward and backward, one sample at a time
+ * (reference/dot_kernels.py compiles this file at start-up and says why it exists).
+ *
+ * A sample's n vectors of `dim` bf16 values (the bottom MLP's output first, then the pooled
+ * embeddings) are the rows of its (n, dim) slice of a contiguous (B, n, dim) stack. Its output
+ * row is [vector 0, the dot products of the pairs (i, j), j < i (j <= i with self-interaction),
+ * row-major: (1,0), (2,0), (2,1), ...], dim + P bf16 values. Products are summed in fp32 and
+ * rounded to bf16 once, to nearest even; AMX reads subnormal bf16 values as zero, as oneDNN's
+ * bf16 GEMMs behind torch.bmm do on these CPUs.
+ *
+ * AMX multiplies 16 x 32 bf16 tiles by 32 x 16 ones into 16 x 16 fp32 ones, the second operand
+ * with each two of its rows interleaved value by value (the "VNNI" layout). Tiles hold 16 rows
+ * of 64 bytes; a thread's tile configuration is its own state, shared with oneDNN's kernels on
+ * the same thread, so each thread saves it before and restores it after (oneDNN's GEMMs would
+ * otherwise run on this file's configuration). Linux hands out AMX's state to a process that
+ * asks for it (dot_init). The kernels run in torch's OpenMP thread pool (loaded after torch, see
+ * row_kernels.c), a share of the samples per thread; a sample's result does not depend on the
+ * thread count. */
+#include <immintrin.h>
+#include <omp.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && defined(__AVX512BW__) && \
+    defined(__AVX512VL__)
+#define HAVE_AMX 1
+#endif
+
+/* 1 where this build has the kernels (the compiler targeted a CPU with AMX), else 0. */
+int dot_compiled(void) {
+#ifdef HAVE_AMX
+  return 1;
+#else
+  return 0;
+#endif
+}
+
+static inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+static inline int64_t pair_count(int64_t n, int diagonal) { return n * (n - 1) / 2 + (diagonal ? n : 0); }
+
+/* Per-thread scratch, in 4-byte words. Forward: the sample's rows padded to 16 rows of a
+ * multiple of 32 values, their transpose in 4-byte (two-value) words, the Gram matrix.
+ * Backward: S (16-row blocks, columns padded to 32), the interleaved rows, S V in fp32. */
+int64_t dot_forward_scratch(int64_t n, int64_t dim) {
+  const int64_t rows = round_up(n, 16), words = round_up(dim, 32) / 2;
+  return 2 * rows * words + rows * rows;
+}
+
+int64_t dot_backward_scratch(int64_t n, int64_t dim) {
+  const int64_t rows = round_up(n, 16), cols = round_up(n, 32), values = round_up(dim, 16);
+  return rows * cols / 2 + cols / 2 * values + rows * values;
+}
+
+#ifdef HAVE_AMX
+
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+
+/* Asks Linux for AMX's tile data state (Linux 5.16 and later; torch's oneDNN asks too). */
+int dot_init(void) { return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0; }
+
+#define INLINE static inline __attribute__((always_inline))
+
+typedef struct {
+  uint8_t palette_id, start_row, reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+} __attribute__((packed, aligned(64))) TileConfig;
+
+/* Tiles 0 (the product), 1 and 2 (the operands): 16 rows of 64 bytes each. */
+INLINE void tiles_begin(TileConfig *saved) {
+  TileConfig mine;
+  memset(&mine, 0, sizeof mine);
+  mine.palette_id = 1;
+  for (int t = 0; t < 3; t++) {
+    mine.rows[t] = 16;
+    mine.colsb[t] = 64;
+  }
+  _tile_storeconfig(saved);
+  _tile_loadconfig(&mine);
+}
+
+INLINE void tiles_end(const TileConfig *saved) {
+  if (saved->palette_id) _tile_loadconfig(saved);
+  else _tile_release();
+}
+
+INLINE __mmask16 tail16(int64_t left) { return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1); }
+
+/* Transposes the 16 x 16 matrix of 4-byte words in r. */
+INLINE void transpose16(__m512i r[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  for (int i = 0; i < 16; i += 8)
+    for (int j = 0; j < 4; j++) {
+      t[i + j] = _mm512_shuffle_i32x4(r[i + j], r[i + j + 4], 0x88);
+      t[i + j + 4] = _mm512_shuffle_i32x4(r[i + j], r[i + j + 4], 0xdd);
+    }
+  for (int j = 0; j < 8; j++) {
+    r[j] = _mm512_shuffle_i32x4(t[j], t[j + 8], 0x88);
+    r[j + 8] = _mm512_shuffle_i32x4(t[j], t[j + 8], 0xdd);
+  }
+}
+
+/* 16 fp32 values rounded to bf16 (nearest even), stored under mask m. */
+INLINE void store_bf16(uint16_t *p, __m512 v, __mmask16 m) { _mm256_mask_storeu_epi16(p, m, (__m256i)_mm512_cvtneps_pbh(v)); }
+
+/* The Gram matrix V V^T of each sample, 16 x 16 blocks on and below the diagonal; V^T's
+ * interleaved layout is V's transpose taken in words of two values. */
+void dot_forward(const uint16_t *vectors, int64_t batch, int64_t n, int64_t dim, int diagonal, uint16_t *out,
+                 uint32_t *scratch, int threads) {
+  const int64_t rows = round_up(n, 16), words = round_up(dim, 32) / 2, width = dim + pair_count(n, diagonal);
+#pragma omp parallel num_threads(threads)
+  {
+    uint32_t *padded = scratch + omp_get_thread_num() * dot_forward_scratch(n, dim);
+    uint32_t *transposed = padded + rows * words;
+    float *gram = (float *)(transposed + words * rows);
+    /* Padding rows and values stay zero: only the sample's own are written below. */
+    memset(padded, 0, (size_t)(rows * words) * 4);
+    TileConfig saved;
+    tiles_begin(&saved);
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < batch; b++) {
+      const uint16_t *x = vectors + b * n * dim;
+      for (int64_t i = 0; i < n; i++) memcpy(padded + i * words, x + i * dim, (size_t)dim * 2);
+      for (int64_t r0 = 0; r0 < rows; r0 += 16)
+        for (int64_t w0 = 0; w0 < words; w0 += 16) {
+          __m512i block[16];
+          const __mmask16 m = tail16(words - w0);
+          for (int i = 0; i < 16; i++) block[i] = _mm512_maskz_loadu_epi32(m, padded + (r0 + i) * words + w0);
+          transpose16(block);
+          for (int k = 0; k < 16 && w0 + k < words; k++) _mm512_storeu_si512(transposed + (w0 + k) * rows + r0, block[k]);
+        }
+      for (int64_t i0 = 0; i0 < rows; i0 += 16)
+        for (int64_t j0 = 0; j0 <= i0; j0 += 16) {
+          _tile_zero(0);
+          for (int64_t w0 = 0; w0 < words; w0 += 16) {
+            _tile_loadd(1, padded + i0 * words + w0, words * 4);
+            _tile_loadd(2, transposed + w0 * rows + j0, rows * 4);
+            _tile_dpbf16ps(0, 1, 2);
+          }
+          _tile_stored(0, gram + i0 * rows + j0, rows * 4);
+        }
+      uint16_t *o = out + b * width;
+      memcpy(o, x, (size_t)dim * 2);
+      int64_t at = dim;
+      for (int64_t i = diagonal ? 0 : 1; i < n; i++) {
+        const int64_t count = i + (diagonal ? 1 : 0);
+        for (int64_t j0 = 0; j0 < count; j0 += 16) {
+          const __mmask16 m = tail16(count - j0);
+          store_bf16(o + at + j0, _mm512_maskz_loadu_ps(m, gram + i * rows + j0), m);
+        }
+        at += count;
+      }
+    }
+    tiles_end(&saved);
+  }
+}
+
+/* 2 h, exactly (an exponent step; an overflow gives infinity, as in fp32). */
+static inline uint16_t bf16_doubled(uint16_t h) {
+  uint32_t u = (uint32_t)h << 16;
+  float f;
+  memcpy(&f, &u, sizeof f);
+  f *= 2.0f;
+  memcpy(&u, &f, sizeof u);
+  return (uint16_t)(u >> 16);
+}
+
+/* The backward: with S the symmetric (n, n) matrix of the output gradient's pair entries (g_ij
+ * at (i, j) and (j, i); 2 g_ii on the diagonal, the derivative of a square), the vectors'
+ * gradient is S V, plus, in row 0, the gradient of the output's copy of vector 0. V's
+ * interleaved layout pairs rows 2k and 2k+1. */
+void dot_backward(const uint16_t *vectors, const uint16_t *grad, int64_t batch, int64_t n, int64_t dim, int diagonal,
+                  uint16_t *grad_vectors, uint32_t *scratch, int threads) {
+  const int64_t rows = round_up(n, 16), cols = round_up(n, 32), values = round_up(dim, 16);
+  const int64_t width = dim + pair_count(n, diagonal);
+#pragma omp parallel num_threads(threads)
+  {
+    uint32_t *s = scratch + omp_get_thread_num() * dot_backward_scratch(n, dim);
+    uint32_t *interleaved = s + rows * cols / 2;
+    float *product = (float *)(interleaved + cols / 2 * values);
+    uint16_t *s16 = (uint16_t *)s;
+    /* Padding rows, columns and values stay zero: only the sample's own are written below. */
+    memset(s, 0, (size_t)(rows * cols / 2 + cols / 2 * values) * 4);
+    TileConfig saved;
+    tiles_begin(&saved);
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < batch; b++) {
+      const uint16_t *x = vectors + b * n * dim, *g = grad + b * width;
+      int64_t p = dim;
+      for (int64_t i = 0; i < n; i++) {
+        if (!diagonal) s16[i * cols + i] = 0;
+        for (int64_t j = 0; j < i + (diagonal ? 1 : 0); j++, p++) {
+          if (i == j) s16[i * cols + i] = bf16_doubled(g[p]);
+          else s16[i * cols + j] = s16[j * cols + i] = g[p];
+        }
+      }
+      for (int64_t k = 0; k < (n + 1) / 2; k++)
+        for (int64_t d = 0; d < dim; d += 16) {
+          const __mmask16 m = tail16(dim - d);
+          const __m512i even = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, x + 2 * k * dim + d));
+          const __m512i odd = 2 * k + 1 < n
+                                  ? _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, x + (2 * k + 1) * dim + d))
+                                  : _mm512_setzero_si512();
+          _mm512_mask_storeu_epi32(interleaved + k * values + d, m, _mm512_or_si512(even, _mm512_slli_epi32(odd, 16)));
+        }
+      for (int64_t i0 = 0; i0 < rows; i0 += 16)
+        for (int64_t d0 = 0; d0 < values; d0 += 16) {
+          _tile_zero(0);
+          for (int64_t j0 = 0; j0 < cols; j0 += 32) {
+            _tile_loadd(1, s16 + i0 * cols + j0, cols * 2);
+            _tile_loadd(2, interleaved + j0 / 2 * values + d0, values * 4);
+            _tile_dpbf16ps(0, 1, 2);
+          }
+          _tile_stored(0, product + i0 * values + d0, values * 4);
+        }
+      for (int64_t i = 0; i < n; i++)
+        for (int64_t d = 0; d < dim; d += 16) {
+          const __mmask16 m = tail16(dim - d);
+          __m512 v = _mm512_maskz_loadu_ps(m, product + i * values + d);
+          if (i == 0) {
+            const __m512i dense = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, g + d));
+            v = _mm512_add_ps(v, _mm512_castsi512_ps(_mm512_slli_epi32(dense, 16)));
+          }
+          store_bf16(grad_vectors + (b * n + i) * dim + d, v, m);
+        }
+    }
+    tiles_end(&saved);
+  }
+}
+
+#endif

@@ -1,0 +1,187 @@
+import io
+import json
+import os
+import shutil
+import stat
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from reference import train
+from reference.config import ConfigError
+from reference.dot_kernels import native_dot_kernels, resolve_interaction_kernel
+from reference.interaction import DotInteraction
+from reference.native_build import NativeKernelError
+
+SHAPES = [(64, 27, 128), (5, 2, 1), (7, 9, 13), (3, 33, 64), (3, 40, 200), (2, 1, 8)]
+
+
+def kernels_or_skip():
+    try:
+        kernels = native_dot_kernels()
+    except NativeKernelError as e:
+        pytest.skip(f"native dot kernels not built here: {e}")
+    if not kernels.available:
+        pytest.skip(f"native dot kernels cannot run here: {kernels.why_not}")
+    return kernels
+
+
+def exact(vectors: torch.Tensor, self_interaction: bool) -> torch.Tensor:
+    """The interaction's output in fp64, from torch's path (DotInteraction without kernels)."""
+    _, n, _ = vectors.shape
+    dense, sparse = vectors[:, 0], vectors[:, 1:]
+    return DotInteraction(n, self_interaction)(dense, sparse)
+
+
+def stack(shape, seed: int) -> torch.Tensor:
+    return (torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * 0.5).bfloat16()
+
+
+@pytest.mark.parametrize("self_interaction", [False, True])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_forward_is_the_exact_interaction_rounded_once(shape, self_interaction):
+    """Summed in fp32 and rounded to bf16 once: within half a bf16 step (at most 2^-8 relative) of the
+    exact value, plus fp32's rounding over the sum of the products' magnitudes."""
+    kernels = kernels_or_skip()
+    vectors = stack(shape, seed=sum(shape))
+    got = kernels.forward(vectors, self_interaction)
+    expected = exact(vectors.double(), self_interaction)
+    magnitude = exact(vectors.double().abs(), self_interaction)
+    assert got.dtype == torch.bfloat16 and got.shape == expected.shape
+    assert torch.equal(got[:, :shape[2]], vectors[:, 0])
+    assert ((got.double() - expected).abs() <= 2**-8 * expected.abs() + 2**-20 * magnitude).all()
+
+
+@pytest.mark.parametrize("self_interaction", [False, True])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_backward_is_the_exact_gradient_rounded_once(shape, self_interaction):
+    kernels = kernels_or_skip()
+    vectors = stack(shape, seed=sum(shape) + 1)
+    grad = stack((shape[0], kernels.width(shape[1], shape[2], self_interaction)), seed=7)
+    got = kernels.backward(vectors, grad, self_interaction)
+    wide = vectors.double().requires_grad_()
+    exact(wide, self_interaction).backward(grad.double())
+    magnitude = vectors.double().abs().requires_grad_()
+    exact(magnitude, self_interaction).backward(grad.double().abs())
+    assert got.dtype == torch.bfloat16 and got.shape == vectors.shape
+    assert ((got.double() - wide.grad).abs() <= 2**-8 * wide.grad.abs() + 2**-20 * magnitude.grad).all()
+
+
+def test_a_sum_halfway_between_two_bf16_values_rounds_to_even():
+    """1 + 3 * 2^-8 lies halfway between 1 + 2^-7 (odd) and 1 + 2^-6 (even): truncating gives the first."""
+    kernels = kernels_or_skip()
+    vectors = torch.tensor([[[1.0, 1.0], [1.0, 3 * 2**-8]]], dtype=torch.bfloat16)
+    assert kernels.forward(vectors, False)[0, 2].item() == 1 + 2**-6
+    # Vector 0's first value: its own gradient (3 * 2^-8) plus the pair's (1) times vector 1's (1).
+    grad = torch.tensor([[3 * 2**-8, 0.0, 1.0]], dtype=torch.bfloat16)
+    assert kernels.backward(vectors, grad, False)[0, 0, 0].item() == 1 + 2**-6
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    kernels = kernels_or_skip()
+    vectors, grad = stack((33, 27, 128), seed=3), stack((33, 128 + 351), seed=4)
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            results.append((kernels.forward(vectors, False), kernels.backward(vectors, grad, False)))
+    finally:
+        torch.set_num_threads(before)
+    for forward, backward in results[1:]:
+        assert torch.equal(forward, results[0][0]) and torch.equal(backward, results[0][1])
+
+
+def test_torchs_own_bf16_gemms_are_unchanged_after_the_kernels():
+    """The kernels configure AMX's tiles on torch's threads, whose tiles oneDNN's GEMMs use too
+    (the kernels put each thread's configuration back): the GEMMs give the same bits after them."""
+    kernels = kernels_or_skip()
+    a, b = stack((512, 384), seed=5), stack((384, 256), seed=6)
+    batched = stack((64, 27, 128), seed=8)
+    before = torch.mm(a, b), torch.bmm(batched, batched.transpose(1, 2))
+    kernels.backward(batched, kernels.forward(batched, False), False)
+    after = torch.mm(a, b), torch.bmm(batched, batched.transpose(1, 2))
+    assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
+
+
+def test_the_module_uses_the_kernels_in_bf16_only():
+    kernels = kernels_or_skip()
+    plain, native = DotInteraction(27), DotInteraction(27)
+    native.use_native_kernels(kernels)
+    dense, sparse = torch.randn(16, 128), torch.randn(16, 26, 128)
+    # fp32 (no autocast): torch's ops either way, bit for bit.
+    assert torch.equal(plain(dense, sparse), native(dense, sparse))
+    outputs, gradients = [], []
+    for module in (plain, native):
+        d, s = dense.clone().requires_grad_(), sparse.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = module(d, s)
+        out.float().pow(2).sum().backward()
+        outputs.append(out)
+        gradients.append((d.grad, s.grad))
+    assert outputs[1].dtype == torch.bfloat16 and gradients[1][1].dtype == torch.float32
+    torch.testing.assert_close(outputs[1].float(), outputs[0].float(), rtol=2**-7, atol=1e-3)
+    for got, expected in zip(gradients[1], gradients[0], strict=True):
+        # Both round bf16 sums of many terms, differently: compared at the gradient's own scale.
+        torch.testing.assert_close(got, expected, rtol=2**-6, atol=2**-7 * expected.abs().max().item())
+
+
+def test_auto_picks_native_for_the_bf16_dot_interaction_on_the_cpu_only():
+    kernels = kernels_or_skip()
+    assert kernels.available
+    assert resolve_interaction_kernel("auto", "dot", "cpu", "bf16")[0] == "native"
+    assert resolve_interaction_kernel("torch", "dot", "cpu", "bf16") == ("torch", "set by interaction_kernel")
+    assert resolve_interaction_kernel("auto", "dot", "cpu", "fp32") == ("torch", "precision fp32: torch's ops")
+    assert resolve_interaction_kernel("auto", "dcn", "cpu", "bf16") == ("torch", "the dcn interaction: torch's ops")
+    assert resolve_interaction_kernel("auto", "dot", "cuda", "bf16") == ("torch",
+                                                                         "the interaction on cuda: torch's ops")
+    with pytest.raises(NativeKernelError, match="in bf16 on the CPU; this run has precision fp32"):
+        resolve_interaction_kernel("native", "dot", "cpu", "fp32")
+    with pytest.raises(ValueError, match="unknown interaction kernel 'amx': expected auto, torch, native"):
+        resolve_interaction_kernel("amx", "dot", "cpu", "bf16")
+
+
+def test_the_config_refuses_native_where_it_cannot_compute(easy_data, tmp_path):
+    with pytest.raises(ConfigError, match="interaction_kernel: native computes the dot interaction in bf16 on the "
+                                          "CPU; this run has interaction=dot, precision=fp32"):
+        tiny_config(easy_data, tmp_path, interaction_kernel="native")
+    with pytest.raises(ConfigError, match="interaction_kernel: must be one of auto, torch, native"):
+        tiny_config(easy_data, tmp_path, interaction_kernel="amx")
+
+
+def test_without_amx_auto_keeps_torch_and_native_says_why(fresh_build, tmp_path):
+    """Built for a CPU without AMX (a compiler told to leave it out), on any CPU."""
+    compiler = shutil.which(os.environ.get("CC") or "cc")
+    if compiler is None:
+        pytest.skip("no C compiler")
+    cc = tmp_path / "cc"
+    cc.write_text(f'#!/bin/sh\nexec {compiler} "$@" -mno-amx-tile\n')
+    cc.chmod(cc.stat().st_mode | stat.S_IEXEC)
+    fresh_build.setenv("CC", str(cc))
+    kernels = native_dot_kernels()
+    assert not kernels.available and kernels.why_not == "no AMX (amx_tile, amx_bf16) on this CPU"
+    assert resolve_interaction_kernel("auto", "dot", "cpu", "bf16") == (
+        "torch", "auto: no AMX (amx_tile, amx_bf16) on this CPU: torch's ops")
+    with pytest.raises(NativeKernelError, match="cannot run here: no AMX"):
+        resolve_interaction_kernel("native", "dot", "cpu", "bf16")
+    with pytest.raises(NativeKernelError, match="cannot run here: no AMX"):
+        kernels.forward(stack((2, 3, 4), seed=0), False)
+    with pytest.raises(ValueError, match="cannot run here: no AMX"):
+        DotInteraction(3).use_native_kernels(kernels)
+
+
+def test_bf16_training_on_the_kernels_follows_torchs_and_repeats(easy_data, tmp_path):
+    kernels_or_skip()
+    runs = {}
+    for kind in ("torch", "native", "auto"):
+        out = io.StringIO()
+        cfg = tiny_config(easy_data, tmp_path, precision="bf16", interaction_kernel=kind, max_steps=20, seed=2)
+        runs[kind] = train.run(cfg, out=out)
+        assert f"dot interaction: {'native' if kind != 'torch' else 'torch'} (" in out.getvalue()
+    native, plain = runs["native"].losses, runs["torch"].losses
+    assert len(native) == 20 and native == runs["auto"].losses  # auto picks the kernels here; they repeat
+    assert native != plain  # they did run
+    assert native == pytest.approx(plain, rel=0.02)
+    with open(runs["native"].summary_path) as f:
+        assert json.load(f)["interaction_kernel"] == "native"
