@@ -152,45 +152,6 @@ void sgd_rows(float *w, const int64_t *rows, int64_t n, const void *grad, int64_
   }
 }
 
-/* The Adagrads' grouping of the rows: a stable LSD radix sort of the ids, RADIX_BITS per pass, as
- * many passes as ids below `bound` need (2 for the MLPerf tables' 2.6M rows). sorted[k] is the k-th
- * smallest id and order[k] its position in `rows`; the scratch arrays hold n values each. torch.sort
- * took 0.8 ms of the MLPerf step for its 53,248 ids (benchmarks/RESULTS.md). */
-#define RADIX_BITS 11
-void sort_rows(const int64_t *rows, int64_t n, int64_t bound, int64_t *sorted, int64_t *order,
-               int64_t *sorted_scratch, int64_t *order_scratch) {
-  int passes = 0;
-  for (uint64_t b = bound > 1 ? (uint64_t)(bound - 1) : 0; b; b >>= RADIX_BITS) passes++;
-  const int64_t *from_rows = rows, *from_order = NULL;
-  for (int p = 0; p < passes; p++) {
-    /* The passes alternate between the two pairs of arrays so that the last one fills the output. */
-    const int last = (passes - 1 - p) % 2 == 0;
-    int64_t *to_rows = last ? sorted : sorted_scratch, *to_order = last ? order : order_scratch;
-    const int shift = p * RADIX_BITS;
-    int64_t start[1 << RADIX_BITS] = {0};
-    for (int64_t i = 0; i < n; i++) start[((uint64_t)from_rows[i] >> shift) & ((1 << RADIX_BITS) - 1)]++;
-    int64_t total = 0;
-    for (int d = 0; d < (1 << RADIX_BITS); d++) {
-      const int64_t count = start[d];
-      start[d] = total;
-      total += count;
-    }
-    for (int64_t i = 0; i < n; i++) {
-      const int64_t at = start[((uint64_t)from_rows[i] >> shift) & ((1 << RADIX_BITS) - 1)]++;
-      to_rows[at] = from_rows[i];
-      to_order[at] = from_order ? from_order[i] : i;
-    }
-    from_rows = to_rows;
-    from_order = to_order;
-  }
-  if (passes == 0) {
-    for (int64_t i = 0; i < n; i++) {
-      sorted[i] = rows[i];
-      order[i] = i;
-    }
-  }
-}
-
 /* The Adagrads update a row from the sum of its gradient rows. `sorted` holds the rows
  * in ascending order and order[k] the gradient row of sorted[k] (a stable sort, so a
  * row's gradients are summed in batch order). Each thread takes a share of the

@@ -42,7 +42,6 @@ _SIGNATURES = {
     "sgd_rows": [_P, _P, _I64, *_VECTORS, _F32, _INT],
     "rowwise_adagrad_rows": [_P, _P, _P, _P, _I64, *_VECTORS, _F32, _F32, _INT],
     "adagrad_rows": [_P, _P, _P, _P, _I64, *_VECTORS, _F32, _F32, _INT],
-    "sort_rows": [_P, _I64, _I64, _P, _P, _P, _P],
 }
 VECTOR_DTYPES = (torch.float32, torch.bfloat16)
 
@@ -139,22 +138,11 @@ class NativeRowKernels:
         self._table(weight, state_sum)
         self._runs("adagrad_rows", weight, state_sum, rows, grad, lr, eps)
 
-    def sort(self, rows: torch.Tensor, bound: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``torch.sort(rows, stable=True)`` of int64 ids in [0, bound), several times faster (a radix
-        sort); the ids are not checked against ``bound``: the caller has (see :meth:`_rows`)."""
-        if rows.dtype != torch.int64 or rows.dim() != 1 or not rows.is_contiguous() or rows.device.type != "cpu":
-            raise ValueError(f"expected a contiguous 1-D int64 CPU tensor of row ids, got {rows.dtype} "
-                             f"{tuple(rows.shape)} on {rows.device}")
-        sorted_rows, order, *scratch = (torch.empty_like(rows) for _ in range(4))
-        self._lib.sort_rows(rows.data_ptr(), rows.numel(), bound, sorted_rows.data_ptr(), order.data_ptr(),
-                            *(s.data_ptr() for s in scratch))
-        return sorted_rows, order
-
     def _runs(self, name: str, weight: torch.Tensor, state: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor,
               lr: float, eps: float) -> None:
         rows = self._rows(weight, rows)
         # Stable: each row's gradients are summed in batch order, so the sums do not depend on the threads.
-        sorted_rows, order = self.sort(rows, weight.shape[0])
+        sorted_rows, order = torch.sort(rows, stable=True)
         getattr(self._lib, name)(weight.data_ptr(), state.data_ptr(), sorted_rows.data_ptr(), order.data_ptr(),
                                  rows.numel(), *self._vectors(grad, rows.numel(), weight.shape[1], copy=True), lr, eps,
                                  torch.get_num_threads())

@@ -77,21 +77,6 @@ def test_native_sgd_applies_duplicates_one_after_the_other():
     assert weight.tolist() == [[-2, -2.5, -3], [0, 0, 0], [-4, -5, -6], [0, 0, 0]]
 
 
-@pytest.mark.parametrize("bound, n", [(1, 7), (2, 50), (2048, 3000), (2049, 3000), (2_600_000, 20_000),
-                                      (2**40, 5000), (10, 0)])
-def test_the_adagrads_sort_is_torchs_stable_sort(bound, n):
-    """0, 1, 2, 2 and 4 radix passes; ids drawn from few values repeat, so stability shows."""
-    kernels = native_or_skip()
-    rows = torch.randint(0, bound, (n,), generator=torch.Generator().manual_seed(n))
-    if bound > 1000:
-        rows[::3] = rows[0]
-    sorted_rows, order = kernels.sort(rows, bound)
-    expected_rows, expected_order = torch.sort(rows, stable=True)
-    assert torch.equal(sorted_rows, expected_rows) and torch.equal(order, expected_order)
-    with pytest.raises(ValueError, match="1-D int64"):
-        kernels.sort(rows.int(), bound)
-
-
 def test_native_kernels_reject_what_they_cannot_update():
     kernels = native_or_skip()
     weight = torch.zeros(4, 3)
