@@ -56,6 +56,8 @@ def train(data_dir: str, results: str, precision: str, seed: int, optimizer: str
             "linear_kernel": summary["linear_kernel"],
             # Summaries written before sparse_update_kernel existed come from runs on torch's sparse ops.
             "sparse_update_kernel": summary.get("sparse_update_kernel", "torch"),
+            # And those written before interaction_kernel existed, from runs on torch's interaction.
+            "interaction_kernel": summary.get("interaction_kernel", "torch"),
             "log": os.path.join(results, name + ".log"),
             "curve": [(e["epoch_num"], e["auc"]) for e in summary["evaluations"]]}
 
