@@ -158,10 +158,11 @@ class Config:
                                      "else torch). The same formulas; native is the faster (benchmarks/RESULTS.md).",
                                      default="auto")
     interaction_kernel: str = _doc("How the dot interaction is computed in bf16 on the CPU: torch (batched GEMMs, "
-                                   "gather, scatter), native (C kernels on AMX compiled at start-up; needs a CPU "
-                                   "with amx_bf16, a C compiler with OpenMP, precision=bf16), or auto (native where "
-                                   "it runs, else torch). The same sums in fp32, rounded once; native is the "
-                                   "faster (benchmarks/RESULTS.md).", default="auto")
+                                   "gather, scatter), native (C kernels on AMX compiled at start-up; needs "
+                                   "interaction=dot, precision=bf16, device=cpu, a CPU with amx_bf16 that Linux "
+                                   "grants (5.16 or later), a C compiler with OpenMP), or auto (native where it "
+                                   "runs, else torch). The same sums in fp32, rounded once; native is the faster "
+                                   "(benchmarks/RESULTS.md).", default="auto")
     prefetch_batches: int = _doc("Batches read ahead in a background thread (0 = read on the main thread; "
                                  "the results are the same).", default=2)
     log_every: int = _doc("Progress line (and loss read-out) every N iterations.", default=50)

@@ -11,8 +11,9 @@
  * AMX multiplies 16 x 32 bf16 tiles by 32 x 16 ones into 16 x 16 fp32 ones, the second operand
  * with each two of its rows interleaved value by value (the "VNNI" layout). Tiles hold 16 rows
  * of 64 bytes; a thread's tile configuration is its own state, shared with oneDNN's kernels on
- * the same thread, so each thread saves it before and restores it after (oneDNN's GEMMs would
- * otherwise run on this file's configuration). Linux hands out AMX's state to a process that
+ * the same thread, so each thread saves it before and restores it after: code that configured
+ * the tiles once finds them as it left them (oneDNN 3.12, in torch 2.13, happens to configure
+ * them before each GEMM). Linux hands out AMX's state to a process that
  * asks for it (dot_init). The kernels run in torch's OpenMP thread pool (loaded after torch, see
  * row_kernels.c), a share of the samples per thread; a sample's result does not depend on the
  * thread count. */
@@ -192,7 +193,8 @@ void dot_backward(const uint16_t *vectors, const uint16_t *grad, int64_t batch, 
     uint32_t *interleaved = s + rows * cols / 2;
     float *product = (float *)(interleaved + cols / 2 * values);
     uint16_t *s16 = (uint16_t *)s;
-    /* Padding rows, columns and values stay zero: only the sample's own are written below. */
+    /* Padding rows, columns and values stay zero, and so does S's diagonal without
+     * self-interaction: only the sample's own entries are written below. */
     memset(s, 0, (size_t)(rows * cols / 2 + cols / 2 * values) * 4);
     TileConfig saved;
     tiles_begin(&saved);
@@ -201,7 +203,6 @@ void dot_backward(const uint16_t *vectors, const uint16_t *grad, int64_t batch, 
       const uint16_t *x = vectors + b * n * dim, *g = grad + b * width;
       int64_t p = dim;
       for (int64_t i = 0; i < n; i++) {
-        if (!diagonal) s16[i * cols + i] = 0;
         for (int64_t j = 0; j < i + (diagonal ? 1 : 0); j++, p++) {
           if (i == j) s16[i * cols + i] = bf16_doubled(g[p]);
           else s16[i * cols + j] = s16[j * cols + i] = g[p];

@@ -12,8 +12,8 @@ units: only the Gram matrix's blocks on and below the diagonal, its selected
 entries straight into the top MLP's input, and in the backward the vectors'
 gradient S V from the symmetric matrix S of the output's gradient, with the
 bottom output's own gradient added before rounding. Measured in the training
-step (benchmarks/RESULTS.md): 2.0 ms less with row-wise Adagrad, 2.7 ms with
-SGD. AVX-512 kernels without AMX were no faster than torch in bf16 (an
+step (benchmarks/RESULTS.md, three runs): 1.6-2.4 ms less with SGD, 1.5-2.4 ms
+with row-wise Adagrad. AVX-512 kernels without AMX were no faster than torch in bf16 (an
 instruction does a sixteenth of an AMX one's work), so other CPUs, fp32 and
 GPUs keep torch's ops.
 
@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from .config import INTERACTION_KERNELS
+from .cpuinfo import cpu_info
 from .native_build import NativeKernelError, compiler, load_library
 
 SOURCE = Path(__file__).with_name("dot_kernels.c")
@@ -51,11 +52,14 @@ class NativeDotKernels:
         self._lib = library
         library.dot_compiled.restype = _INT
         if not library.dot_compiled():
-            self.available, self.why_not = False, "no AMX (amx_tile, amx_bf16) on this CPU"
+            self.available, self.why_not = False, (
+                f"the C compiler ({compiler()}) cannot target this CPU's AMX (gcc 11 and clang 12 can)"
+                if {"amx_tile", "amx_bf16"} <= cpu_info().flags else "no AMX (amx_tile, amx_bf16) on this CPU")
             return
         library.dot_init.restype = _INT
         if not library.dot_init():
-            self.available, self.why_not = False, "Linux did not grant AMX's tile state (needs Linux 5.16 or later)"
+            self.available, self.why_not = False, ("Linux did not grant AMX's tile state (it needs Linux 5.16 or "
+                                                   "later, with AMX enabled)")
             return
         for name, (argtypes, restype) in _SIGNATURES.items():
             getattr(library, name).argtypes = argtypes
@@ -77,8 +81,7 @@ class NativeDotKernels:
         """The output's width: vector 0, then one value per pair."""
         return dim + n * (n - 1) // 2 + (n if self_interaction else 0)
 
-    def _scratch(self, name: str, n: int, dim: int) -> torch.Tensor:
-        threads = torch.get_num_threads()
+    def _scratch(self, name: str, n: int, dim: int, threads: int) -> torch.Tensor:
         return torch.empty(threads * getattr(self._lib, name)(n, dim), dtype=torch.int32)
 
     def forward(self, vectors: torch.Tensor, self_interaction: bool) -> torch.Tensor:
@@ -87,9 +90,10 @@ class NativeDotKernels:
         self._check(vectors)
         batch, n, dim = vectors.shape
         out = vectors.new_empty(batch, self.width(n, dim, self_interaction))
-        scratch = self._scratch("dot_forward_scratch", n, dim)
+        threads = torch.get_num_threads()
+        scratch = self._scratch("dot_forward_scratch", n, dim, threads)
         self._lib.dot_forward(vectors.data_ptr(), batch, n, dim, int(self_interaction), out.data_ptr(),
-                              scratch.data_ptr(), torch.get_num_threads())
+                              scratch.data_ptr(), threads)
         return out
 
     def backward(self, vectors: torch.Tensor, grad: torch.Tensor, self_interaction: bool) -> torch.Tensor:
@@ -102,9 +106,10 @@ class NativeDotKernels:
                              f", got {tuple(grad.shape)}")
         grad = grad.to(torch.bfloat16).contiguous()
         out = torch.empty_like(vectors)
-        scratch = self._scratch("dot_backward_scratch", n, dim)
+        threads = torch.get_num_threads()
+        scratch = self._scratch("dot_backward_scratch", n, dim, threads)
         self._lib.dot_backward(vectors.data_ptr(), grad.data_ptr(), batch, n, dim, int(self_interaction),
-                               out.data_ptr(), scratch.data_ptr(), torch.get_num_threads())
+                               out.data_ptr(), scratch.data_ptr(), threads)
         return out
 
 

@@ -1,17 +1,21 @@
+import ctypes
 import io
 import json
 import os
 import shutil
 import stat
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from conftest import tiny_config
-from reference import train
+from conftest import ROOT, tiny_config
+from reference import dot_kernels, train
 from reference.config import ConfigError
-from reference.dot_kernels import native_dot_kernels, resolve_interaction_kernel
-from reference.interaction import DotInteraction
+from reference.cpuinfo import CPUInfo, cpu_info
+from reference.dot_kernels import NativeDotKernels, native_dot_kernels, resolve_interaction_kernel
+from reference.interaction import DotInteraction, _Dots
 from reference.native_build import NativeKernelError
 
 SHAPES = [(64, 27, 128), (5, 2, 1), (7, 9, 13), (3, 33, 64), (3, 40, 200), (2, 1, 8)]
@@ -105,13 +109,17 @@ def test_torchs_own_bf16_gemms_are_unchanged_after_the_kernels():
     assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
 
 
-def test_the_module_uses_the_kernels_in_bf16_only():
+def test_the_module_uses_the_kernels_in_bf16_on_the_cpu_only():
     kernels = kernels_or_skip()
     plain, native = DotInteraction(27), DotInteraction(27)
     native.use_native_kernels(kernels)
     dense, sparse = torch.randn(16, 128), torch.randn(16, 26, 128)
     # fp32 (no autocast): torch's ops either way, bit for bit.
     assert torch.equal(plain(dense, sparse), native(dense, sparse))
+    # bf16 elsewhere than on the CPU (the meta device: shapes only): torch's ops, which run anywhere.
+    on_meta = _Dots.apply(dense.bfloat16().to("meta"), sparse.bfloat16().to("meta"), native.lower.to("meta"),
+                          native.upper.to("meta"), native.diagonal.to("meta"), torch.bfloat16, False, kernels)
+    assert on_meta.device.type == "meta" and on_meta.shape == (16, 128 + 351)
     outputs, gradients = [], []
     for module in (plain, native):
         d, s = dense.clone().requires_grad_(), sparse.clone().requires_grad_()
@@ -120,11 +128,89 @@ def test_the_module_uses_the_kernels_in_bf16_only():
         out.float().pow(2).sum().backward()
         outputs.append(out)
         gradients.append((d.grad, s.grad))
-    assert outputs[1].dtype == torch.bfloat16 and gradients[1][1].dtype == torch.float32
+    stack = torch.cat([dense[:, None], sparse], dim=1).bfloat16()
+    assert torch.equal(outputs[1], kernels.forward(stack, False))  # the kernels' output, bit for bit
+    assert outputs[1].dtype == torch.bfloat16 and {g.dtype for g in gradients[1]} == {torch.float32}
     torch.testing.assert_close(outputs[1].float(), outputs[0].float(), rtol=2**-7, atol=1e-3)
     for got, expected in zip(gradients[1], gradients[0], strict=True):
         # Both round bf16 sums of many terms, differently: compared at the gradient's own scale.
         torch.testing.assert_close(got, expected, rtol=2**-6, atol=2**-7 * expected.abs().max().item())
+
+
+TILE_PROBE = r"""
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
+typedef void (*forward_fn)(const void *, int64_t, int64_t, int64_t, int, void *, void *, int);
+/* Configures the calling thread's tiles (configured: a palette 1 layout no kernel uses; else none),
+ * runs the forward on this thread, and says whether the configuration is as it was. */
+int configuration_kept(forward_fn forward, const void *v, int64_t batch, int64_t n, int64_t dim, void *out,
+                       void *scratch, int configured) {
+  uint8_t mine[64] __attribute__((aligned(64))) = {0}, after[64] __attribute__((aligned(64)));
+  mine[0] = 1;
+  mine[16 + 2 * 5] = 12; /* tile 5: 12 bytes of 7 rows */
+  mine[48 + 5] = 7;
+  if (configured) _tile_loadconfig(mine);
+  else _tile_release();
+  forward(v, batch, n, dim, 0, out, scratch, 1);
+  _tile_storeconfig(after);
+  return configured ? memcmp(mine, after, 64) == 0 : after[0] == 0;
+}
+"""
+
+
+def test_the_kernels_leave_each_threads_tile_configuration_as_they_found_it(tmp_path):
+    """oneDNN's GEMMs share the threads' tiles (torch 2.13's configure them before each GEMM, so
+    nothing shows there): a configuration loaded before the kernels is there after them, and a
+    thread that had none has none."""
+    kernels = kernels_or_skip()
+    source, library = tmp_path / "probe.c", tmp_path / "probe.so"
+    source.write_text(TILE_PROBE)
+    subprocess.run([os.environ.get("CC") or "cc", "-O2", "-march=native", "-shared", "-fPIC", str(source), "-o",
+                    str(library)], check=True)
+    probe = ctypes.CDLL(str(library))
+    vectors = stack((4, 27, 128), seed=9)
+    out = vectors.new_empty(4, kernels.width(27, 128, False))
+    scratch = kernels._scratch("dot_forward_scratch", 27, 128, 1)
+    forward = ctypes.cast(kernels._lib.dot_forward, ctypes.c_void_p).value
+    for configured in (1, 0):
+        assert probe.configuration_kept(ctypes.c_void_p(forward), ctypes.c_void_p(vectors.data_ptr()),
+                                        ctypes.c_int64(4), ctypes.c_int64(27), ctypes.c_int64(128),
+                                        ctypes.c_void_p(out.data_ptr()), ctypes.c_void_p(scratch.data_ptr()),
+                                        configured) == 1
+    assert torch.equal(out, kernels.forward(vectors, False))
+
+
+EDGE_OF_MEMORY = """
+import ctypes, mmap, torch
+from reference.dot_kernels import native_dot_kernels
+kernels = native_dot_kernels()
+page = mmap.PAGESIZE
+for n, dim in ((27, 13), (9, 40), (3, 128)):
+    batch = 3
+    nbytes = batch * n * dim * 2
+    size = (nbytes + page - 1) // page * page
+    memory = mmap.mmap(-1, size + page)
+    start = ctypes.addressof(ctypes.c_char.from_buffer(memory))
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    assert libc.mprotect(start + size, page, 0) == 0  # PROT_NONE: a read past the stack faults
+    vectors = torch.frombuffer(memory, dtype=torch.bfloat16, count=batch * n * dim, offset=size - nbytes)
+    vectors = vectors.view(batch, n, dim)
+    vectors.copy_(torch.randn(batch, n, dim))
+    grad = torch.randn(batch, kernels.width(n, dim, False)).bfloat16()
+    kernels.backward(vectors, grad, False)
+    kernels.forward(vectors, False)
+print("ok")
+"""
+
+
+def test_the_kernels_read_nothing_past_the_stack():
+    """The stack ends where readable memory ends (an odd number of vectors, so that the backward's
+    pairs of rows end with half a pair): a read past it would crash the process."""
+    kernels_or_skip()
+    done = subprocess.run([sys.executable, "-c", EDGE_OF_MEMORY], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
 def test_auto_picks_native_for_the_bf16_dot_interaction_on_the_cpu_only():
@@ -151,7 +237,8 @@ def test_the_config_refuses_native_where_it_cannot_compute(easy_data, tmp_path):
 
 
 def test_without_amx_auto_keeps_torch_and_native_says_why(fresh_build, tmp_path):
-    """Built for a CPU without AMX (a compiler told to leave it out), on any CPU."""
+    """Built for a CPU without AMX (a compiler told to leave it out), on any CPU: on one that has
+    AMX the compiler is to blame, on one without it the CPU."""
     compiler = shutil.which(os.environ.get("CC") or "cc")
     if compiler is None:
         pytest.skip("no C compiler")
@@ -160,14 +247,22 @@ def test_without_amx_auto_keeps_torch_and_native_says_why(fresh_build, tmp_path)
     cc.chmod(cc.stat().st_mode | stat.S_IEXEC)
     fresh_build.setenv("CC", str(cc))
     kernels = native_dot_kernels()
-    assert not kernels.available and kernels.why_not == "no AMX (amx_tile, amx_bf16) on this CPU"
-    assert resolve_interaction_kernel("auto", "dot", "cpu", "bf16") == (
-        "torch", "auto: no AMX (amx_tile, amx_bf16) on this CPU: torch's ops")
-    with pytest.raises(NativeKernelError, match="cannot run here: no AMX"):
+    compiler_blamed = f"the C compiler ({cc}) cannot target this CPU's AMX (gcc 11 and clang 12 can)"
+    assert not kernels.available
+    assert kernels.why_not == (compiler_blamed if {"amx_tile", "amx_bf16"} <= cpu_info().flags
+                               else "no AMX (amx_tile, amx_bf16) on this CPU")
+    fresh_build.setattr(dot_kernels, "cpu_info", lambda: CPUInfo(model="", vendor="", flags=frozenset({"avx2"})))
+    assert NativeDotKernels(kernels._lib).why_not == "no AMX (amx_tile, amx_bf16) on this CPU"
+    fresh_build.setattr(dot_kernels, "cpu_info", lambda: CPUInfo(model="", vendor="",
+                                                                 flags=frozenset({"amx_tile", "amx_bf16"})))
+    assert NativeDotKernels(kernels._lib).why_not == compiler_blamed
+    assert resolve_interaction_kernel("auto", "dot", "cpu", "bf16") == ("torch", f"auto: {kernels.why_not}: "
+                                                                                 f"torch's ops")
+    with pytest.raises(NativeKernelError, match="cannot run here: "):
         resolve_interaction_kernel("native", "dot", "cpu", "bf16")
-    with pytest.raises(NativeKernelError, match="cannot run here: no AMX"):
+    with pytest.raises(NativeKernelError, match="cannot run here: "):
         kernels.forward(stack((2, 3, 4), seed=0), False)
-    with pytest.raises(ValueError, match="cannot run here: no AMX"):
+    with pytest.raises(ValueError, match="cannot run here: "):
         DotInteraction(3).use_native_kernels(kernels)
 
 
