@@ -12,10 +12,11 @@ units: only the Gram matrix's blocks on and below the diagonal, its selected
 entries straight into the top MLP's input, and in the backward the vectors'
 gradient S V from the symmetric matrix S of the output's gradient, with the
 bottom output's own gradient added before rounding. Measured in the training
-step (benchmarks/RESULTS.md, three runs): 1.6-2.4 ms less with SGD, 1.5-2.4 ms
-with row-wise Adagrad. AVX-512 kernels without AMX were no faster than torch in bf16 (an
-instruction does a sixteenth of an AMX one's work), so other CPUs, fp32 and
-GPUs keep torch's ops.
+step (benchmarks/RESULTS.md, three runs): 1.6-2.4 ms less with SGD, 1.5-2.4
+ms with row-wise Adagrad. In bf16, AVX-512 kernels without AMX were slower
+than torch's GEMMs (which run on AMX); in fp32 they took the step to 0.97x,
+not kept so far (it would change the default fp32 run's sums). So other
+CPUs, fp32 and GPUs keep torch's ops.
 
 Compiled at start-up for this CPU (reference/native_build.py); where the
 CPU has no AMX, or Linux does not grant it, ``interaction_kernel=auto``
