@@ -13,10 +13,9 @@
  * of 64 bytes; a thread's tile configuration is its own state, shared with oneDNN's kernels on
  * the same thread, so each thread saves it before and restores it after: code that configured
  * the tiles once finds them as it left them (oneDNN 3.12, in torch 2.13, happens to configure
- * them before each GEMM). Linux hands out AMX's state to a process that
- * asks for it (dot_init). The kernels run in torch's OpenMP thread pool (loaded after torch, see
- * row_kernels.c), a share of the samples per thread; a sample's result does not depend on the
- * thread count. */
+ * them before each GEMM). Linux hands out AMX's state to a process that asks for it (dot_init).
+ * The kernels run in torch's OpenMP thread pool (loaded after torch, see row_kernels.c), a share
+ * of the samples per thread; a sample's result does not depend on the thread count. */
 #include <immintrin.h>
 #include <omp.h>
 #include <stdint.h>
