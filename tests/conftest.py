@@ -1,4 +1,6 @@
 import os
+import shutil
+import stat
 import sys
 
 import numpy as np
@@ -10,6 +12,7 @@ sys.path.insert(0, ROOT)
 
 from reference.config import Config  # noqa: E402
 from reference.dot_kernels import native_dot_kernels  # noqa: E402
+from reference.native_build import compiler  # noqa: E402
 from reference.row_kernels import native_row_kernels  # noqa: E402
 from reference.synthetic import SyntheticSpec, generate  # noqa: E402
 
@@ -83,3 +86,18 @@ def fresh_build(monkeypatch):
     monkeypatch.undo()
     native_row_kernels.cache_clear()
     native_dot_kernels.cache_clear()
+
+
+def compile_with(fresh_build, tmp_path, flag: str):
+    """Under ``fresh_build``, the native kernels are compiled by the C compiler with ``flag``
+    added (``-mno-...``: as for a CPU without that feature). Returns the wrapper and a file it
+    creates when it runs (so a test can tell its build from the cached one); skips without a
+    compiler."""
+    found = shutil.which(compiler())
+    if found is None:
+        pytest.skip("no C compiler")
+    cc, used = tmp_path / "cc", tmp_path / "used"
+    cc.write_text(f'#!/bin/sh\ntouch {used}\nexec {found} "$@" {flag}\n')
+    cc.chmod(cc.stat().st_mode | stat.S_IEXEC)
+    fresh_build.setenv("CC", str(cc))
+    return cc, used

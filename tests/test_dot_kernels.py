@@ -1,22 +1,19 @@
 import ctypes
 import io
 import json
-import os
-import shutil
-import stat
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from conftest import ROOT, tiny_config
+from conftest import ROOT, compile_with, tiny_config
 from reference import dot_kernels, train
 from reference.config import ConfigError
 from reference.cpuinfo import CPUInfo, cpu_info
 from reference.dot_kernels import NativeDotKernels, native_dot_kernels, resolve_interaction_kernel
 from reference.interaction import DotInteraction, _Dots
-from reference.native_build import NativeKernelError
+from reference.native_build import NativeKernelError, compiler
 
 SHAPES = [(64, 27, 128), (5, 2, 1), (7, 9, 13), (3, 33, 64), (3, 40, 200), (2, 1, 8)]
 
@@ -166,7 +163,7 @@ def test_the_kernels_leave_each_threads_tile_configuration_as_they_found_it(tmp_
     kernels = kernels_or_skip()
     source, library = tmp_path / "probe.c", tmp_path / "probe.so"
     source.write_text(TILE_PROBE)
-    subprocess.run([os.environ.get("CC") or "cc", "-O2", "-march=native", "-shared", "-fPIC", str(source), "-o",
+    subprocess.run([compiler(), "-O2", "-march=native", "-shared", "-fPIC", str(source), "-o",
                     str(library)], check=True)
     probe = ctypes.CDLL(str(library))
     vectors = stack((4, 27, 128), seed=9)
@@ -239,14 +236,9 @@ def test_the_config_refuses_native_where_it_cannot_compute(easy_data, tmp_path):
 def test_without_amx_auto_keeps_torch_and_native_says_why(fresh_build, tmp_path):
     """Built for a CPU without AMX (a compiler told to leave it out), on any CPU: on one that has
     AMX the compiler is to blame, on one without it the CPU."""
-    compiler = shutil.which(os.environ.get("CC") or "cc")
-    if compiler is None:
-        pytest.skip("no C compiler")
-    cc = tmp_path / "cc"
-    cc.write_text(f'#!/bin/sh\nexec {compiler} "$@" -mno-amx-tile\n')
-    cc.chmod(cc.stat().st_mode | stat.S_IEXEC)
-    fresh_build.setenv("CC", str(cc))
+    cc, used = compile_with(fresh_build, tmp_path, "-mno-amx-tile")
     kernels = native_dot_kernels()
+    assert used.exists()  # built by the wrapper, not taken from the cache
     compiler_blamed = f"the C compiler ({cc}) cannot target this CPU's AMX (gcc 11 and clang 12 can)"
     assert not kernels.available
     assert kernels.why_not == (compiler_blamed if {"amx_tile", "amx_bf16"} <= cpu_info().flags

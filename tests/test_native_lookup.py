@@ -2,14 +2,11 @@
 backward pass (optim.backward_row_update): the same values, gradients and
 trained weights as torch's lookup followed by the optimiser's step."""
 
-import os
-import shutil
-import stat
 
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import compile_with, tiny_config
 from reference import train
 from reference.distributed import runtime
 from reference.embeddings import FusedEmbeddingBag, LookupOutput, stacked
@@ -68,13 +65,7 @@ def test_in_the_compute_dtype_it_rounds_as_torch_casts():
 def test_without_avx512_bf16_the_portable_cast_rounds_alike(fresh_build, tmp_path):
     """The kernels use AVX512_BF16's conversion where the CPU has it; built without it they
     take the portable loop, which every CPU without it runs: checked here on any CPU."""
-    compiler = shutil.which(os.environ.get("CC") or "cc")
-    if compiler is None:
-        pytest.skip("no C compiler")
-    cc, used = tmp_path / "cc", tmp_path / "used"
-    cc.write_text(f'#!/bin/sh\ntouch {used}\nexec {compiler} "$@" -mno-avx512bf16\n')
-    cc.chmod(cc.stat().st_mode | stat.S_IEXEC)
-    fresh_build.setenv("CC", str(cc))
+    _, used = compile_with(fresh_build, tmp_path, "-mno-avx512bf16")
     kernels = kernels_or_skip()
     assert used.exists()  # built by the wrapper, not taken from the cache
     assert_rounds_as_torch(kernels)
