@@ -56,9 +56,11 @@ def test_native_updates_follow_torchs(optimizer, dim):
     assert changed.any(dim=1).sum() == 9  # ids 0-2 of each table, the rest untouched
     for (name, a), b in zip(expected.named_parameters(), got.parameters(), strict=True):
         torch.testing.assert_close(b, a, rtol=2e-6, atol=1e-7, msg=name)
+    # A row's ~32 repeated contributions are summed in another order than torch's: each sum is
+    # off by up to 31 roundings (2e-6 relative), the squares Adagrad keeps by twice that.
     for a, b in zip(expected_opt.state.values(), got_opt.state.values(), strict=True):
         for key in a:
-            torch.testing.assert_close(b[key], a[key], rtol=2e-6, atol=1e-9)
+            torch.testing.assert_close(b[key], a[key], rtol=4e-6, atol=1e-9)
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
