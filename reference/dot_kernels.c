@@ -1,12 +1,14 @@
-/* The dot interaction in bf16 on CPUs with AMX, forward and backward, one sample at a time
- * (reference/dot_kernels.py compiles this file at start-up and says why it exists).
+/* The dot interaction in bf16 on the CPU, forward and backward, one sample at a time
+ * (reference/dot_kernels.py compiles this file at start-up and says why it exists): on AMX's
+ * tiles (dot_forward, dot_backward), or with AVX512_BF16's dot product of pairs for CPUs
+ * without AMX, such as AMD's Zen 4 and Zen 5 (dot_forward_avx512, dot_backward_avx512).
  *
  * A sample's n vectors of `dim` bf16 values (the bottom MLP's output first, then the pooled
  * embeddings) are the rows of its (n, dim) slice of a contiguous (B, n, dim) stack. Its output
  * row is [vector 0, the dot products of the pairs (i, j), j < i (j <= i with self-interaction),
  * row-major: (1,0), (2,0), (2,1), ...], dim + P bf16 values. Products are summed in fp32 and
- * rounded to bf16 once, to nearest even; AMX reads subnormal bf16 values as zero, as oneDNN's
- * bf16 GEMMs behind torch.bmm do on these CPUs.
+ * rounded to bf16 once, to nearest even; both instruction sets read subnormal bf16 values as
+ * zero, as oneDNN's bf16 GEMMs behind torch.bmm do on these CPUs.
  *
  * AMX multiplies 16 x 32 bf16 tiles by 32 x 16 ones into 16 x 16 fp32 ones, the second operand
  * with each two of its rows interleaved value by value (the "VNNI" layout). Tiles hold 16 rows
@@ -23,18 +25,24 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && defined(__AVX512BW__) && \
-    defined(__AVX512VL__)
+#if defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define HAVE_AVX512_BF16 1
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
 #define HAVE_AMX 1
 #endif
-
-/* 1 where this build has the kernels (the compiler targeted a CPU with AMX), else 0. */
-int dot_compiled(void) {
-#ifdef HAVE_AMX
-  return 1;
-#else
-  return 0;
 #endif
+
+/* The kernels this build has: 1 with AVX512_BF16, plus 2 with AMX (what the compiler could
+ * target on this CPU). */
+int dot_compiled(void) {
+  int kernels = 0;
+#ifdef HAVE_AVX512_BF16
+  kernels |= 1;
+#endif
+#ifdef HAVE_AMX
+  kernels |= 2;
+#endif
+  return kernels;
 }
 
 static inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
@@ -53,15 +61,179 @@ int64_t dot_backward_scratch(int64_t n, int64_t dim) {
   return rows * cols / 2 + cols / 2 * values + rows * values;
 }
 
-#ifdef HAVE_AMX
-
 #define ARCH_REQ_XCOMP_PERM 0x1023
 #define XFEATURE_XTILEDATA 18
 
-/* Asks Linux for AMX's tile data state (Linux 5.16 and later; torch's oneDNN asks too). */
-int dot_init(void) { return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0; }
+/* Asks Linux for AMX's tile data state (Linux 5.16 and later; torch's oneDNN asks too): 1 where
+ * this build has the AMX kernels and Linux grants it. */
+int dot_init(void) {
+#ifdef HAVE_AMX
+  return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+#else
+  return 0;
+#endif
+}
+
+#ifdef HAVE_AVX512_BF16
 
 #define INLINE static inline __attribute__((always_inline))
+
+INLINE __mmask16 tail16(int64_t left) { return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1); }
+
+/* 16 fp32 values rounded to bf16 (nearest even), stored under mask m. */
+INLINE void store_bf16(uint16_t *p, __m512 v, __mmask16 m) { _mm256_mask_storeu_epi16(p, m, (__m256i)_mm512_cvtneps_pbh(v)); }
+
+/* 16 bf16 values under mask m (the rest zero) as fp32. */
+INLINE __m512 load_bf16(const uint16_t *p, __mmask16 m) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+}
+
+/* 2 h, exactly (an exponent step; an overflow gives infinity, as in fp32). */
+static inline uint16_t bf16_doubled(uint16_t h) {
+  uint32_t u = (uint32_t)h << 16;
+  float f;
+  memcpy(&f, &u, sizeof f);
+  f *= 2.0f;
+  memcpy(&u, &f, sizeof u);
+  return (uint16_t)(u >> 16);
+}
+
+/* The backward: with S the symmetric (n, n) matrix of the output gradient's pair entries, the
+ * vectors' gradient is S V, plus, in row 0, the gradient of the output's copy of vector 0. S is
+ * written here in bf16, `cols` values a row, from a sample's output gradient g: g_ij at (i, j)
+ * and (j, i), 2 g_ii on the diagonal (the derivative of a square); entries outside the pairs
+ * are left as they are (zero). */
+INLINE void symmetric_from_pairs(uint16_t *s16, int64_t cols, const uint16_t *g, int64_t n, int64_t dim,
+                                 int diagonal) {
+  int64_t p = dim;
+  for (int64_t i = 0; i < n; i++)
+    for (int64_t j = 0; j < i + (diagonal ? 1 : 0); j++, p++) {
+      if (i == j) s16[i * cols + i] = bf16_doubled(g[p]);
+      else s16[i * cols + j] = s16[j * cols + i] = g[p];
+    }
+}
+
+/* The sample's rows x interleaved in pairs (V's layout for S V): row k, `stride` words long,
+ * holds rows 2k and 2k+1 value by value in 4-byte words (for odd n the last with zeros). */
+INLINE void interleave_rows(uint32_t *interleaved, int64_t stride, const uint16_t *x, int64_t n, int64_t dim) {
+  for (int64_t k = 0; k < (n + 1) / 2; k++)
+    for (int64_t d = 0; d < dim; d += 16) {
+      const __mmask16 m = tail16(dim - d);
+      const __m512i even = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, x + 2 * k * dim + d));
+      const __m512i odd = 2 * k + 1 < n ? _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, x + (2 * k + 1) * dim + d))
+                                        : _mm512_setzero_si512();
+      _mm512_mask_storeu_epi32(interleaved + k * stride + d, m, _mm512_or_si512(even, _mm512_slli_epi32(odd, 16)));
+    }
+}
+
+/* Without AMX: the forward takes row i's dot products with eight rows at a time (32 values a
+ * step, summed across the register's lanes at the end); the backward computes S V four rows by
+ * 64 values at a time, each instruction taking two columns of S (one word of S's row, repeated)
+ * against the interleaved rows. Neither pads the sample to 16 rows, as the tiles need: at 27
+ * vectors the tiles' blocks would compute 768 dot products for 351. */
+
+/* Lane k: the sum of a[k]'s 16 lanes. */
+INLINE __m256 sum8(const __m512 a[8]) {
+  __m256 h[8];
+  for (int k = 0; k < 8; k++) h[k] = _mm256_add_ps(_mm512_castps512_ps256(a[k]), _mm512_extractf32x8_ps(a[k], 1));
+  const __m256 s01 = _mm256_hadd_ps(h[0], h[1]), s23 = _mm256_hadd_ps(h[2], h[3]);
+  const __m256 s45 = _mm256_hadd_ps(h[4], h[5]), s67 = _mm256_hadd_ps(h[6], h[7]);
+  const __m256 s0123 = _mm256_hadd_ps(s01, s23), s4567 = _mm256_hadd_ps(s45, s67);
+  return _mm256_add_ps(_mm256_permute2f128_ps(s0123, s4567, 0x20), _mm256_permute2f128_ps(s0123, s4567, 0x31));
+}
+
+/* Row i's dot products with rows j0..j0+7 of x (a row past jmax - 1 repeats row jmax - 1; its
+ * sum is not stored). */
+INLINE __m256 dots8(const uint16_t *x, int64_t dim, int64_t i, int64_t j0, int64_t jmax) {
+  __m512 acc[8];
+  const uint16_t *rows[8];
+  for (int k = 0; k < 8; k++) {
+    acc[k] = _mm512_setzero_ps();
+    rows[k] = x + (j0 + k < jmax ? j0 + k : jmax - 1) * dim;
+  }
+  const uint16_t *xi = x + i * dim;
+  for (int64_t c = 0; c < dim; c += 32) {
+    const __mmask32 m = dim - c >= 32 ? (__mmask32)~0u : (__mmask32)((1u << (dim - c)) - 1);
+    const __m512bh a = (__m512bh)_mm512_maskz_loadu_epi16(m, xi + c);
+    for (int k = 0; k < 8; k++) acc[k] = _mm512_dpbf16_ps(acc[k], a, (__m512bh)_mm512_maskz_loadu_epi16(m, rows[k] + c));
+  }
+  return sum8(acc);
+}
+
+/* No scratch: the forward takes the AMX kernel's arguments, scratch among them, to be called the same way. */
+int64_t dot_forward_avx512_scratch(int64_t n, int64_t dim) {
+  (void)n, (void)dim;
+  return 0;
+}
+
+void dot_forward_avx512(const uint16_t *vectors, int64_t batch, int64_t n, int64_t dim, int diagonal, uint16_t *out,
+                        uint32_t *scratch, int threads) {
+  (void)scratch;
+  const int64_t width = dim + pair_count(n, diagonal);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t b = 0; b < batch; b++) {
+    const uint16_t *x = vectors + b * n * dim;
+    uint16_t *o = out + b * width;
+    memcpy(o, x, (size_t)dim * 2);
+    int64_t at = dim;
+    for (int64_t i = diagonal ? 0 : 1; i < n; i++) {
+      const int64_t jmax = i + (diagonal ? 1 : 0);
+      for (int64_t j0 = 0; j0 < jmax; j0 += 8) {
+        const int64_t count = jmax - j0 < 8 ? jmax - j0 : 8;
+        store_bf16(o + at, _mm512_castps256_ps512(dots8(x, dim, i, j0, jmax)), (__mmask16)((1u << count) - 1));
+        at += count;
+      }
+    }
+  }
+}
+
+/* Per thread: S (rows padded to a multiple of 4, an even number of columns) and the interleaved
+ * rows, in 4-byte words. */
+int64_t dot_backward_avx512_scratch(int64_t n, int64_t dim) { return round_up(n, 4) * (n + 1) / 2 + (n + 1) / 2 * dim; }
+
+void dot_backward_avx512(const uint16_t *vectors, const uint16_t *grad, int64_t batch, int64_t n, int64_t dim,
+                         int diagonal, uint16_t *grad_vectors, uint32_t *scratch, int threads) {
+  const int64_t width = dim + pair_count(n, diagonal), words = (n + 1) / 2;
+#pragma omp parallel num_threads(threads)
+  {
+    uint32_t *s = scratch + omp_get_thread_num() * dot_backward_avx512_scratch(n, dim);
+    uint32_t *interleaved = s + round_up(n, 4) * words;
+    /* Padding rows and the odd column stay zero, and so does S's diagonal without
+     * self-interaction: only the sample's own entries are written below. */
+    memset(s, 0, (size_t)(round_up(n, 4) * words) * 4);
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < batch; b++) {
+      const uint16_t *x = vectors + b * n * dim, *g = grad + b * width;
+      symmetric_from_pairs((uint16_t *)s, 2 * words, g, n, dim, diagonal);
+      interleave_rows(interleaved, dim, x, n, dim);
+      for (int64_t i0 = 0; i0 < n; i0 += 4)
+        for (int64_t d0 = 0; d0 < dim; d0 += 64) {
+          __mmask16 m[4];
+          __m512 acc[4][4];
+          for (int q = 0; q < 4; q++) {
+            m[q] = d0 + 16 * q < dim ? tail16(dim - d0 - 16 * q) : 0;
+            for (int r = 0; r < 4; r++) acc[r][q] = _mm512_setzero_ps();
+          }
+          for (int64_t k = 0; k < words; k++) {
+            __m512bh v[4];
+            for (int q = 0; q < 4; q++) v[q] = (__m512bh)_mm512_maskz_loadu_epi32(m[q], interleaved + k * dim + d0 + 16 * q);
+            for (int r = 0; r < 4; r++) {
+              const __m512bh pair = (__m512bh)_mm512_set1_epi32((int)s[(i0 + r) * words + k]);
+              for (int q = 0; q < 4; q++) acc[r][q] = _mm512_dpbf16_ps(acc[r][q], pair, v[q]);
+            }
+          }
+          if (i0 == 0)
+            for (int q = 0; q < 4; q++) acc[0][q] = _mm512_add_ps(acc[0][q], load_bf16(g + d0 + 16 * q, m[q]));
+          for (int r = 0; r < 4 && i0 + r < n; r++)
+            for (int q = 0; q < 4; q++) store_bf16(grad_vectors + (b * n + i0 + r) * dim + d0 + 16 * q, acc[r][q], m[q]);
+        }
+    }
+  }
+}
+
+#endif
+
+#ifdef HAVE_AMX
 
 typedef struct {
   uint8_t palette_id, start_row, reserved[14];
@@ -87,8 +259,6 @@ INLINE void tiles_end(const TileConfig *saved) {
   else _tile_release();
 }
 
-INLINE __mmask16 tail16(int64_t left) { return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1); }
-
 /* Transposes the 16 x 16 matrix of 4-byte words in r. */
 INLINE void transpose16(__m512i r[16]) {
   __m512i t[16];
@@ -112,9 +282,6 @@ INLINE void transpose16(__m512i r[16]) {
     r[j + 8] = _mm512_shuffle_i32x4(t[j], t[j + 8], 0xdd);
   }
 }
-
-/* 16 fp32 values rounded to bf16 (nearest even), stored under mask m. */
-INLINE void store_bf16(uint16_t *p, __m512 v, __mmask16 m) { _mm256_mask_storeu_epi16(p, m, (__m256i)_mm512_cvtneps_pbh(v)); }
 
 /* The Gram matrix V V^T of each sample, 16 x 16 blocks on and below the diagonal; V^T's
  * interleaved layout is V's transpose taken in words of two values. */
@@ -168,20 +335,7 @@ void dot_forward(const uint16_t *vectors, int64_t batch, int64_t n, int64_t dim,
   }
 }
 
-/* 2 h, exactly (an exponent step; an overflow gives infinity, as in fp32). */
-static inline uint16_t bf16_doubled(uint16_t h) {
-  uint32_t u = (uint32_t)h << 16;
-  float f;
-  memcpy(&f, &u, sizeof f);
-  f *= 2.0f;
-  memcpy(&u, &f, sizeof u);
-  return (uint16_t)(u >> 16);
-}
-
-/* The backward: with S the symmetric (n, n) matrix of the output gradient's pair entries (g_ij
- * at (i, j) and (j, i); 2 g_ii on the diagonal, the derivative of a square), the vectors'
- * gradient is S V, plus, in row 0, the gradient of the output's copy of vector 0. V's
- * interleaved layout pairs rows 2k and 2k+1. */
+/* The backward (see symmetric_from_pairs): S V on tiles, S padded with zero rows and columns. */
 void dot_backward(const uint16_t *vectors, const uint16_t *grad, int64_t batch, int64_t n, int64_t dim, int diagonal,
                   uint16_t *grad_vectors, uint32_t *scratch, int threads) {
   const int64_t rows = round_up(n, 16), cols = round_up(n, 32), values = round_up(dim, 16);
@@ -200,22 +354,8 @@ void dot_backward(const uint16_t *vectors, const uint16_t *grad, int64_t batch, 
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < batch; b++) {
       const uint16_t *x = vectors + b * n * dim, *g = grad + b * width;
-      int64_t p = dim;
-      for (int64_t i = 0; i < n; i++) {
-        for (int64_t j = 0; j < i + (diagonal ? 1 : 0); j++, p++) {
-          if (i == j) s16[i * cols + i] = bf16_doubled(g[p]);
-          else s16[i * cols + j] = s16[j * cols + i] = g[p];
-        }
-      }
-      for (int64_t k = 0; k < (n + 1) / 2; k++)
-        for (int64_t d = 0; d < dim; d += 16) {
-          const __mmask16 m = tail16(dim - d);
-          const __m512i even = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, x + 2 * k * dim + d));
-          const __m512i odd = 2 * k + 1 < n
-                                  ? _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, x + (2 * k + 1) * dim + d))
-                                  : _mm512_setzero_si512();
-          _mm512_mask_storeu_epi32(interleaved + k * values + d, m, _mm512_or_si512(even, _mm512_slli_epi32(odd, 16)));
-        }
+      symmetric_from_pairs(s16, cols, g, n, dim, diagonal);
+      interleave_rows(interleaved, values, x, n, dim);
       for (int64_t i0 = 0; i0 < rows; i0 += 16)
         for (int64_t d0 = 0; d0 < values; d0 += 16) {
           _tile_zero(0);
@@ -230,10 +370,7 @@ void dot_backward(const uint16_t *vectors, const uint16_t *grad, int64_t batch, 
         for (int64_t d = 0; d < dim; d += 16) {
           const __mmask16 m = tail16(dim - d);
           __m512 v = _mm512_maskz_loadu_ps(m, product + i * values + d);
-          if (i == 0) {
-            const __m512i dense = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, g + d));
-            v = _mm512_add_ps(v, _mm512_castsi512_ps(_mm512_slli_epi32(dense, 16)));
-          }
+          if (i == 0) v = _mm512_add_ps(v, load_bf16(g + d, m));
           store_bf16(grad_vectors + (b * n + i) * dim + d, v, m);
         }
     }

@@ -1,4 +1,4 @@
-"""Native kernels for the dot interaction in bf16 on CPUs with AMX (dot_kernels.c).
+"""Native kernels for the dot interaction in bf16 on the CPU (dot_kernels.c).
 
 torch computes the interaction as a batched GEMM of each sample's 27 x 128
 stack with itself (a 27 x 27 Gram matrix, of which the 351 entries below
@@ -6,21 +6,23 @@ the diagonal are kept), a gather and a concatenation; its backward scatters
 the output's gradient into a zero 27 x 27 matrix and runs another batched
 GEMM. Matrices this small keep the GEMM kernels far from their speed, and
 each pass writes a buffer that the next reads back from memory: in the
-MLPerf bf16 step the interaction took about 7 of 46 ms. The kernels compute
-a sample in one pass while its vectors are in the cache, on AMX's tile
-units: only the Gram matrix's blocks on and below the diagonal, its selected
-entries straight into the top MLP's input, and in the backward the vectors'
-gradient S V from the symmetric matrix S of the output's gradient, with the
-bottom output's own gradient added before rounding. Measured in the training
-step (benchmarks/RESULTS.md, three runs): 1.6-2.4 ms less with SGD, 1.5-2.4
-ms with row-wise Adagrad. In bf16, AVX-512 kernels without AMX were slower
-than torch's GEMMs (which run on AMX); in fp32 they took the step to 0.97x,
-not kept so far (it would change the default fp32 run's sums). So other
-CPUs, fp32 and GPUs keep torch's ops.
+MLPerf bf16 step the interaction took about 7 of 46 ms on an Intel CPU with
+AMX, 11.6 of 106 on an AMD Zen 4. The kernels compute a sample in one pass
+while its vectors are in the cache, its selected entries straight into the
+top MLP's input, and in the backward the vectors' gradient S V from the
+symmetric matrix S of the output's gradient, with the bottom output's own
+gradient added before rounding. Two implementations: on AMX's tile units
+(only the Gram matrix's blocks on and below the diagonal), and with
+AVX512_BF16's dot products for CPUs without AMX (each pair's dot product on
+its own, no padding to tiles). Measured in the training step
+(benchmarks/RESULTS.md): with AMX 1.5-2.4 ms less; on a Zen 4 the
+interaction's forward and backward 1.7 and 2.3 ms instead of 4.9 and 6.7,
+the step 0.93-0.95x. In fp32 AVX-512 kernels took the step to 0.97x, not
+kept so far (it would change the default fp32 run's sums), so fp32 and GPUs
+keep torch's ops.
 
 Compiled at start-up for this CPU (reference/native_build.py); where the
-CPU has no AMX, or Linux does not grant it, ``interaction_kernel=auto``
-keeps torch's ops and says why.
+CPU has neither, ``interaction_kernel=auto`` keeps torch's ops and says why.
 """
 
 from __future__ import annotations
@@ -38,34 +40,68 @@ from .native_build import NativeKernelError, compiler, load_library
 SOURCE = Path(__file__).with_name("dot_kernels.c")
 
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-_SIGNATURES = {
-    "dot_forward_scratch": ([_I64, _I64], _I64),
-    "dot_backward_scratch": ([_I64, _I64], _I64),
-    "dot_forward": ([_P, _I64, _I64, _I64, _INT, _P, _P, _INT], None),
-    "dot_backward": ([_P, _P, _I64, _I64, _I64, _INT, _P, _P, _INT], None),
+_SIGNATURES = {  # every instruction set's functions take these
+    "forward": ([_P, _I64, _I64, _I64, _INT, _P, _P, _INT], None),  # vectors, batch, n, dim, self-int., out,
+    "backward": ([_P, _P, _I64, _I64, _I64, _INT, _P, _P, _INT], None),  # (grad,) ... scratch, threads
+    "forward_scratch": ([_I64, _I64], _I64),  # words per thread for (n, dim)
+    "backward_scratch": ([_I64, _I64], _I64),
 }
+# Per instruction set: its bit in dot_compiled() and the C name of each function.
+_ISAS = {
+    "amx": (2, {"forward": "dot_forward", "backward": "dot_backward", "forward_scratch": "dot_forward_scratch",
+                "backward_scratch": "dot_backward_scratch"}),
+    "avx512_bf16": (1, {"forward": "dot_forward_avx512", "backward": "dot_backward_avx512",
+                        "forward_scratch": "dot_forward_avx512_scratch",
+                        "backward_scratch": "dot_backward_avx512_scratch"}),
+}
+_NAMES = {"amx": "AMX", "avx512_bf16": "AVX512_BF16"}
 
 
 class NativeDotKernels:
-    """The compiled dot interaction: bf16 CPU tensors, where :attr:`available` (else :attr:`why_not`)."""
+    """The compiled dot interaction for bf16 CPU tensors, where :attr:`available` (else
+    :attr:`why_not`), on :attr:`isa`: AMX where this build has it and Linux grants it, else
+    AVX512_BF16. :attr:`isas` lists those that can run here (``isa`` picks one of them);
+    :attr:`amx_note` says why a CPU with AMX runs them without it."""
 
-    def __init__(self, library: ctypes.CDLL):
+    def __init__(self, library: ctypes.CDLL, isa: str | None = None):
+        if isa is not None and isa not in _ISAS:
+            raise ValueError(f"unknown instruction set {isa!r}: expected {', '.join(_ISAS)}")
         self._lib = library
-        library.dot_compiled.restype = _INT
-        if not library.dot_compiled():
-            self.available, self.why_not = False, (
-                f"the C compiler ({compiler()}) cannot target this CPU's AMX (gcc 11 and clang 12 can)"
-                if {"amx_tile", "amx_bf16"} <= cpu_info().flags else "no AMX (amx_tile, amx_bf16) on this CPU")
-            return
-        library.dot_init.restype = _INT
-        if not library.dot_init():
-            self.available, self.why_not = False, ("Linux did not grant AMX's tile state (it needs Linux 5.16 or "
-                                                   "later, with AMX enabled)")
-            return
-        for name, (argtypes, restype) in _SIGNATURES.items():
-            getattr(library, name).argtypes = argtypes
-            getattr(library, name).restype = restype
-        self.available, self.why_not = True, ""
+        library.dot_compiled.restype = library.dot_init.restype = _INT
+        compiled, flags = library.dot_compiled(), cpu_info().flags
+        isas, self.amx_note = [], ""
+        if compiled & _ISAS["amx"][0]:
+            if library.dot_init():
+                isas.append("amx")
+            else:
+                self.amx_note = "Linux did not grant AMX's tile state (it needs Linux 5.16 or later, with AMX enabled)"
+        elif {"amx_tile", "amx_bf16"} <= flags:
+            self.amx_note = f"the C compiler ({compiler()}) cannot target this CPU's AMX (gcc 11 and clang 12 can)"
+        self.why_not = ""
+        if compiled & _ISAS["avx512_bf16"][0]:
+            isas.append("avx512_bf16")
+        else:
+            self.why_not = (f"the C compiler ({compiler()}) cannot target this CPU's AVX512_BF16 (gcc 10 and clang 9 "
+                            f"can)" if "avx512_bf16" in flags else "no AVX512_BF16 on this CPU")
+        self.isas = tuple(isas)
+        if isa is not None and isa not in self.isas:
+            why = self.why_not or self.amx_note or f"this CPU has no {_NAMES[isa]}"
+            raise NativeKernelError(f"the native dot interaction cannot run on {_NAMES[isa]} here: {why}")
+        self.isa = isa or (self.isas[0] if self.isas else "")
+        self.available = bool(self.isa)
+        self._functions = {}
+        for role, name in _ISAS[self.isa][1].items() if self.available else ():
+            function = getattr(library, name)
+            function.argtypes, function.restype = _SIGNATURES[role]
+            self._functions[role] = function
+
+    def on(self, isa: str) -> NativeDotKernels:
+        """These kernels on instruction set ``isa`` (one of :attr:`isas`)."""
+        return NativeDotKernels(self._lib, isa)
+
+    def describe(self) -> str:
+        """The instruction set in use, and why it is not AMX on a CPU that has AMX."""
+        return _NAMES[self.isa] + (f" ({self.amx_note})" if self.amx_note else "")
 
     def _check(self, vectors: torch.Tensor) -> None:
         if not self.available:
@@ -82,8 +118,8 @@ class NativeDotKernels:
         """The output's width: vector 0, then one value per pair."""
         return dim + n * (n - 1) // 2 + (n if self_interaction else 0)
 
-    def _scratch(self, name: str, n: int, dim: int, threads: int) -> torch.Tensor:
-        return torch.empty(threads * getattr(self._lib, name)(n, dim), dtype=torch.int32)
+    def _scratch(self, role: str, n: int, dim: int, threads: int) -> torch.Tensor:
+        return torch.empty(threads * self._functions[role](n, dim), dtype=torch.int32)
 
     def forward(self, vectors: torch.Tensor, self_interaction: bool) -> torch.Tensor:
         """[vectors[:, 0], the dot products of the pairs (i, j), j < i (j <= i with
@@ -92,9 +128,9 @@ class NativeDotKernels:
         batch, n, dim = vectors.shape
         out = vectors.new_empty(batch, self.width(n, dim, self_interaction))
         threads = torch.get_num_threads()
-        scratch = self._scratch("dot_forward_scratch", n, dim, threads)
-        self._lib.dot_forward(vectors.data_ptr(), batch, n, dim, int(self_interaction), out.data_ptr(),
-                              scratch.data_ptr(), threads)
+        scratch = self._scratch("forward_scratch", n, dim, threads)
+        self._functions["forward"](vectors.data_ptr(), batch, n, dim, int(self_interaction), out.data_ptr(),
+                                   scratch.data_ptr(), threads)
         return out
 
     def backward(self, vectors: torch.Tensor, grad: torch.Tensor, self_interaction: bool) -> torch.Tensor:
@@ -108,9 +144,9 @@ class NativeDotKernels:
         grad = grad.to(torch.bfloat16).contiguous()
         out = torch.empty_like(vectors)
         threads = torch.get_num_threads()
-        scratch = self._scratch("dot_backward_scratch", n, dim, threads)
-        self._lib.dot_backward(vectors.data_ptr(), grad.data_ptr(), batch, n, dim, int(self_interaction),
-                               out.data_ptr(), scratch.data_ptr(), threads)
+        scratch = self._scratch("backward_scratch", n, dim, threads)
+        self._functions["backward"](vectors.data_ptr(), grad.data_ptr(), batch, n, dim, int(self_interaction),
+                                    out.data_ptr(), scratch.data_ptr(), threads)
         return out
 
 
@@ -147,4 +183,5 @@ def resolve_interaction_kernel(kind: str, interaction: str, device: torch.device
         if kind == "native":
             raise NativeKernelError(f"the native dot interaction cannot run here: {kernels.why_not}")
         return "torch", f"auto: {kernels.why_not}: torch's ops"
-    return "native", "set by interaction_kernel" if kind == "native" else f"auto: AMX, compiled here with {compiler()}"
+    return "native", (f"set by interaction_kernel: {kernels.describe()}" if kind == "native" else
+                      f"auto: {kernels.describe()}, compiled here with {compiler()}")

@@ -1,6 +1,7 @@
 import ctypes
 import io
 import json
+import re
 import subprocess
 import sys
 
@@ -18,14 +19,25 @@ from reference.native_build import NativeKernelError, compiler
 SHAPES = [(64, 27, 128), (5, 2, 1), (7, 9, 13), (3, 33, 64), (3, 40, 200), (2, 1, 8)]
 
 
-def kernels_or_skip():
+def kernels_or_skip(isa: str | None = None) -> NativeDotKernels:
+    """The kernels, on ``isa`` where given (else the one a run uses); skips where they cannot run."""
     try:
         kernels = native_dot_kernels()
     except NativeKernelError as e:
         pytest.skip(f"native dot kernels not built here: {e}")
     if not kernels.available:
         pytest.skip(f"native dot kernels cannot run here: {kernels.why_not}")
-    return kernels
+    if isa is not None and isa not in kernels.isas:
+        with pytest.raises(NativeKernelError, match=f"cannot run on {isa.upper()} here: "):
+            kernels.on(isa)
+        pytest.skip(f"native dot kernels cannot run on {isa} here ({kernels.describe()} can)")
+    return kernels.on(isa) if isa else kernels
+
+
+@pytest.fixture(params=["amx", "avx512_bf16"])
+def kernels(request) -> NativeDotKernels:
+    """Each implementation that can run here."""
+    return kernels_or_skip(request.param)
 
 
 def exact(vectors: torch.Tensor, self_interaction: bool) -> torch.Tensor:
@@ -41,10 +53,9 @@ def stack(shape, seed: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("self_interaction", [False, True])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_forward_is_the_exact_interaction_rounded_once(shape, self_interaction):
+def test_forward_is_the_exact_interaction_rounded_once(shape, self_interaction, kernels):
     """Summed in fp32 and rounded to bf16 once: within half a bf16 step (at most 2^-8 relative) of the
     exact value, plus fp32's rounding over the sum of the products' magnitudes."""
-    kernels = kernels_or_skip()
     vectors = stack(shape, seed=sum(shape))
     got = kernels.forward(vectors, self_interaction)
     expected = exact(vectors.double(), self_interaction)
@@ -56,8 +67,7 @@ def test_forward_is_the_exact_interaction_rounded_once(shape, self_interaction):
 
 @pytest.mark.parametrize("self_interaction", [False, True])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_backward_is_the_exact_gradient_rounded_once(shape, self_interaction):
-    kernels = kernels_or_skip()
+def test_backward_is_the_exact_gradient_rounded_once(shape, self_interaction, kernels):
     vectors = stack(shape, seed=sum(shape) + 1)
     grad = stack((shape[0], kernels.width(shape[1], shape[2], self_interaction)), seed=7)
     got = kernels.backward(vectors, grad, self_interaction)
@@ -69,9 +79,8 @@ def test_backward_is_the_exact_gradient_rounded_once(shape, self_interaction):
     assert ((got.double() - wide.grad).abs() <= 2**-8 * wide.grad.abs() + 2**-20 * magnitude.grad).all()
 
 
-def test_a_sum_halfway_between_two_bf16_values_rounds_to_even():
+def test_a_sum_halfway_between_two_bf16_values_rounds_to_even(kernels):
     """1 + 3 * 2^-8 lies halfway between 1 + 2^-7 (odd) and 1 + 2^-6 (even): truncating gives the first."""
-    kernels = kernels_or_skip()
     vectors = torch.tensor([[[1.0, 1.0], [1.0, 3 * 2**-8]]], dtype=torch.bfloat16)
     assert kernels.forward(vectors, False)[0, 2].item() == 1 + 2**-6
     # Vector 0's first value: its own gradient (3 * 2^-8) plus the pair's (1) times vector 1's (1).
@@ -79,8 +88,7 @@ def test_a_sum_halfway_between_two_bf16_values_rounds_to_even():
     assert kernels.backward(vectors, grad, False)[0, 0, 0].item() == 1 + 2**-6
 
 
-def test_results_do_not_depend_on_the_thread_count():
-    kernels = kernels_or_skip()
+def test_results_do_not_depend_on_the_thread_count(kernels):
     vectors, grad = stack((33, 27, 128), seed=3), stack((33, 128 + 351), seed=4)
     before = torch.get_num_threads()
     try:
@@ -94,10 +102,9 @@ def test_results_do_not_depend_on_the_thread_count():
         assert torch.equal(forward, results[0][0]) and torch.equal(backward, results[0][1])
 
 
-def test_torchs_own_bf16_gemms_are_unchanged_after_the_kernels():
+def test_torchs_own_bf16_gemms_are_unchanged_after_the_kernels(kernels):
     """The kernels configure AMX's tiles on torch's threads, whose tiles oneDNN's GEMMs use too
     (the kernels put each thread's configuration back): the GEMMs give the same bits after them."""
-    kernels = kernels_or_skip()
     a, b = stack((512, 384), seed=5), stack((384, 256), seed=6)
     batched = stack((64, 27, 128), seed=8)
     before = torch.mm(a, b), torch.bmm(batched, batched.transpose(1, 2))
@@ -106,8 +113,7 @@ def test_torchs_own_bf16_gemms_are_unchanged_after_the_kernels():
     assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
 
 
-def test_the_module_uses_the_kernels_in_bf16_on_the_cpu_only():
-    kernels = kernels_or_skip()
+def test_the_module_uses_the_kernels_in_bf16_on_the_cpu_only(kernels):
     plain, native = DotInteraction(27), DotInteraction(27)
     native.use_native_kernels(kernels)
     dense, sparse = torch.randn(16, 128), torch.randn(16, 26, 128)
@@ -160,7 +166,7 @@ def test_the_kernels_leave_each_threads_tile_configuration_as_they_found_it(tmp_
     """oneDNN's GEMMs share the threads' tiles (torch 2.13's configure them before each GEMM, so
     nothing shows there): a configuration loaded before the kernels is there after them, and a
     thread that had none has none."""
-    kernels = kernels_or_skip()
+    kernels = kernels_or_skip("amx")
     source, library = tmp_path / "probe.c", tmp_path / "probe.so"
     source.write_text(TILE_PROBE)
     subprocess.run([compiler(), "-O2", "-march=native", "-shared", "-fPIC", str(source), "-o",
@@ -168,7 +174,7 @@ def test_the_kernels_leave_each_threads_tile_configuration_as_they_found_it(tmp_
     probe = ctypes.CDLL(str(library))
     vectors = stack((4, 27, 128), seed=9)
     out = vectors.new_empty(4, kernels.width(27, 128, False))
-    scratch = kernels._scratch("dot_forward_scratch", 27, 128, 1)
+    scratch = kernels._scratch("forward_scratch", 27, 128, 1)
     forward = ctypes.cast(kernels._lib.dot_forward, ctypes.c_void_p).value
     for configured in (1, 0):
         assert probe.configuration_kept(ctypes.c_void_p(forward), ctypes.c_void_p(vectors.data_ptr()),
@@ -180,10 +186,12 @@ def test_the_kernels_leave_each_threads_tile_configuration_as_they_found_it(tmp_
 
 EDGE_OF_MEMORY = """
 import ctypes, mmap, torch
+import itertools
 from reference.dot_kernels import native_dot_kernels
-kernels = native_dot_kernels()
+built = native_dot_kernels()
 page = mmap.PAGESIZE
-for n, dim in ((27, 13), (9, 40), (3, 128)):
+for isa, (n, dim) in itertools.product(built.isas, ((27, 13), (9, 40), (3, 128))):
+    kernels = built.on(isa)
     batch = 3
     nbytes = batch * n * dim * 2
     size = (nbytes + page - 1) // page * page
@@ -198,22 +206,25 @@ for n, dim in ((27, 13), (9, 40), (3, 128)):
     grad = torch.randn(batch, kernels.width(n, dim, False)).bfloat16()
     kernels.backward(vectors, grad, False)
     kernels.forward(vectors, False)
-print("ok")
+print("ok", *built.isas)
 """
 
 
 def test_the_kernels_read_nothing_past_the_stack():
     """The stack ends where readable memory ends (an odd number of vectors, so that the backward's
     pairs of rows end with half a pair): a read past it would crash the process."""
-    kernels_or_skip()
+    kernels = kernels_or_skip()
     done = subprocess.run([sys.executable, "-c", EDGE_OF_MEMORY], cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+    assert done.returncode == 0 and done.stdout.split() == ["ok", *kernels.isas], done.stderr[-2000:]
 
 
 def test_auto_picks_native_for_the_bf16_dot_interaction_on_the_cpu_only():
     kernels = kernels_or_skip()
-    assert kernels.available
-    assert resolve_interaction_kernel("auto", "dot", "cpu", "bf16")[0] == "native"
+    assert kernels.isa == kernels.isas[0] == ("amx" if "amx_tile" in cpu_info().flags else "avx512_bf16")
+    assert resolve_interaction_kernel("auto", "dot", "cpu", "bf16") == (
+        "native", f"auto: {kernels.describe()}, compiled here with {compiler()}")
+    assert resolve_interaction_kernel("native", "dot", "cpu", "bf16") == (
+        "native", f"set by interaction_kernel: {kernels.describe()}")
     assert resolve_interaction_kernel("torch", "dot", "cpu", "bf16") == ("torch", "set by interaction_kernel")
     assert resolve_interaction_kernel("auto", "dot", "cpu", "fp32") == ("torch", "precision fp32: torch's ops")
     assert resolve_interaction_kernel("auto", "dcn", "cpu", "bf16") == ("torch", "the dcn interaction: torch's ops")
@@ -233,20 +244,51 @@ def test_the_config_refuses_native_where_it_cannot_compute(easy_data, tmp_path):
         tiny_config(easy_data, tmp_path, interaction_kernel="amx")
 
 
-def test_without_amx_auto_keeps_torch_and_native_says_why(fresh_build, tmp_path):
-    """Built for a CPU without AMX (a compiler told to leave it out), on any CPU: on one that has
-    AMX the compiler is to blame, on one without it the CPU."""
+def test_without_amx_the_kernels_run_on_avx512_bf16_and_say_why(fresh_build, tmp_path):
+    """Built for a CPU without AMX (a compiler told to leave it out), on any CPU with AVX512_BF16:
+    the AVX-512 kernels run; on a CPU that has AMX, the description blames the compiler."""
+    if "avx512_bf16" not in cpu_info().flags:
+        pytest.skip("no AVX512_BF16 on this CPU")
+    usual = native_dot_kernels()
     cc, used = compile_with(fresh_build, tmp_path, "-mno-amx-tile")
+    native_dot_kernels.cache_clear()
     kernels = native_dot_kernels()
     assert used.exists()  # built by the wrapper, not taken from the cache
+    assert kernels.available and kernels.isas == ("avx512_bf16",)
     compiler_blamed = f"the C compiler ({cc}) cannot target this CPU's AMX (gcc 11 and clang 12 can)"
-    assert not kernels.available
-    assert kernels.why_not == (compiler_blamed if {"amx_tile", "amx_bf16"} <= cpu_info().flags
-                               else "no AMX (amx_tile, amx_bf16) on this CPU")
+    has_amx = {"amx_tile", "amx_bf16"} <= cpu_info().flags
+    assert kernels.describe() == ("AVX512_BF16" + (f" ({compiler_blamed})" if has_amx else ""))
+    with pytest.raises(NativeKernelError, match="cannot run on AMX here: " + (
+            re.escape(compiler_blamed) if has_amx else "this CPU has no AMX")):
+        kernels.on("amx")
+    assert resolve_interaction_kernel("auto", "dot", "cpu", "bf16") == (
+        "native", f"auto: {kernels.describe()}, compiled here with {cc}")
+    fresh_build.setattr(dot_kernels, "cpu_info", lambda: CPUInfo(model="", vendor="", flags=frozenset(
+        {"avx512_bf16", "amx_tile", "amx_bf16"})))
+    assert NativeDotKernels(kernels._lib).describe() == f"AVX512_BF16 ({compiler_blamed})"
+    vectors = stack((5, 27, 128), seed=11)
+    grad = stack((5, kernels.width(27, 128, False)), seed=12)
+    same = usual.on("avx512_bf16")  # the usual build's AVX-512 kernels, with AMX's beside them or not
+    assert torch.equal(kernels.forward(vectors, False), same.forward(vectors, False))
+    assert torch.equal(kernels.backward(vectors, grad, False), same.backward(vectors, grad, False))
+    with pytest.raises(ValueError, match="unknown instruction set 'avx2': expected amx, avx512_bf16"):
+        kernels.on("avx2")
+
+
+def test_without_avx512_bf16_auto_keeps_torch_and_native_says_why(fresh_build, tmp_path):
+    """Built for a CPU without AVX512_BF16 (a compiler told to leave it out), on any CPU: on one that
+    has it the compiler is to blame, on one without it the CPU."""
+    cc, used = compile_with(fresh_build, tmp_path, "-mno-avx512bf16")
+    kernels = native_dot_kernels()
+    assert used.exists()
+    compiler_blamed = f"the C compiler ({cc}) cannot target this CPU's AVX512_BF16 (gcc 10 and clang 9 can)"
+    assert not kernels.available and kernels.isas == ()
+    assert kernels.why_not == (compiler_blamed if "avx512_bf16" in cpu_info().flags
+                               else "no AVX512_BF16 on this CPU")
     fresh_build.setattr(dot_kernels, "cpu_info", lambda: CPUInfo(model="", vendor="", flags=frozenset({"avx2"})))
-    assert NativeDotKernels(kernels._lib).why_not == "no AMX (amx_tile, amx_bf16) on this CPU"
+    assert NativeDotKernels(kernels._lib).why_not == "no AVX512_BF16 on this CPU"
     fresh_build.setattr(dot_kernels, "cpu_info", lambda: CPUInfo(model="", vendor="",
-                                                                 flags=frozenset({"amx_tile", "amx_bf16"})))
+                                                                 flags=frozenset({"avx512_bf16"})))
     assert NativeDotKernels(kernels._lib).why_not == compiler_blamed
     assert resolve_interaction_kernel("auto", "dot", "cpu", "bf16") == ("torch", f"auto: {kernels.why_not}: "
                                                                                  f"torch's ops")
@@ -254,6 +296,8 @@ def test_without_amx_auto_keeps_torch_and_native_says_why(fresh_build, tmp_path)
         resolve_interaction_kernel("native", "dot", "cpu", "bf16")
     with pytest.raises(NativeKernelError, match="cannot run here: "):
         kernels.forward(stack((2, 3, 4), seed=0), False)
+    with pytest.raises(NativeKernelError, match="cannot run on AVX512_BF16 here: "):
+        kernels.on("avx512_bf16")
     with pytest.raises(ValueError, match="cannot run here: "):
         DotInteraction(3).use_native_kernels(kernels)
 
