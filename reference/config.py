@@ -160,8 +160,9 @@ class Config:
     interaction_kernel: str = _doc("How the dot interaction is computed in bf16 on the CPU: torch (batched GEMMs, "
                                    "gather, scatter), native (C kernels compiled at start-up, on AMX where Linux "
                                    "grants it, else AVX512_BF16; needs interaction=dot, precision=bf16, "
-                                   "device=cpu, a C compiler with OpenMP), or auto (native where it runs, else "
-                                   "torch). The same sums in fp32, rounded once; native is the faster "
+                                   "device=cpu, a CPU with amx_bf16 or avx512_bf16, a C compiler with "
+                                   "OpenMP), or auto (native where it runs, else torch). The same sums in "
+                                   "fp32, rounded once; native is the faster "
                                    "(benchmarks/RESULTS.md).", default="auto")
     prefetch_batches: int = _doc("Batches read ahead in a background thread (0 = read on the main thread; "
                                  "the results are the same).", default=2)

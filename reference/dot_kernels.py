@@ -85,7 +85,7 @@ class NativeDotKernels:
                             f"can)" if "avx512_bf16" in flags else "no AVX512_BF16 on this CPU")
         self.isas = tuple(isas)
         if isa is not None and isa not in self.isas:
-            why = self.why_not or self.amx_note or f"this CPU has no {_NAMES[isa]}"
+            why = (self.amx_note if isa == "amx" else "") or self.why_not or f"this CPU has no {_NAMES[isa]}"
             raise NativeKernelError(f"the native dot interaction cannot run on {_NAMES[isa]} here: {why}")
         self.isa = isa or (self.isas[0] if self.isas else "")
         self.available = bool(self.isa)

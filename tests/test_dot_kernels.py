@@ -220,7 +220,8 @@ def test_the_kernels_read_nothing_past_the_stack():
 
 def test_auto_picks_native_for_the_bf16_dot_interaction_on_the_cpu_only():
     kernels = kernels_or_skip()
-    assert kernels.isa == kernels.isas[0] == ("amx" if "amx_tile" in cpu_info().flags else "avx512_bf16")
+    amx = {"amx_tile", "amx_bf16"} <= cpu_info().flags and not kernels.amx_note  # AMX built and granted
+    assert kernels.isa == kernels.isas[0] == ("amx" if amx else "avx512_bf16")
     assert resolve_interaction_kernel("auto", "dot", "cpu", "bf16") == (
         "native", f"auto: {kernels.describe()}, compiled here with {compiler()}")
     assert resolve_interaction_kernel("native", "dot", "cpu", "bf16") == (
@@ -290,6 +291,11 @@ def test_without_avx512_bf16_auto_keeps_torch_and_native_says_why(fresh_build, t
     fresh_build.setattr(dot_kernels, "cpu_info", lambda: CPUInfo(model="", vendor="",
                                                                  flags=frozenset({"avx512_bf16"})))
     assert NativeDotKernels(kernels._lib).why_not == compiler_blamed
+    fresh_build.setattr(dot_kernels, "cpu_info", lambda: CPUInfo(model="", vendor="", flags=frozenset(
+        {"avx512_bf16", "amx_tile", "amx_bf16"})))
+    with pytest.raises(NativeKernelError, match=re.escape(f"cannot run on AMX here: the C compiler ({cc}) cannot "
+                                                          f"target this CPU's AMX (gcc 11")):
+        NativeDotKernels(kernels._lib, "amx")  # AMX asked for: its own compiler requirement, not AVX512_BF16's
     assert resolve_interaction_kernel("auto", "dot", "cpu", "bf16") == ("torch", f"auto: {kernels.why_not}: "
                                                                                  f"torch's ops")
     with pytest.raises(NativeKernelError, match="cannot run here: "):
