@@ -306,8 +306,8 @@ def main(argv=None) -> int:
             "batch_size": args.batch_size, "table_rows": args.table_rows, "steps": args.steps, "before": args.before,
             "linear_kernel_auto": f"{auto} ({reason})",
             "sparse_update_kernel_auto": "{} ({})".format(*resolve_sparse_update_kernel("auto", "cpu")),
-            "interaction_kernel_auto_bf16": "{} ({})".format(*resolve_interaction_kernel("auto", "dot", "cpu",
-                                                                                          "bf16"))}
+            **{f"interaction_kernel_auto_{p}": "{} ({})".format(*resolve_interaction_kernel("auto", "dot", "cpu", p))
+               for p in ("fp32", "bf16")}}
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "random.bin")
         random_file(path, 16 * args.batch_size, args.table_rows)

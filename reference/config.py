@@ -157,13 +157,13 @@ class Config:
                                      "compiler with OpenMP, CPU tables), or auto (native where it compiles, "
                                      "else torch). The same formulas; native is the faster (benchmarks/RESULTS.md).",
                                      default="auto")
-    interaction_kernel: str = _doc("How the dot interaction is computed in bf16 on the CPU: torch (batched GEMMs, "
-                                   "gather, scatter), native (C kernels compiled at start-up, on AMX where Linux "
-                                   "grants it, else AVX512_BF16; needs interaction=dot, precision=bf16, "
-                                   "device=cpu, a CPU with amx_bf16 or avx512_bf16, a C compiler with "
-                                   "OpenMP), or auto (native where it runs, else torch). The same sums in "
-                                   "fp32, rounded once; native is the faster "
-                                   "(benchmarks/RESULTS.md).", default="auto")
+    interaction_kernel: str = _doc("How the dot interaction is computed on the CPU: torch (batched GEMMs, gather, "
+                                   "scatter), native (C kernels compiled at start-up: bf16 on AMX where Linux "
+                                   "grants it, else AVX512_BF16; fp32 on AVX-512; needs interaction=dot, "
+                                   "device=cpu, a CPU with those, a C compiler with OpenMP), or auto (native "
+                                   "where it runs, else torch). The same sums in fp32 in another order (bf16: "
+                                   "rounded once); native is the faster (benchmarks/RESULTS.md).",
+                                   default="auto")
     prefetch_batches: int = _doc("Batches read ahead in a background thread (0 = read on the main thread; "
                                  "the results are the same).", default=2)
     log_every: int = _doc("Progress line (and loss read-out) every N iterations.", default=50)
@@ -334,11 +334,10 @@ class Config:
         if self.sparse_update_kernel == "native" and self.device != "cpu":
             self._fail("sparse_update_kernel", f"native kernels update CPU tables; the tables are on "
                                                f"{self.device} (leave sparse_update_kernel at auto)")
-        if self.interaction_kernel == "native" and (self.interaction, self.precision, self.device) != ("dot", "bf16",
-                                                                                                     "cpu"):
-            self._fail("interaction_kernel", f"native computes the dot interaction in bf16 on the CPU; this run has "
-                                             f"interaction={self.interaction}, precision={self.precision}, device="
-                                             f"{self.device} (leave interaction_kernel at auto)")
+        if self.interaction_kernel == "native" and (self.interaction, self.device) != ("dot", "cpu"):
+            self._fail("interaction_kernel", f"native computes the dot interaction on the CPU; this run has "
+                                             f"interaction={self.interaction}, device={self.device} (leave "
+                                             f"interaction_kernel at auto)")
         if self.allow_tf32 and not self.device.startswith("cuda"):
             self._fail("allow_tf32", f"TF32 is a GPU mode (tensor cores); device is {self.device!r}")
         if self.device != "cpu":

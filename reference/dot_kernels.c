@@ -1,14 +1,16 @@
-/* The dot interaction in bf16 on the CPU, forward and backward, one sample at a time
- * (reference/dot_kernels.py compiles this file at start-up and says why it exists): on AMX's
- * tiles (dot_forward, dot_backward), or with AVX512_BF16's dot product of pairs for CPUs
- * without AMX, such as AMD's Zen 4 and Zen 5 (dot_forward_avx512, dot_backward_avx512).
+/* The dot interaction on the CPU, forward and backward, one sample at a time
+ * (reference/dot_kernels.py compiles this file at start-up and says why it exists): in bf16 on
+ * AMX's tiles (dot_forward, dot_backward), or with AVX512_BF16's dot product of pairs for CPUs
+ * without AMX, such as AMD's Zen 4 and Zen 5 (dot_forward_avx512, dot_backward_avx512); in fp32
+ * with AVX-512's fused multiply-adds (dot_forward_fp32, dot_backward_fp32).
  *
- * A sample's n vectors of `dim` bf16 values (the bottom MLP's output first, then the pooled
+ * A sample's n vectors of `dim` values (the bottom MLP's output first, then the pooled
  * embeddings) are the rows of its (n, dim) slice of a contiguous (B, n, dim) stack. Its output
  * row is [vector 0, the dot products of the pairs (i, j), j < i (j <= i with self-interaction),
- * row-major: (1,0), (2,0), (2,1), ...], dim + P bf16 values. Products are summed in fp32 and
- * rounded to bf16 once, to nearest even; both instruction sets read subnormal bf16 values as
- * zero, as oneDNN's bf16 GEMMs behind torch.bmm do on these CPUs.
+ * row-major: (1,0), (2,0), (2,1), ...], dim + P values of the stack's dtype. bf16 products are
+ * summed in fp32 and rounded to bf16 once, to nearest even; both bf16 instruction sets read
+ * subnormal bf16 values as zero, as oneDNN's bf16 GEMMs behind torch.bmm do on these CPUs. fp32
+ * is summed in fp32, as torch's GEMMs do, in another order.
  *
  * AMX multiplies 16 x 32 bf16 tiles by 32 x 16 ones into 16 x 16 fp32 ones, the second operand
  * with each two of its rows interleaved value by value (the "VNNI" layout). Tiles hold 16 rows
@@ -25,17 +27,23 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#if defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
+#define HAVE_AVX512 1
+#if defined(__AVX512BF16__)
 #define HAVE_AVX512_BF16 1
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__)
 #define HAVE_AMX 1
 #endif
 #endif
+#endif
 
-/* The kernels this build has: 1 with AVX512_BF16, plus 2 with AMX (what the compiler could
- * target on this CPU). */
+/* The kernels this build has (what the compiler could target on this CPU): 4 with AVX-512
+ * (fp32), plus 1 with AVX512_BF16, plus 2 with AMX. */
 int dot_compiled(void) {
   int kernels = 0;
+#ifdef HAVE_AVX512
+  kernels |= 4;
+#endif
 #ifdef HAVE_AVX512_BF16
   kernels |= 1;
 #endif
@@ -74,11 +82,129 @@ int dot_init(void) {
 #endif
 }
 
-#ifdef HAVE_AVX512_BF16
+#ifdef HAVE_AVX512
 
 #define INLINE static inline __attribute__((always_inline))
 
 INLINE __mmask16 tail16(int64_t left) { return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1); }
+
+/* The backward: with S the symmetric (n, n) matrix of the output gradient's pair entries (g_ij
+ * at (i, j) and (j, i); 2 g_ii on the diagonal, the derivative of a square), the vectors'
+ * gradient is S V, plus, in row 0, the gradient of the output's copy of vector 0.
+ *
+ * The forwards without AMX take row i's dot products with eight rows at a time (a register's
+ * worth of values a step, summed across the register's lanes at the end); the backwards compute
+ * S V four rows by 64 values at a time. Neither pads the sample to 16 rows, as AMX's tiles
+ * need: at 27 vectors the tiles' blocks would compute 768 dot products for 351. */
+
+/* Lane k: the sum of a[k]'s 16 lanes. */
+INLINE __m256 sum8(const __m512 a[8]) {
+  __m256 h[8];
+  for (int k = 0; k < 8; k++) h[k] = _mm256_add_ps(_mm512_castps512_ps256(a[k]), _mm512_extractf32x8_ps(a[k], 1));
+  const __m256 s01 = _mm256_hadd_ps(h[0], h[1]), s23 = _mm256_hadd_ps(h[2], h[3]);
+  const __m256 s45 = _mm256_hadd_ps(h[4], h[5]), s67 = _mm256_hadd_ps(h[6], h[7]);
+  const __m256 s0123 = _mm256_hadd_ps(s01, s23), s4567 = _mm256_hadd_ps(s45, s67);
+  return _mm256_add_ps(_mm256_permute2f128_ps(s0123, s4567, 0x20), _mm256_permute2f128_ps(s0123, s4567, 0x31));
+}
+
+/* The AVX-512 forwards' scratch: none (they take the AMX kernel's arguments, scratch among
+ * them, to be called the same way). */
+int64_t dot_no_scratch(int64_t n, int64_t dim) {
+  (void)n, (void)dim;
+  return 0;
+}
+
+/* fp32: row i's dot products with rows j0..j0+7 (a row past jmax - 1 repeats row jmax - 1; its
+ * sum is not stored). */
+INLINE __m256 dots8_fp32(const float *x, int64_t dim, int64_t i, int64_t j0, int64_t jmax) {
+  __m512 acc[8];
+  const float *rows[8];
+  for (int k = 0; k < 8; k++) {
+    acc[k] = _mm512_setzero_ps();
+    rows[k] = x + (j0 + k < jmax ? j0 + k : jmax - 1) * dim;
+  }
+  const float *xi = x + i * dim;
+  for (int64_t c = 0; c < dim; c += 16) {
+    const __mmask16 m = tail16(dim - c);
+    const __m512 a = _mm512_maskz_loadu_ps(m, xi + c);
+    for (int k = 0; k < 8; k++) acc[k] = _mm512_fmadd_ps(a, _mm512_maskz_loadu_ps(m, rows[k] + c), acc[k]);
+  }
+  return sum8(acc);
+}
+
+void dot_forward_fp32(const float *vectors, int64_t batch, int64_t n, int64_t dim, int diagonal, float *out,
+                      uint32_t *scratch, int threads) {
+  (void)scratch;
+  const int64_t width = dim + pair_count(n, diagonal);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t b = 0; b < batch; b++) {
+    const float *x = vectors + b * n * dim;
+    float *o = out + b * width;
+    memcpy(o, x, (size_t)dim * 4);
+    int64_t at = dim;
+    for (int64_t i = diagonal ? 0 : 1; i < n; i++) {
+      const int64_t jmax = i + (diagonal ? 1 : 0);
+      for (int64_t j0 = 0; j0 < jmax; j0 += 8) {
+        const int64_t count = jmax - j0 < 8 ? jmax - j0 : 8;
+        _mm256_mask_storeu_ps(o + at, (__mmask8)((1u << count) - 1), dots8_fp32(x, dim, i, j0, jmax));
+        at += count;
+      }
+    }
+  }
+}
+
+/* Per thread: S in fp32, rows padded to a multiple of 4. */
+int64_t dot_backward_fp32_scratch(int64_t n, int64_t dim) {
+  (void)dim;
+  return round_up(n, 4) * n;
+}
+
+/* S V in fp32 with fused multiply-adds, each element of S against 64 values of a row of V. */
+void dot_backward_fp32(const float *vectors, const float *grad, int64_t batch, int64_t n, int64_t dim, int diagonal,
+                       float *grad_vectors, uint32_t *scratch, int threads) {
+  const int64_t width = dim + pair_count(n, diagonal);
+#pragma omp parallel num_threads(threads)
+  {
+    float *s = (float *)scratch + omp_get_thread_num() * dot_backward_fp32_scratch(n, dim);
+    /* Padding rows stay zero, and so does S's diagonal without self-interaction. */
+    memset(s, 0, (size_t)(round_up(n, 4) * n) * 4);
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < batch; b++) {
+      const float *x = vectors + b * n * dim, *g = grad + b * width;
+      int64_t p = dim;
+      for (int64_t i = 0; i < n; i++)
+        for (int64_t j = 0; j < i + (diagonal ? 1 : 0); j++, p++) {
+          if (i == j) s[i * n + i] = 2.0f * g[p];
+          else s[i * n + j] = s[j * n + i] = g[p];
+        }
+      for (int64_t i0 = 0; i0 < n; i0 += 4)
+        for (int64_t d0 = 0; d0 < dim; d0 += 64) {
+          __mmask16 m[4];
+          __m512 acc[4][4];
+          for (int q = 0; q < 4; q++) {
+            m[q] = d0 + 16 * q < dim ? tail16(dim - d0 - 16 * q) : 0;
+            for (int r = 0; r < 4; r++) acc[r][q] = _mm512_setzero_ps();
+          }
+          for (int64_t j = 0; j < n; j++) {
+            __m512 v[4];
+            for (int q = 0; q < 4; q++) v[q] = _mm512_maskz_loadu_ps(m[q], x + j * dim + d0 + 16 * q);
+            for (int r = 0; r < 4; r++) {
+              const __m512 sij = _mm512_set1_ps(s[(i0 + r) * n + j]);
+              for (int q = 0; q < 4; q++) acc[r][q] = _mm512_fmadd_ps(sij, v[q], acc[r][q]);
+            }
+          }
+          if (i0 == 0)
+            for (int q = 0; q < 4; q++) acc[0][q] = _mm512_add_ps(acc[0][q], _mm512_maskz_loadu_ps(m[q], g + d0 + 16 * q));
+          for (int r = 0; r < 4 && i0 + r < n; r++)
+            for (int q = 0; q < 4; q++) _mm512_mask_storeu_ps(grad_vectors + (b * n + i0 + r) * dim + d0 + 16 * q, m[q], acc[r][q]);
+        }
+    }
+  }
+}
+
+#endif
+
+#ifdef HAVE_AVX512_BF16
 
 /* 16 fp32 values rounded to bf16 (nearest even), stored under mask m. */
 INLINE void store_bf16(uint16_t *p, __m512 v, __mmask16 m) { _mm256_mask_storeu_epi16(p, m, (__m256i)_mm512_cvtneps_pbh(v)); }
@@ -98,10 +224,7 @@ static inline uint16_t bf16_doubled(uint16_t h) {
   return (uint16_t)(u >> 16);
 }
 
-/* The backward: with S the symmetric (n, n) matrix of the output gradient's pair entries, the
- * vectors' gradient is S V, plus, in row 0, the gradient of the output's copy of vector 0. S is
- * written here in bf16, `cols` values a row, from a sample's output gradient g: g_ij at (i, j)
- * and (j, i), 2 g_ii on the diagonal (the derivative of a square); entries outside the pairs
+/* S in bf16, `cols` values a row, from a sample's output gradient g; entries outside the pairs
  * are left as they are (zero). */
 INLINE void symmetric_from_pairs(uint16_t *s16, int64_t cols, const uint16_t *g, int64_t n, int64_t dim,
                                  int diagonal) {
@@ -126,24 +249,7 @@ INLINE void interleave_rows(uint32_t *interleaved, int64_t stride, const uint16_
     }
 }
 
-/* Without AMX: the forward takes row i's dot products with eight rows at a time (32 values a
- * step, summed across the register's lanes at the end); the backward computes S V four rows by
- * 64 values at a time, each instruction taking two columns of S (one word of S's row, repeated)
- * against the interleaved rows. Neither pads the sample to 16 rows, as the tiles need: at 27
- * vectors the tiles' blocks would compute 768 dot products for 351. */
-
-/* Lane k: the sum of a[k]'s 16 lanes. */
-INLINE __m256 sum8(const __m512 a[8]) {
-  __m256 h[8];
-  for (int k = 0; k < 8; k++) h[k] = _mm256_add_ps(_mm512_castps512_ps256(a[k]), _mm512_extractf32x8_ps(a[k], 1));
-  const __m256 s01 = _mm256_hadd_ps(h[0], h[1]), s23 = _mm256_hadd_ps(h[2], h[3]);
-  const __m256 s45 = _mm256_hadd_ps(h[4], h[5]), s67 = _mm256_hadd_ps(h[6], h[7]);
-  const __m256 s0123 = _mm256_hadd_ps(s01, s23), s4567 = _mm256_hadd_ps(s45, s67);
-  return _mm256_add_ps(_mm256_permute2f128_ps(s0123, s4567, 0x20), _mm256_permute2f128_ps(s0123, s4567, 0x31));
-}
-
-/* Row i's dot products with rows j0..j0+7 of x (a row past jmax - 1 repeats row jmax - 1; its
- * sum is not stored). */
+/* bf16: as dots8_fp32. */
 INLINE __m256 dots8(const uint16_t *x, int64_t dim, int64_t i, int64_t j0, int64_t jmax) {
   __m512 acc[8];
   const uint16_t *rows[8];
@@ -158,12 +264,6 @@ INLINE __m256 dots8(const uint16_t *x, int64_t dim, int64_t i, int64_t j0, int64
     for (int k = 0; k < 8; k++) acc[k] = _mm512_dpbf16_ps(acc[k], a, (__m512bh)_mm512_maskz_loadu_epi16(m, rows[k] + c));
   }
   return sum8(acc);
-}
-
-/* No scratch: the forward takes the AMX kernel's arguments, scratch among them, to be called the same way. */
-int64_t dot_forward_avx512_scratch(int64_t n, int64_t dim) {
-  (void)n, (void)dim;
-  return 0;
 }
 
 void dot_forward_avx512(const uint16_t *vectors, int64_t batch, int64_t n, int64_t dim, int diagonal, uint16_t *out,
@@ -335,7 +435,7 @@ void dot_forward(const uint16_t *vectors, int64_t batch, int64_t n, int64_t dim,
   }
 }
 
-/* The backward (see symmetric_from_pairs): S V on tiles, S padded with zero rows and columns. */
+/* The backward: S V on tiles, S padded with zero rows and columns. */
 void dot_backward(const uint16_t *vectors, const uint16_t *grad, int64_t batch, int64_t n, int64_t dim, int diagonal,
                   uint16_t *grad_vectors, uint32_t *scratch, int threads) {
   const int64_t rows = round_up(n, 16), cols = round_up(n, 32), values = round_up(dim, 16);

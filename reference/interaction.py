@@ -27,8 +27,8 @@ class _Dots(torch.autograd.Function):
     With ``in_place``, embeddings that are already ``V[:, 1:]`` of a stack V
     of ``dtype`` (the native lookup's, see DotInteraction.stack_lookup) are
     not copied: the bottom output is written into V[:, 0]. With ``kernels``
-    (bf16 on the CPU) the output and the gradient of V come from the native
-    kernels (reference/dot_kernels.py), each in one pass over V.
+    (of this dtype, on the CPU) the output and the gradient of V come from the
+    native kernels (reference/dot_kernels.py), each in one pass over V.
     """
 
     @staticmethod
@@ -44,7 +44,8 @@ class _Dots(torch.autograd.Function):
         vectors[:, 0].copy_(dense)
         ctx.save_for_backward(vectors, lower, upper, diagonal)
         ctx.dtypes = (dense.dtype, sparse.dtype)
-        ctx.kernels = kernels if dtype == torch.bfloat16 and vectors.device.type == "cpu" else None
+        on_cpu = vectors.device.type == "cpu"
+        ctx.kernels = kernels if kernels is not None and kernels.dtype == dtype and on_cpu else None
         if ctx.kernels is not None:
             return ctx.kernels.forward(vectors, self_interaction=diagonal.numel() > 0)
         gram = torch.bmm(vectors, vectors.transpose(1, 2)).view(batch, n * n)
@@ -112,7 +113,7 @@ class DotInteraction(nn.Module):
         return LookupOutput(head=1, compute_dtype=True)
 
     def use_native_kernels(self, kernels: NativeDotKernels) -> None:
-        """Compute in bf16 on the CPU with ``kernels`` (other dtypes and devices keep torch's ops)."""
+        """Compute on the CPU with ``kernels``, in their dtype (other dtypes and devices keep torch's ops)."""
         if not kernels.available:
             raise ValueError(f"the native dot interaction cannot run here: {kernels.why_not}")
         self.kernels = kernels

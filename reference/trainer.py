@@ -100,7 +100,7 @@ class Trainer:
                                           "its backward")
         self.interaction_kernel, self.interaction_reason = runtime.make_interaction_kernel(cfg, self.device)
         if self.interaction_kernel == "native" and isinstance(self.model.interaction, DotInteraction):
-            self.model.interaction.use_native_kernels(native_dot_kernels())
+            self.model.interaction.use_native_kernels(native_dot_kernels(self.precision.dtype))
         self.schedule = PolyWarmupSchedule.from_config(cfg)
         self.checkpoints = checkpoint.CheckpointPolicy(cfg.checkpoint_path, cfg.checkpoint_every)
         self.state = TrainingState()

@@ -10,6 +10,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from reference import dot_kernels  # noqa: E402
 from reference.config import Config  # noqa: E402
 from reference.dot_kernels import native_dot_kernels  # noqa: E402
 from reference.native_build import compiler  # noqa: E402
@@ -82,10 +83,12 @@ def fresh_build(monkeypatch):
     """The native kernels compile again under this test's environment, and again after it."""
     native_row_kernels.cache_clear()
     native_dot_kernels.cache_clear()
+    dot_kernels._library.cache_clear()
     yield monkeypatch
     monkeypatch.undo()
     native_row_kernels.cache_clear()
     native_dot_kernels.cache_clear()
+    dot_kernels._library.cache_clear()
 
 
 def compile_with(fresh_build, tmp_path, flag: str):

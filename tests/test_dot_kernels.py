@@ -19,24 +19,35 @@ from reference.native_build import NativeKernelError, compiler
 SHAPES = [(64, 27, 128), (5, 2, 1), (7, 9, 13), (3, 33, 64), (3, 40, 200), (2, 1, 8)]
 
 
-def kernels_or_skip(isa: str | None = None) -> NativeDotKernels:
-    """The kernels, on ``isa`` where given (else the one a run uses); skips where they cannot run."""
+ISA_DTYPES = {"amx": torch.bfloat16, "avx512_bf16": torch.bfloat16, "avx512": torch.float32}
+ISA_NAMES = {"amx": "AMX", "avx512_bf16": "AVX512_BF16", "avx512": "AVX-512"}
+
+
+def kernels_or_skip(isa: str | None = None, dtype: torch.dtype = torch.bfloat16) -> NativeDotKernels:
+    """The kernels for ``isa``'s dtype (else ``dtype``), on ``isa`` where given (else the one a run
+    uses); skips where they cannot run."""
+    dtype = ISA_DTYPES[isa] if isa else dtype
     try:
-        kernels = native_dot_kernels()
+        kernels = native_dot_kernels(dtype)
     except NativeKernelError as e:
         pytest.skip(f"native dot kernels not built here: {e}")
     if not kernels.available:
-        pytest.skip(f"native dot kernels cannot run here: {kernels.why_not}")
+        pytest.skip(f"native dot kernels for {dtype} cannot run here: {kernels.why_not}")
     if isa is not None and isa not in kernels.isas:
-        with pytest.raises(NativeKernelError, match=f"cannot run on {isa.upper()} here: "):
+        with pytest.raises(NativeKernelError, match=f"cannot run on {ISA_NAMES[isa]} here: "):
             kernels.on(isa)
         pytest.skip(f"native dot kernels cannot run on {isa} here ({kernels.describe()} can)")
     return kernels.on(isa) if isa else kernels
 
 
-@pytest.fixture(params=["amx", "avx512_bf16"])
+@pytest.fixture(params=list(ISA_DTYPES))
 def kernels(request) -> NativeDotKernels:
-    """Each implementation that can run here."""
+    """Each implementation that can run here, bf16's and fp32's."""
+    return kernels_or_skip(request.param)
+
+
+@pytest.fixture(params=["amx", "avx512_bf16"])
+def bf16_kernels(request) -> NativeDotKernels:
     return kernels_or_skip(request.param)
 
 
@@ -47,40 +58,49 @@ def exact(vectors: torch.Tensor, self_interaction: bool) -> torch.Tensor:
     return DotInteraction(n, self_interaction)(dense, sparse)
 
 
-def stack(shape, seed: int) -> torch.Tensor:
-    return (torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * 0.5).bfloat16()
+def stack(shape, seed: int, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    return (torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * 0.5).to(dtype)
+
+
+def tolerance(expected: torch.Tensor, magnitude: torch.Tensor, dtype: torch.dtype, terms: int) -> torch.Tensor:
+    """bf16: summed in fp32 and rounded to bf16 once: within half a bf16 step (at most 2^-8
+    relative) of the exact value, plus fp32's rounding over the sum of the products' magnitudes.
+    fp32: a sum of ``terms`` products in fp32, in any order (16 lanes, then across them), is within
+    (terms + 16) roundings of 2^-24 of the magnitudes' sum."""
+    if dtype == torch.bfloat16:
+        return 2**-8 * expected.abs() + 2**-20 * magnitude
+    return 2**-24 * expected.abs() + (terms + 16) * 2**-24 * magnitude
 
 
 @pytest.mark.parametrize("self_interaction", [False, True])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_forward_is_the_exact_interaction_rounded_once(shape, self_interaction, kernels):
-    """Summed in fp32 and rounded to bf16 once: within half a bf16 step (at most 2^-8 relative) of the
-    exact value, plus fp32's rounding over the sum of the products' magnitudes."""
-    vectors = stack(shape, seed=sum(shape))
+    vectors = stack(shape, seed=sum(shape), dtype=kernels.dtype)
     got = kernels.forward(vectors, self_interaction)
     expected = exact(vectors.double(), self_interaction)
     magnitude = exact(vectors.double().abs(), self_interaction)
-    assert got.dtype == torch.bfloat16 and got.shape == expected.shape
+    assert got.dtype == kernels.dtype and got.shape == expected.shape
     assert torch.equal(got[:, :shape[2]], vectors[:, 0])
-    assert ((got.double() - expected).abs() <= 2**-8 * expected.abs() + 2**-20 * magnitude).all()
+    assert ((got.double() - expected).abs() <= tolerance(expected, magnitude, kernels.dtype, shape[2])).all()
 
 
 @pytest.mark.parametrize("self_interaction", [False, True])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_backward_is_the_exact_gradient_rounded_once(shape, self_interaction, kernels):
-    vectors = stack(shape, seed=sum(shape) + 1)
-    grad = stack((shape[0], kernels.width(shape[1], shape[2], self_interaction)), seed=7)
+    vectors = stack(shape, seed=sum(shape) + 1, dtype=kernels.dtype)
+    grad = stack((shape[0], kernels.width(shape[1], shape[2], self_interaction)), seed=7, dtype=kernels.dtype)
     got = kernels.backward(vectors, grad, self_interaction)
     wide = vectors.double().requires_grad_()
     exact(wide, self_interaction).backward(grad.double())
     magnitude = vectors.double().abs().requires_grad_()
     exact(magnitude, self_interaction).backward(grad.double().abs())
-    assert got.dtype == torch.bfloat16 and got.shape == vectors.shape
-    assert ((got.double() - wide.grad).abs() <= 2**-8 * wide.grad.abs() + 2**-20 * magnitude.grad).all()
+    assert got.dtype == kernels.dtype and got.shape == vectors.shape
+    assert ((got.double() - wide.grad).abs() <= tolerance(wide.grad, magnitude.grad, kernels.dtype, shape[1] + 1)).all()
 
 
-def test_a_sum_halfway_between_two_bf16_values_rounds_to_even(kernels):
+def test_a_sum_halfway_between_two_bf16_values_rounds_to_even(bf16_kernels):
     """1 + 3 * 2^-8 lies halfway between 1 + 2^-7 (odd) and 1 + 2^-6 (even): truncating gives the first."""
+    kernels = bf16_kernels
     vectors = torch.tensor([[[1.0, 1.0], [1.0, 3 * 2**-8]]], dtype=torch.bfloat16)
     assert kernels.forward(vectors, False)[0, 2].item() == 1 + 2**-6
     # Vector 0's first value: its own gradient (3 * 2^-8) plus the pair's (1) times vector 1's (1).
@@ -89,7 +109,8 @@ def test_a_sum_halfway_between_two_bf16_values_rounds_to_even(kernels):
 
 
 def test_results_do_not_depend_on_the_thread_count(kernels):
-    vectors, grad = stack((33, 27, 128), seed=3), stack((33, 128 + 351), seed=4)
+    vectors = stack((33, 27, 128), seed=3, dtype=kernels.dtype)
+    grad = stack((33, 128 + 351), seed=4, dtype=kernels.dtype)
     before = torch.get_num_threads()
     try:
         results = []
@@ -108,36 +129,42 @@ def test_torchs_own_bf16_gemms_are_unchanged_after_the_kernels(kernels):
     a, b = stack((512, 384), seed=5), stack((384, 256), seed=6)
     batched = stack((64, 27, 128), seed=8)
     before = torch.mm(a, b), torch.bmm(batched, batched.transpose(1, 2))
-    kernels.backward(batched, kernels.forward(batched, False), False)
+    mine = batched.to(kernels.dtype)
+    kernels.backward(mine, kernels.forward(mine, False), False)
     after = torch.mm(a, b), torch.bmm(batched, batched.transpose(1, 2))
     assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
 
 
-def test_the_module_uses_the_kernels_in_bf16_on_the_cpu_only(kernels):
+def test_the_module_uses_the_kernels_in_their_dtype_on_the_cpu_only(kernels):
     plain, native = DotInteraction(27), DotInteraction(27)
     native.use_native_kernels(kernels)
     dense, sparse = torch.randn(16, 128), torch.randn(16, 26, 128)
-    # fp32 (no autocast): torch's ops either way, bit for bit.
-    assert torch.equal(plain(dense, sparse), native(dense, sparse))
-    # bf16 elsewhere than on the CPU (the meta device: shapes only): torch's ops, which run anywhere.
-    on_meta = _Dots.apply(dense.bfloat16().to("meta"), sparse.bfloat16().to("meta"), native.lower.to("meta"),
-                          native.upper.to("meta"), native.diagonal.to("meta"), torch.bfloat16, False, kernels)
-    assert on_meta.device.type == "meta" and on_meta.shape == (16, 128 + 351)
-    outputs, gradients = [], []
-    for module in (plain, native):
+    bf16 = kernels.dtype == torch.bfloat16
+
+    def run(module, autocast: bool):
         d, s = dense.clone().requires_grad_(), sparse.clone().requires_grad_()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             out = module(d, s)
         out.float().pow(2).sum().backward()
-        outputs.append(out)
-        gradients.append((d.grad, s.grad))
-    stack = torch.cat([dense[:, None], sparse], dim=1).bfloat16()
-    assert torch.equal(outputs[1], kernels.forward(stack, False))  # the kernels' output, bit for bit
-    assert outputs[1].dtype == torch.bfloat16 and {g.dtype for g in gradients[1]} == {torch.float32}
-    torch.testing.assert_close(outputs[1].float(), outputs[0].float(), rtol=2**-7, atol=1e-3)
-    for got, expected in zip(gradients[1], gradients[0], strict=True):
-        # Both round bf16 sums of many terms, differently: compared at the gradient's own scale.
-        torch.testing.assert_close(got, expected, rtol=2**-6, atol=2**-7 * expected.abs().max().item())
+        return out, (d.grad, s.grad)
+
+    # The other dtype: torch's ops either way, bit for bit.
+    other = [run(module, autocast=not bf16) for module in (plain, native)]
+    assert torch.equal(other[0][0], other[1][0])
+    # Elsewhere than on the CPU (the meta device: shapes only): torch's ops, which run anywhere.
+    on_meta = _Dots.apply(dense.to(kernels.dtype).to("meta"), sparse.to(kernels.dtype).to("meta"),
+                          native.lower.to("meta"), native.upper.to("meta"), native.diagonal.to("meta"), kernels.dtype,
+                          False, kernels)
+    assert on_meta.device.type == "meta" and on_meta.shape == (16, 128 + 351)
+    (expected, expected_grads), (got, got_grads) = [run(module, autocast=bf16) for module in (plain, native)]
+    stack = torch.cat([dense[:, None], sparse], dim=1).to(kernels.dtype)
+    assert torch.equal(got, kernels.forward(stack, False))  # the kernels' output, bit for bit
+    assert got.dtype == kernels.dtype and {g.dtype for g in got_grads} == {torch.float32}
+    # Both round sums of many terms, differently: compared at the gradient's own scale.
+    rtol = 2**-7 if bf16 else 1e-6
+    torch.testing.assert_close(got.float(), expected.float(), rtol=rtol, atol=1e-3 if bf16 else 1e-5)
+    for a, b in zip(got_grads, expected_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=2 * rtol, atol=2 * rtol * b.abs().max().item())
 
 
 TILE_PROBE = r"""
@@ -188,37 +215,37 @@ EDGE_OF_MEMORY = """
 import ctypes, mmap, torch
 import itertools
 from reference.dot_kernels import native_dot_kernels
-built = native_dot_kernels()
+isas = native_dot_kernels(torch.bfloat16).isas + native_dot_kernels(torch.float32).isas
 page = mmap.PAGESIZE
-for isa, (n, dim) in itertools.product(built.isas, ((27, 13), (9, 40), (3, 128))):
-    kernels = built.on(isa)
+for isa, (n, dim) in itertools.product(isas, ((27, 13), (9, 40), (3, 128))):
+    kernels = native_dot_kernels().on(isa)
     batch = 3
-    nbytes = batch * n * dim * 2
+    nbytes = batch * n * dim * kernels.dtype.itemsize
     size = (nbytes + page - 1) // page * page
     memory = mmap.mmap(-1, size + page)
     start = ctypes.addressof(ctypes.c_char.from_buffer(memory))
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     assert libc.mprotect(start + size, page, 0) == 0  # PROT_NONE: a read past the stack faults
-    vectors = torch.frombuffer(memory, dtype=torch.bfloat16, count=batch * n * dim, offset=size - nbytes)
+    vectors = torch.frombuffer(memory, dtype=kernels.dtype, count=batch * n * dim, offset=size - nbytes)
     vectors = vectors.view(batch, n, dim)
     vectors.copy_(torch.randn(batch, n, dim))
-    grad = torch.randn(batch, kernels.width(n, dim, False)).bfloat16()
+    grad = torch.randn(batch, kernels.width(n, dim, False)).to(kernels.dtype)
     kernels.backward(vectors, grad, False)
     kernels.forward(vectors, False)
-print("ok", *built.isas)
+print("ok", *isas)
 """
 
 
 def test_the_kernels_read_nothing_past_the_stack():
     """The stack ends where readable memory ends (an odd number of vectors, so that the backward's
     pairs of rows end with half a pair): a read past it would crash the process."""
-    kernels = kernels_or_skip()
+    isas = kernels_or_skip().isas + kernels_or_skip(dtype=torch.float32).isas
     done = subprocess.run([sys.executable, "-c", EDGE_OF_MEMORY], cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode == 0 and done.stdout.split() == ["ok", *kernels.isas], done.stderr[-2000:]
+    assert done.returncode == 0 and done.stdout.split() == ["ok", *isas], done.stderr[-2000:]
 
 
-def test_auto_picks_native_for_the_bf16_dot_interaction_on_the_cpu_only():
+def test_auto_picks_native_for_the_dot_interaction_on_the_cpu_only():
     kernels = kernels_or_skip()
     amx = {"amx_tile", "amx_bf16"} <= cpu_info().flags and not kernels.amx_note  # AMX built and granted
     assert kernels.isa == kernels.isas[0] == ("amx" if amx else "avx512_bf16")
@@ -226,21 +253,29 @@ def test_auto_picks_native_for_the_bf16_dot_interaction_on_the_cpu_only():
         "native", f"auto: {kernels.describe()}, compiled here with {compiler()}")
     assert resolve_interaction_kernel("native", "dot", "cpu", "bf16") == (
         "native", f"set by interaction_kernel: {kernels.describe()}")
+    assert kernels_or_skip(dtype=torch.float32).isas == ("avx512",)
+    assert resolve_interaction_kernel("auto", "dot", "cpu", "fp32") == (
+        "native", f"auto: AVX-512, compiled here with {compiler()}")
     assert resolve_interaction_kernel("torch", "dot", "cpu", "bf16") == ("torch", "set by interaction_kernel")
-    assert resolve_interaction_kernel("auto", "dot", "cpu", "fp32") == ("torch", "precision fp32: torch's ops")
     assert resolve_interaction_kernel("auto", "dcn", "cpu", "bf16") == ("torch", "the dcn interaction: torch's ops")
-    assert resolve_interaction_kernel("auto", "dot", "cuda", "bf16") == ("torch",
+    assert resolve_interaction_kernel("auto", "dot", "cuda", "fp32") == ("torch",
                                                                          "the interaction on cuda: torch's ops")
-    with pytest.raises(NativeKernelError, match="in bf16 on the CPU; this run has precision fp32"):
-        resolve_interaction_kernel("native", "dot", "cpu", "fp32")
+    with pytest.raises(NativeKernelError, match="on the CPU; this run has the cat interaction"):
+        resolve_interaction_kernel("native", "cat", "cpu", "fp32")
+    with pytest.raises(ValueError, match="unknown instruction set 'amx' for fp32: expected avx512"):
+        NativeDotKernels(kernels._lib, torch.float32, "amx")
+    with pytest.raises(ValueError, match="computes bf16 or fp32, not torch.float16"):
+        NativeDotKernels(kernels._lib, torch.float16)
+    with pytest.raises(ValueError, match="these native dot kernels compute bf16 CPU tensors, got torch.float32"):
+        kernels.forward(stack((2, 3, 4), seed=0, dtype=torch.float32), False)
     with pytest.raises(ValueError, match="unknown interaction kernel 'amx': expected auto, torch, native"):
         resolve_interaction_kernel("amx", "dot", "cpu", "bf16")
 
 
 def test_the_config_refuses_native_where_it_cannot_compute(easy_data, tmp_path):
-    with pytest.raises(ConfigError, match="interaction_kernel: native computes the dot interaction in bf16 on the "
-                                          "CPU; this run has interaction=dot, precision=fp32"):
-        tiny_config(easy_data, tmp_path, interaction_kernel="native")
+    with pytest.raises(ConfigError, match="interaction_kernel: native computes the dot interaction on the CPU; "
+                                          "this run has interaction=cat, device=cpu"):
+        tiny_config(easy_data, tmp_path, interaction_kernel="native", interaction="cat")
     with pytest.raises(ConfigError, match="interaction_kernel: must be one of auto, torch, native"):
         tiny_config(easy_data, tmp_path, interaction_kernel="amx")
 
@@ -253,6 +288,7 @@ def test_without_amx_the_kernels_run_on_avx512_bf16_and_say_why(fresh_build, tmp
     usual = native_dot_kernels()
     cc, used = compile_with(fresh_build, tmp_path, "-mno-amx-tile")
     native_dot_kernels.cache_clear()
+    dot_kernels._library.cache_clear()
     kernels = native_dot_kernels()
     assert used.exists()  # built by the wrapper, not taken from the cache
     assert kernels.available and kernels.isas == ("avx512_bf16",)
@@ -284,6 +320,7 @@ def test_without_avx512_bf16_auto_keeps_torch_and_native_says_why(fresh_build, t
     assert used.exists()
     compiler_blamed = f"the C compiler ({cc}) cannot target this CPU's AVX512_BF16 (gcc 10 and clang 9 can)"
     assert not kernels.available and kernels.isas == ()
+    assert native_dot_kernels(torch.float32).isas == ("avx512",)  # fp32 needs AVX-512 only
     assert kernels.why_not == (compiler_blamed if "avx512_bf16" in cpu_info().flags
                                else "no AVX512_BF16 on this CPU")
     fresh_build.setattr(dot_kernels, "cpu_info", lambda: CPUInfo(model="", vendor="", flags=frozenset({"avx2"})))
@@ -295,7 +332,7 @@ def test_without_avx512_bf16_auto_keeps_torch_and_native_says_why(fresh_build, t
         {"avx512_bf16", "amx_tile", "amx_bf16"})))
     with pytest.raises(NativeKernelError, match=re.escape(f"cannot run on AMX here: the C compiler ({cc}) cannot "
                                                           f"target this CPU's AMX (gcc 11")):
-        NativeDotKernels(kernels._lib, "amx")  # AMX asked for: its own compiler requirement, not AVX512_BF16's
+        NativeDotKernels(kernels._lib, isa="amx")  # AMX asked for: its own compiler requirement, not AVX512_BF16's
     assert resolve_interaction_kernel("auto", "dot", "cpu", "bf16") == ("torch", f"auto: {kernels.why_not}: "
                                                                                  f"torch's ops")
     with pytest.raises(NativeKernelError, match="cannot run here: "):
@@ -308,17 +345,35 @@ def test_without_avx512_bf16_auto_keeps_torch_and_native_says_why(fresh_build, t
         DotInteraction(3).use_native_kernels(kernels)
 
 
-def test_bf16_training_on_the_kernels_follows_torchs_and_repeats(easy_data, tmp_path):
-    kernels_or_skip()
+def test_without_avx512_native_cannot_run_and_says_why(fresh_build, tmp_path):
+    """Built for a CPU without AVX-512 (a compiler told to leave it out): no kernels for either dtype."""
+    cc, used = compile_with(fresh_build, tmp_path, "-mno-avx512f")
+    fp32 = native_dot_kernels(torch.float32)
+    assert used.exists() and fp32.isas == () and native_dot_kernels(torch.bfloat16).isas == ()
+    needs = "AVX-512 (avx512f, avx512bw, avx512dq, avx512vl)"
+    assert fp32.why_not == (f"the C compiler ({cc}) cannot target this CPU's {needs} (gcc 7 and clang 5 can)"
+                            if {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= cpu_info().flags
+                            else f"no {needs} on this CPU")
+    fresh_build.setattr(dot_kernels, "cpu_info", lambda: CPUInfo(model="", vendor="", flags=frozenset({"avx2"})))
+    assert NativeDotKernels(fp32._lib, torch.float32).why_not == f"no {needs} on this CPU"
+    assert resolve_interaction_kernel("auto", "dot", "cpu", "fp32") == ("torch", f"auto: {fp32.why_not}: "
+                                                                                 f"torch's ops")
+    with pytest.raises(NativeKernelError, match=re.escape(f"cannot run here: {fp32.why_not}")):
+        resolve_interaction_kernel("native", "dot", "cpu", "fp32")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_training_on_the_kernels_follows_torchs_and_repeats(easy_data, tmp_path, precision):
+    kernels_or_skip(dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
     runs = {}
     for kind in ("torch", "native", "auto"):
         out = io.StringIO()
-        cfg = tiny_config(easy_data, tmp_path, precision="bf16", interaction_kernel=kind, max_steps=20, seed=2)
+        cfg = tiny_config(easy_data, tmp_path, precision=precision, interaction_kernel=kind, max_steps=20, seed=2)
         runs[kind] = train.run(cfg, out=out)
         assert f"dot interaction: {'native' if kind != 'torch' else 'torch'} (" in out.getvalue()
     native, plain = runs["native"].losses, runs["torch"].losses
     assert len(native) == 20 and native == runs["auto"].losses  # auto picks the kernels here; they repeat
     assert native != plain  # they did run
-    assert native == pytest.approx(plain, rel=0.02)
+    assert native == pytest.approx(plain, rel=0.02 if precision == "bf16" else 1e-4)
     with open(runs["native"].summary_path) as f:
         assert json.load(f)["interaction_kernel"] == "native"
