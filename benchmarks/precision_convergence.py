@@ -11,7 +11,7 @@ already there (delete the folder to measure afresh).
 
     python -m benchmarks.precision_convergence [--seeds 0 1 2 3 4] [--optimizers rowwise_adagrad]
         [--rowwise-lr 0.02] [--data-dir .cache/synthetic] [--runs-dir .cache/precision_convergence]
-        [--out benchmarks/precision_convergence]
+        [--out benchmarks/precision_convergence] [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ def optimizer_settings(optimizer: str, rowwise_lr: float) -> list[str]:
     raise ValueError(f"unknown optimizer {optimizer!r}: expected sgd or rowwise_adagrad")
 
 
-def train(data_dir: str, results: str, precision: str, seed: int, optimizer: str, rowwise_lr: float) -> dict:
-    settings = optimizer_settings(optimizer, rowwise_lr)
+def train(data_dir: str, results: str, precision: str, seed: int, optimizer: str, rowwise_lr: float,
+          overrides: tuple[str, ...] = ()) -> dict:
+    settings = [*optimizer_settings(optimizer, rowwise_lr), *overrides]
     name = f"{optimizer}-{precision}-seed{seed}" + (f"-lr{rowwise_lr}" if optimizer != "sgd" else "")
     summary_path = os.path.join(results, name + ".json")
     if not os.path.isfile(summary_path):
@@ -108,6 +109,9 @@ def main(argv=None) -> int:
     p.add_argument("--runs-dir", default=os.path.join(cache, "precision_convergence"),
                    help="where the runs' logs and summaries are kept (and reused)")
     p.add_argument("--out", default="benchmarks/precision_convergence", help="writes OUT.json and OUT.png")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="config overrides for every run, e.g. interaction_kernel=native (runs are reused by name: "
+                        "give them a --runs-dir of their own)")
     args = p.parse_args(argv)
     data_dir = os.path.abspath(args.data_dir)
     if not os.path.isfile(os.path.join(data_dir, "terabyte_processed_train.bin")):
@@ -120,7 +124,7 @@ def main(argv=None) -> int:
     plan = [("sgd", s) for s in args.seeds] + [(o, args.seeds[0]) for o in args.optimizers]
     for optimizer, seed in plan:
         for precision in ("fp32", "bf16"):
-            runs.append(train(data_dir, results, precision, seed, optimizer, args.rowwise_lr))
+            runs.append(train(data_dir, results, precision, seed, optimizer, args.rowwise_lr, tuple(args.set)))
     checked = {}
     for precision in ("fp32", "bf16"):
         log = next(r["log"] for r in runs if r["precision"] == precision and r["optimizer"] == "sgd")
@@ -130,7 +134,8 @@ def main(argv=None) -> int:
         checked[precision] = "SUCCESS" if proc.returncode == 0 else f"FAILED: {proc.stdout[-500:]}"
     for r in runs:
         r["log"] = os.path.relpath(r["log"], results)
-    summary = {"machine": cpu_description(), "comparisons": {o: compare(runs, o) for o in ["sgd", *args.optimizers]},
+    summary = {"machine": cpu_description(), "overrides": args.set,
+               "comparisons": {o: compare(runs, o) for o in ["sgd", *args.optimizers]},
                "official_compliance_checker_2.1.0": checked, "runs": runs}
     print(json.dumps({k: v for k, v in summary.items() if k != "runs"}, indent=1))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -13,6 +13,9 @@ model):
 With ``--before REV`` the fp32 aten and bf16 paths of git revision REV
 (``git archive``, imported beside this code as ``reference_before``) run on
 the same batches too: a before/after of the whole step within one run.
+``--interaction-kernel`` sets this code's ``interaction_kernel`` on every
+path (``native``: fp32's opt-in kernels; beside ``--before`` a revision
+on torch's, the change within one run).
 
 For each optimiser the paths' training steps (loader + embeddings +
 interaction + MLPs + optimiser) are timed interleaved, step by step, each
@@ -28,7 +31,7 @@ names the CPU, its relevant flags, and which kernel ``linear_kernel=auto``
 picks here.
 
     python -m benchmarks.train_throughput [--steps 20] [--optimizers sgd rowwise_adagrad] [--profile N]
-        [--phases] [--before REV] [--eval-batch-sizes 2048 16384] [--json FILE]
+        [--phases] [--before REV] [--eval-batch-sizes 2048 16384] [--interaction-kernel auto] [--json FILE]
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ import numpy as np
 import torch
 
 from reference import trainer as trainer_module
-from reference.config import Config
+from reference.config import INTERACTION_KERNELS, Config
 from reference.cpuinfo import cpu_info
 from reference.data.binary import write_binary
 from reference.data.loader import BinaryDataset
@@ -122,6 +125,12 @@ def build_trainer(package: Any, settings: dict, sizes: list[int], data: Any) -> 
     return package.Trainer(cfg, model.DLRM.from_config(cfg, sizes), data, data, log.MLPerfLogger(None))
 
 
+def path_settings(name: str, args) -> dict:
+    """This code's config for path ``name``: its own settings and ``--interaction-kernel`` (a
+    revision's trainer, for ``--before``, keeps its defaults)."""
+    return {**PATHS[name], "interaction_kernel": args.interaction_kernel}
+
+
 def make_trainer(optimizer: str, settings: dict, data: BinaryDataset, sizes: list[int], batch_size: int,
                  package: Any = trainer_module) -> Trainer:
     return build_trainer(package, dict(optimizer=optimizer, batch_size=batch_size, learning_rate=0.01,
@@ -131,7 +140,8 @@ def make_trainer(optimizer: str, settings: dict, data: BinaryDataset, sizes: lis
 def measure(optimizer: str, paths: list[str], path: str, args, before: Any = None) -> list[dict]:
     sizes = [args.table_rows] * 26
     data = BinaryDataset(path, args.batch_size, sizes)
-    trainers = {name: make_trainer(optimizer, PATHS[name], data, sizes, args.batch_size) for name in paths}
+    trainers = {name: make_trainer(optimizer, path_settings(name, args), data, sizes, args.batch_size)
+                for name in paths}
     if before is not None:
         for name in BEFORE_PATHS:
             if name in paths:
@@ -174,7 +184,7 @@ def profile_steps(optimizer: str, paths: list[str], path: str, args) -> dict[str
     data = BinaryDataset(path, args.batch_size, sizes)
     out = {}
     for name in paths:
-        trainer = make_trainer(optimizer, PATHS[name], data, sizes, args.batch_size)
+        trainer = make_trainer(optimizer, path_settings(name, args), data, sizes, args.batch_size)
         for i in range(args.warmup):
             trainer.train_step(data.batch(i % data.num_batches))
         steps = 5
@@ -199,7 +209,7 @@ def phase_breakdown(optimizer: str, paths: list[str], path: str, args) -> dict[s
     data = BinaryDataset(path, args.batch_size, sizes)
     out = {}
     for name in paths:
-        trainer = make_trainer(optimizer, PATHS[name], data, sizes, args.batch_size)
+        trainer = make_trainer(optimizer, path_settings(name, args), data, sizes, args.batch_size)
         model, marks = trainer.model, {}
 
         def mark(key: str, marks: dict = marks):
@@ -240,7 +250,7 @@ def measure_evaluation(paths: list[str], path: str, args) -> list[dict]:
     the sizes interleaved pass by pass; the file holds 16 training batches of samples."""
     sizes = [args.table_rows] * 26
     train = BinaryDataset(path, args.batch_size, sizes)
-    trainers = {name: make_trainer("sgd", PATHS[name], train, sizes, args.batch_size) for name in paths}
+    trainers = {name: make_trainer("sgd", path_settings(name, args), train, sizes, args.batch_size) for name in paths}
     evaluation_data = {b: BinaryDataset(path, b, sizes) for b in args.eval_batch_sizes}
     seconds: dict[tuple[str, int], list[float]] = {(n, b): [] for n in paths for b in args.eval_batch_sizes}
     for i in range(1 + args.eval_passes):  # the first pass is warm-up
@@ -284,6 +294,8 @@ def main(argv=None) -> int:
     p.add_argument("--eval-batch-sizes", type=int, nargs="*", default=[2048, 16384],
                    help="also time the evaluation at these batch sizes (none: skip)")
     p.add_argument("--eval-passes", type=int, default=3, help="evaluation passes per path and batch size")
+    p.add_argument("--interaction-kernel", choices=INTERACTION_KERNELS, default="auto",
+                   help="this code's interaction_kernel on every path (native: fp32's opt-in kernels too)")
     p.add_argument("--phases", action="store_true",
                    help="also print where a step's time goes, per path (first optimiser; module hooks)")
     p.add_argument("--profile", type=int, default=0, metavar="N",
@@ -304,6 +316,7 @@ def main(argv=None) -> int:
     auto, reason = resolve_linear_kernel(Config().validate())
     info = {**cpu_description(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "batch_size": args.batch_size, "table_rows": args.table_rows, "steps": args.steps, "before": args.before,
+            "interaction_kernel": args.interaction_kernel,
             "linear_kernel_auto": f"{auto} ({reason})",
             "sparse_update_kernel_auto": "{} ({})".format(*resolve_sparse_update_kernel("auto", "cpu")),
             **{f"interaction_kernel_auto_{p}": "{} ({})".format(*resolve_interaction_kernel("auto", "dot", "cpu", p))

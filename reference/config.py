@@ -160,9 +160,10 @@ class Config:
     interaction_kernel: str = _doc("How the dot interaction is computed on the CPU: torch (batched GEMMs, gather, "
                                    "scatter), native (C kernels compiled at start-up: bf16 on AMX where Linux "
                                    "grants it, else AVX512_BF16; fp32 on AVX-512; needs interaction=dot, "
-                                   "device=cpu, a CPU with those, a C compiler with OpenMP), or auto (native "
-                                   "where it runs, else torch). The same sums in fp32 in another order (bf16: "
-                                   "rounded once); native is the faster (benchmarks/RESULTS.md).",
+                                   "device=cpu, a CPU with those, a C compiler with OpenMP), or auto (bf16: "
+                                   "native where it runs, else torch; fp32: torch, its sums as before). The "
+                                   "same sums in fp32 in another order (bf16: rounded once); native is the "
+                                   "faster (benchmarks/RESULTS.md).",
                                    default="auto")
     prefetch_batches: int = _doc("Batches read ahead in a background thread (0 = read on the main thread; "
                                  "the results are the same).", default=2)

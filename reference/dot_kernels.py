@@ -197,6 +197,9 @@ def resolve_interaction_kernel(kind: str, interaction: str, device: torch.device
             raise NativeKernelError(f"the native kernels compute the dot interaction on the CPU; this run has "
                                     f"{elsewhere}")
         return "torch", f"{elsewhere}: torch's ops"
+    if precision != "bf16" and kind == "auto":
+        return "torch", ("auto: fp32 keeps torch's ops, its sums as in every version before (interaction_kernel="
+                         "native computes it on AVX-512)")
     try:
         kernels = native_dot_kernels(torch.bfloat16 if precision == "bf16" else torch.float32)
     except NativeKernelError as e:

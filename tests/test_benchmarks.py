@@ -1,13 +1,15 @@
 """benchmarks/train_throughput: the paths it times side by side, its --before revision, its evaluation
 timings, its verdict on auto; benchmarks/dcnv2_throughput: its paths, torch's row updates among them;
 benchmarks/bag_throughput: its paths, and a lookup timing that leaves the tables alone."""
+import argparse
 import json
 import os
+import subprocess
 
 import pytest
 import torch
 
-from benchmarks import bag_throughput, dcnv2_throughput, train_throughput
+from benchmarks import bag_throughput, dcnv2_throughput, precision_convergence, train_throughput
 from reference import trainer as trainer_module
 from reference.data.random_batches import RandomDataset, RandomSpec
 
@@ -35,6 +37,8 @@ def test_a_tiny_run_times_this_code_and_a_revision_beside_it(tmp_path, monkeypat
                                   "--eval-passes", "1", "--phases", "--json", str(out)]) == 0
     saved = json.loads(out.read_text())
     assert saved["info"]["sparse_update_kernel_auto"].split()[0] in ("native", "torch")
+    assert saved["info"]["interaction_kernel"] == "auto"
+    assert saved["info"]["interaction_kernel_auto_fp32"].startswith("torch (auto: fp32 keeps torch's ops")
     results = saved["results"]
     paths = [r["path"] for r in results]
     assert paths[0] == "fp32 aten" and "fp32 aten @ HEAD" in paths
@@ -49,6 +53,16 @@ def test_a_tiny_run_times_this_code_and_a_revision_beside_it(tmp_path, monkeypat
     assert list(phases) == list(train_throughput.PHASES) and all(ms >= 0 for ms in phases.values())
     step = next(r["step_ms"] for r in results if r["path"] == "fp32 aten")
     assert 0.5 * step < sum(phases.values()) < 2 * step
+
+
+def test_the_interaction_kernel_option_sets_this_codes_paths():
+    for kind in ("torch", "native"):
+        args = argparse.Namespace(interaction_kernel=kind)
+        assert train_throughput.path_settings("fp32 onednn", args) == dict(precision="fp32", linear_kernel="onednn",
+                                                                         interaction_kernel=kind)
+        assert train_throughput.path_settings("bf16", args) == dict(precision="bf16", interaction_kernel=kind)
+    with pytest.raises(SystemExit):
+        train_throughput.main(["--interaction-kernel", "amx"])
 
 
 def test_an_unknown_revision_is_named(tmp_path, monkeypatch):
@@ -89,3 +103,29 @@ def test_the_lookup_timing_leaves_the_tables_alone():
     bag_throughput.embedding_step(trainer, data.batch(0), torch.randn(32, 26, 128))
     assert torch.equal(tables.weight, before) and tables.weight.grad.is_sparse
     assert tables.update is update
+
+
+def test_precision_convergence_runs_the_real_command_with_the_overrides(tmp_path, monkeypatch):
+    """Each run is ``python -m reference.train`` on the embedded default with the run's precision,
+    seed and optimiser, then ``--set``'s overrides; a run already in the folder is reused."""
+    commands = []
+
+    def run(command, **kwargs):
+        commands.append(command)
+        name = next(a.split("=", 1)[1] for a in command if a.startswith("run_name="))
+        (tmp_path / f"{name}.json").write_text(json.dumps({
+            "converged": True, "steps": 24, "run_seconds": 1.5, "linear_kernel": "aten",
+            "interaction_kernel": "native", "evaluations": [{"epoch_num": 1.05, "auc": 0.81}]}))
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(precision_convergence.subprocess, "run", run)
+    got = precision_convergence.train("data", str(tmp_path), "fp32", 3, "rowwise_adagrad", 0.02,
+                                      ("interaction_kernel=native",))
+    assert commands[0][1:] == ["-m", "reference.train", "--config", "configs/synthetic.yaml", "--data-dir", "data",
+                               "--results-dir", str(tmp_path), "precision=fp32", "seed=3",
+                               "run_name=rowwise_adagrad-fp32-seed3-lr0.02", "progress=false",
+                               "optimizer=rowwise_adagrad", "learning_rate=0.02", "submission_division=open",
+                               "interaction_kernel=native"]
+    assert got["steps"] == 24 and got["interaction_kernel"] == "native" and got["curve"] == [(1.05, 0.81)]
+    precision_convergence.train("data", str(tmp_path), "fp32", 3, "rowwise_adagrad", 0.02)
+    assert len(commands) == 1  # reused
