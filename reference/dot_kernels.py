@@ -71,10 +71,11 @@ class NativeDotKernels:
 
     def __init__(self, library: ctypes.CDLL, dtype: torch.dtype = torch.bfloat16, isa: str | None = None):
         if dtype not in _DTYPES:
-            raise ValueError(f"the native dot interaction computes bf16 or fp32, not {dtype}")
+            raise ValueError(f"the native dot interaction computes bf16 or fp32, not {dtype!r}")
         if isa is not None and (isa not in _ISAS or _ISAS[isa][0] != dtype):
-            raise ValueError(f"unknown instruction set {isa!r} for {_DTYPES[dtype]}: expected "
-                             f"{', '.join(name for name, (of, _, _) in _ISAS.items() if of == dtype)}")
+            expected = ", ".join(name for name, (of, _, _) in _ISAS.items() if of == dtype)
+            raise ValueError(f"instruction set {isa!r} for {_DTYPES[dtype]}: expected {expected}" + (
+                f" ({isa} computes {_DTYPES[_ISAS[isa][0]]})" if isa in _ISAS else ""))
         self._lib, self.dtype = library, dtype
         library.dot_compiled.restype = library.dot_init.restype = _INT
         compiled, flags = library.dot_compiled(), cpu_info().flags
@@ -199,7 +200,7 @@ def resolve_interaction_kernel(kind: str, interaction: str, device: torch.device
         return "torch", f"{elsewhere}: torch's ops"
     if precision != "bf16" and kind == "auto":
         return "torch", ("auto: fp32 keeps torch's ops, its sums as in every version before (interaction_kernel="
-                         "native computes it on AVX-512)")
+                         "native computes it on AVX-512 where it runs)")
     try:
         kernels = native_dot_kernels(torch.bfloat16 if precision == "bf16" else torch.float32)
     except NativeKernelError as e:

@@ -48,11 +48,11 @@ def test_a_tiny_run_times_this_code_and_a_revision_beside_it(tmp_path, monkeypat
     evaluation = {(r["path"], r["eval_batch_size"]): r for r in saved["evaluation"]}
     assert {b for _, b in evaluation} == {64, 256} and evaluation[("fp32 aten", 256)]["vs_largest"] == 1.0
     assert all(r["samples_per_s"] > 0 for r in evaluation.values())
-    # Every part of a step is timed, once: the parts of the fp32 step add up to about its whole.
+    # Every part of a step is timed, once: "rest" is the step's time less the others', never negative
+    # (a part counted twice would make it so). Not compared with the step times above: those are
+    # other steps, and a busy machine makes any two timings disagree.
     phases = saved["phases"]["fp32 aten"]
     assert list(phases) == list(train_throughput.PHASES) and all(ms >= 0 for ms in phases.values())
-    step = next(r["step_ms"] for r in results if r["path"] == "fp32 aten")
-    assert 0.5 * step < sum(phases.values()) < 2 * step
 
 
 def test_the_interaction_kernel_option_sets_this_codes_paths():
