@@ -114,6 +114,70 @@ int64_t dot_no_scratch(int64_t n, int64_t dim) {
   return 0;
 }
 
+#ifdef HAVE_AVX512_BF16
+
+/* 16 fp32 values rounded to bf16 (nearest even), stored under mask m. */
+INLINE void store_bf16(uint16_t *p, __m512 v, __mmask16 m) { _mm256_mask_storeu_epi16(p, m, (__m256i)_mm512_cvtneps_pbh(v)); }
+
+/* 16 bf16 values under mask m (the rest zero) as fp32. */
+INLINE __m512 load_bf16(const uint16_t *p, __mmask16 m) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+}
+
+/* 2 h, exactly (an exponent step; an overflow gives infinity, as in fp32). */
+static inline uint16_t bf16_doubled(uint16_t h) {
+  uint32_t u = (uint32_t)h << 16;
+  float f;
+  memcpy(&f, &u, sizeof f);
+  f *= 2.0f;
+  memcpy(&u, &f, sizeof u);
+  return (uint16_t)(u >> 16);
+}
+
+/* S in bf16, `cols` values a row, from a sample's output gradient g; entries outside the pairs
+ * are left as they are (zero). */
+INLINE void symmetric_from_pairs(uint16_t *s16, int64_t cols, const uint16_t *g, int64_t n, int64_t dim,
+                                 int diagonal) {
+  int64_t p = dim;
+  for (int64_t i = 0; i < n; i++)
+    for (int64_t j = 0; j < i + (diagonal ? 1 : 0); j++, p++) {
+      if (i == j) s16[i * cols + i] = bf16_doubled(g[p]);
+      else s16[i * cols + j] = s16[j * cols + i] = g[p];
+    }
+}
+
+/* The sample's rows x interleaved in pairs (V's layout for S V): row k, `stride` words long,
+ * holds rows 2k and 2k+1 value by value in 4-byte words (for odd n the last with zeros). */
+INLINE void interleave_rows(uint32_t *interleaved, int64_t stride, const uint16_t *x, int64_t n, int64_t dim) {
+  for (int64_t k = 0; k < (n + 1) / 2; k++)
+    for (int64_t d = 0; d < dim; d += 16) {
+      const __mmask16 m = tail16(dim - d);
+      const __m512i even = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, x + 2 * k * dim + d));
+      const __m512i odd = 2 * k + 1 < n ? _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, x + (2 * k + 1) * dim + d))
+                                        : _mm512_setzero_si512();
+      _mm512_mask_storeu_epi32(interleaved + k * stride + d, m, _mm512_or_si512(even, _mm512_slli_epi32(odd, 16)));
+    }
+}
+
+/* bf16: as dots8_fp32. */
+INLINE __m256 dots8_bf16(const uint16_t *x, int64_t dim, int64_t i, int64_t j0, int64_t jmax) {
+  __m512 acc[8];
+  const uint16_t *rows[8];
+  for (int k = 0; k < 8; k++) {
+    acc[k] = _mm512_setzero_ps();
+    rows[k] = x + (j0 + k < jmax ? j0 + k : jmax - 1) * dim;
+  }
+  const uint16_t *xi = x + i * dim;
+  for (int64_t c = 0; c < dim; c += 32) {
+    const __mmask32 m = dim - c >= 32 ? (__mmask32)~0u : (__mmask32)((1u << (dim - c)) - 1);
+    const __m512bh a = (__m512bh)_mm512_maskz_loadu_epi16(m, xi + c);
+    for (int k = 0; k < 8; k++) acc[k] = _mm512_dpbf16_ps(acc[k], a, (__m512bh)_mm512_maskz_loadu_epi16(m, rows[k] + c));
+  }
+  return sum8(acc);
+}
+
+#endif
+
 /* fp32: row i's dot products with rows j0..j0+7 (a row past jmax - 1 repeats row jmax - 1; its
  * sum is not stored). */
 INLINE __m256 dots8_fp32(const float *x, int64_t dim, int64_t i, int64_t j0, int64_t jmax) {
@@ -132,26 +196,54 @@ INLINE __m256 dots8_fp32(const float *x, int64_t dim, int64_t i, int64_t j0, int
   return sum8(acc);
 }
 
-void dot_forward_fp32(const float *vectors, int64_t batch, int64_t n, int64_t dim, int diagonal, float *out,
-                      uint32_t *scratch, int threads) {
-  (void)scratch;
-  const int64_t width = dim + pair_count(n, diagonal);
+/* Row i's dot products with rows j0..j0 + count - 1, stored at o in the stack's dtype. */
+INLINE void store_dots(void *o, const void *x, int64_t dim, int64_t i, int64_t j0, int64_t jmax, int64_t count,
+                       int bf16) {
+#ifdef HAVE_AVX512_BF16
+  if (bf16) {
+    store_bf16(o, _mm512_castps256_ps512(dots8_bf16(x, dim, i, j0, jmax)), (__mmask16)((1u << count) - 1));
+    return;
+  }
+#else
+  (void)bf16;
+#endif
+  _mm256_mask_storeu_ps(o, (__mmask8)((1u << count) - 1), dots8_fp32(x, dim, i, j0, jmax));
+}
+
+/* The forward without AMX, for either dtype (bf16: 2-byte values, fp32: 4-byte). */
+INLINE void forward(const void *vectors, int64_t batch, int64_t n, int64_t dim, int diagonal, void *out, int threads,
+                    int bf16) {
+  const int64_t size = bf16 ? 2 : 4, width = dim + pair_count(n, diagonal);
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t b = 0; b < batch; b++) {
-    const float *x = vectors + b * n * dim;
-    float *o = out + b * width;
-    memcpy(o, x, (size_t)dim * 4);
+    const char *x = (const char *)vectors + b * n * dim * size;
+    char *o = (char *)out + b * width * size;
+    memcpy(o, x, (size_t)(dim * size));
     int64_t at = dim;
     for (int64_t i = diagonal ? 0 : 1; i < n; i++) {
       const int64_t jmax = i + (diagonal ? 1 : 0);
       for (int64_t j0 = 0; j0 < jmax; j0 += 8) {
         const int64_t count = jmax - j0 < 8 ? jmax - j0 : 8;
-        _mm256_mask_storeu_ps(o + at, (__mmask8)((1u << count) - 1), dots8_fp32(x, dim, i, j0, jmax));
+        store_dots(o + at * size, x, dim, i, j0, jmax, count, bf16);
         at += count;
       }
     }
   }
 }
+
+void dot_forward_fp32(const float *vectors, int64_t batch, int64_t n, int64_t dim, int diagonal, float *out,
+                      uint32_t *scratch, int threads) {
+  (void)scratch;
+  forward(vectors, batch, n, dim, diagonal, out, threads, 0);
+}
+
+#ifdef HAVE_AVX512_BF16
+void dot_forward_avx512(const uint16_t *vectors, int64_t batch, int64_t n, int64_t dim, int diagonal, uint16_t *out,
+                        uint32_t *scratch, int threads) {
+  (void)scratch;
+  forward(vectors, batch, n, dim, diagonal, out, threads, 1);
+}
+#endif
 
 /* Per thread: S in fp32, rows padded to a multiple of 4. */
 int64_t dot_backward_fp32_scratch(int64_t n, int64_t dim) {
@@ -202,90 +294,7 @@ void dot_backward_fp32(const float *vectors, const float *grad, int64_t batch, i
   }
 }
 
-#endif
-
 #ifdef HAVE_AVX512_BF16
-
-/* 16 fp32 values rounded to bf16 (nearest even), stored under mask m. */
-INLINE void store_bf16(uint16_t *p, __m512 v, __mmask16 m) { _mm256_mask_storeu_epi16(p, m, (__m256i)_mm512_cvtneps_pbh(v)); }
-
-/* 16 bf16 values under mask m (the rest zero) as fp32. */
-INLINE __m512 load_bf16(const uint16_t *p, __mmask16 m) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
-}
-
-/* 2 h, exactly (an exponent step; an overflow gives infinity, as in fp32). */
-static inline uint16_t bf16_doubled(uint16_t h) {
-  uint32_t u = (uint32_t)h << 16;
-  float f;
-  memcpy(&f, &u, sizeof f);
-  f *= 2.0f;
-  memcpy(&u, &f, sizeof u);
-  return (uint16_t)(u >> 16);
-}
-
-/* S in bf16, `cols` values a row, from a sample's output gradient g; entries outside the pairs
- * are left as they are (zero). */
-INLINE void symmetric_from_pairs(uint16_t *s16, int64_t cols, const uint16_t *g, int64_t n, int64_t dim,
-                                 int diagonal) {
-  int64_t p = dim;
-  for (int64_t i = 0; i < n; i++)
-    for (int64_t j = 0; j < i + (diagonal ? 1 : 0); j++, p++) {
-      if (i == j) s16[i * cols + i] = bf16_doubled(g[p]);
-      else s16[i * cols + j] = s16[j * cols + i] = g[p];
-    }
-}
-
-/* The sample's rows x interleaved in pairs (V's layout for S V): row k, `stride` words long,
- * holds rows 2k and 2k+1 value by value in 4-byte words (for odd n the last with zeros). */
-INLINE void interleave_rows(uint32_t *interleaved, int64_t stride, const uint16_t *x, int64_t n, int64_t dim) {
-  for (int64_t k = 0; k < (n + 1) / 2; k++)
-    for (int64_t d = 0; d < dim; d += 16) {
-      const __mmask16 m = tail16(dim - d);
-      const __m512i even = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, x + 2 * k * dim + d));
-      const __m512i odd = 2 * k + 1 < n ? _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, x + (2 * k + 1) * dim + d))
-                                        : _mm512_setzero_si512();
-      _mm512_mask_storeu_epi32(interleaved + k * stride + d, m, _mm512_or_si512(even, _mm512_slli_epi32(odd, 16)));
-    }
-}
-
-/* bf16: as dots8_fp32. */
-INLINE __m256 dots8(const uint16_t *x, int64_t dim, int64_t i, int64_t j0, int64_t jmax) {
-  __m512 acc[8];
-  const uint16_t *rows[8];
-  for (int k = 0; k < 8; k++) {
-    acc[k] = _mm512_setzero_ps();
-    rows[k] = x + (j0 + k < jmax ? j0 + k : jmax - 1) * dim;
-  }
-  const uint16_t *xi = x + i * dim;
-  for (int64_t c = 0; c < dim; c += 32) {
-    const __mmask32 m = dim - c >= 32 ? (__mmask32)~0u : (__mmask32)((1u << (dim - c)) - 1);
-    const __m512bh a = (__m512bh)_mm512_maskz_loadu_epi16(m, xi + c);
-    for (int k = 0; k < 8; k++) acc[k] = _mm512_dpbf16_ps(acc[k], a, (__m512bh)_mm512_maskz_loadu_epi16(m, rows[k] + c));
-  }
-  return sum8(acc);
-}
-
-void dot_forward_avx512(const uint16_t *vectors, int64_t batch, int64_t n, int64_t dim, int diagonal, uint16_t *out,
-                        uint32_t *scratch, int threads) {
-  (void)scratch;
-  const int64_t width = dim + pair_count(n, diagonal);
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t b = 0; b < batch; b++) {
-    const uint16_t *x = vectors + b * n * dim;
-    uint16_t *o = out + b * width;
-    memcpy(o, x, (size_t)dim * 2);
-    int64_t at = dim;
-    for (int64_t i = diagonal ? 0 : 1; i < n; i++) {
-      const int64_t jmax = i + (diagonal ? 1 : 0);
-      for (int64_t j0 = 0; j0 < jmax; j0 += 8) {
-        const int64_t count = jmax - j0 < 8 ? jmax - j0 : 8;
-        store_bf16(o + at, _mm512_castps256_ps512(dots8(x, dim, i, j0, jmax)), (__mmask16)((1u << count) - 1));
-        at += count;
-      }
-    }
-  }
-}
 
 /* Per thread: S (rows padded to a multiple of 4, an even number of columns) and the interleaved
  * rows, in 4-byte words. */
@@ -332,6 +341,9 @@ void dot_backward_avx512(const uint16_t *vectors, const uint16_t *grad, int64_t 
 }
 
 #endif
+
+#endif
+
 
 #ifdef HAVE_AMX
 

@@ -138,7 +138,8 @@ def test_torchs_own_bf16_gemms_are_unchanged_after_the_kernels(kernels):
 def test_the_module_uses_the_kernels_in_their_dtype_on_the_cpu_only(kernels):
     plain, native = DotInteraction(27), DotInteraction(27)
     native.use_native_kernels(kernels)
-    dense, sparse = torch.randn(16, 128), torch.randn(16, 26, 128)
+    generator = torch.Generator().manual_seed(5)
+    dense, sparse = torch.randn(16, 128, generator=generator), torch.randn(16, 26, 128, generator=generator)
     bf16 = kernels.dtype == torch.bfloat16
 
     def run(module, autocast: bool):
@@ -160,10 +161,11 @@ def test_the_module_uses_the_kernels_in_their_dtype_on_the_cpu_only(kernels):
     stack = torch.cat([dense[:, None], sparse], dim=1).to(kernels.dtype)
     assert torch.equal(got, kernels.forward(stack, False))  # the kernels' output, bit for bit
     assert got.dtype == kernels.dtype and {g.dtype for g in got_grads} == {torch.float32}
-    # Both round sums of many terms, differently: compared at the gradient's own scale.
-    rtol = 2**-7 if bf16 else 1e-6
-    torch.testing.assert_close(got.float(), expected.float(), rtol=rtol, atol=1e-3 if bf16 else 1e-5)
-    for a, b in zip(got_grads, expected_grads, strict=True):
+    # Both round sums of many terms, differently (and torch's GEMMs by their own rules, which may
+    # depend on the buffers' alignment): compared at each tensor's own scale. The exact bounds are
+    # the tests above; here, that the module's results are the kernels' and near torch's.
+    rtol = 2**-7 if bf16 else 2**-16
+    for a, b in zip((got.float(), *got_grads), (expected.float(), *expected_grads), strict=True):
         torch.testing.assert_close(a, b, rtol=2 * rtol, atol=2 * rtol * b.abs().max().item())
 
 
