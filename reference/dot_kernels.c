@@ -114,16 +114,6 @@ int64_t dot_no_scratch(int64_t n, int64_t dim) {
   return 0;
 }
 
-#ifdef HAVE_AVX512_BF16
-
-/* 16 fp32 values rounded to bf16 (nearest even), stored under mask m. */
-INLINE void store_bf16(uint16_t *p, __m512 v, __mmask16 m) { _mm256_mask_storeu_epi16(p, m, (__m256i)_mm512_cvtneps_pbh(v)); }
-
-/* 16 bf16 values under mask m (the rest zero) as fp32. */
-INLINE __m512 load_bf16(const uint16_t *p, __mmask16 m) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
-}
-
 /* 2 h, exactly (an exponent step; an overflow gives infinity, as in fp32). */
 static inline uint16_t bf16_doubled(uint16_t h) {
   uint32_t u = (uint32_t)h << 16;
@@ -134,16 +124,32 @@ static inline uint16_t bf16_doubled(uint16_t h) {
   return (uint16_t)(u >> 16);
 }
 
-/* S in bf16, `cols` values a row, from a sample's output gradient g; entries outside the pairs
- * are left as they are (zero). */
-INLINE void symmetric_from_pairs(uint16_t *s16, int64_t cols, const uint16_t *g, int64_t n, int64_t dim,
-                                 int diagonal) {
+/* S, `cols` values a row in the stack's dtype, from a sample's output gradient g; entries
+ * outside the pairs are left as they are (zero). */
+INLINE void symmetric_from_pairs(void *s, int64_t cols, const void *g, int64_t n, int64_t dim, int diagonal, int bf16) {
   int64_t p = dim;
   for (int64_t i = 0; i < n; i++)
     for (int64_t j = 0; j < i + (diagonal ? 1 : 0); j++, p++) {
-      if (i == j) s16[i * cols + i] = bf16_doubled(g[p]);
-      else s16[i * cols + j] = s16[j * cols + i] = g[p];
+      if (bf16) {
+        uint16_t *s16 = s, h = ((const uint16_t *)g)[p];
+        if (i == j) s16[i * cols + i] = bf16_doubled(h);
+        else s16[i * cols + j] = s16[j * cols + i] = h;
+      } else {
+        float *sf = s, value = ((const float *)g)[p];
+        if (i == j) sf[i * cols + i] = 2.0f * value;
+        else sf[i * cols + j] = sf[j * cols + i] = value;
+      }
     }
+}
+
+#ifdef HAVE_AVX512_BF16
+
+/* 16 fp32 values rounded to bf16 (nearest even), stored under mask m. */
+INLINE void store_bf16(uint16_t *p, __m512 v, __mmask16 m) { _mm256_mask_storeu_epi16(p, m, (__m256i)_mm512_cvtneps_pbh(v)); }
+
+/* 16 bf16 values under mask m (the rest zero) as fp32. */
+INLINE __m512 load_bf16(const uint16_t *p, __mmask16 m) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
 }
 
 /* The sample's rows x interleaved in pairs (V's layout for S V): row k, `stride` words long,
@@ -245,76 +251,91 @@ void dot_forward_avx512(const uint16_t *vectors, int64_t batch, int64_t n, int64
 }
 #endif
 
-/* Per thread: S in fp32, rows padded to a multiple of 4. */
-int64_t dot_backward_fp32_scratch(int64_t n, int64_t dim) {
-  (void)dim;
-  return round_up(n, 4) * n;
+/* 16 values of the stack's dtype under mask m as fp32, and back (bf16 rounded to nearest even). */
+INLINE __m512 load16(const void *p, __mmask16 m, int bf16) {
+#ifdef HAVE_AVX512_BF16
+  if (bf16) return load_bf16(p, m);
+#else
+  (void)bf16;
+#endif
+  return _mm512_maskz_loadu_ps(m, p);
 }
 
-/* S V in fp32 with fused multiply-adds, each element of S against 64 values of a row of V. */
-void dot_backward_fp32(const float *vectors, const float *grad, int64_t batch, int64_t n, int64_t dim, int diagonal,
-                       float *grad_vectors, uint32_t *scratch, int threads) {
-  const int64_t width = dim + pair_count(n, diagonal);
-#pragma omp parallel num_threads(threads)
-  {
-    float *s = (float *)scratch + omp_get_thread_num() * dot_backward_fp32_scratch(n, dim);
-    /* Padding rows stay zero, and so does S's diagonal without self-interaction. */
-    memset(s, 0, (size_t)(round_up(n, 4) * n) * 4);
-#pragma omp for schedule(static)
-    for (int64_t b = 0; b < batch; b++) {
-      const float *x = vectors + b * n * dim, *g = grad + b * width;
-      int64_t p = dim;
-      for (int64_t i = 0; i < n; i++)
-        for (int64_t j = 0; j < i + (diagonal ? 1 : 0); j++, p++) {
-          if (i == j) s[i * n + i] = 2.0f * g[p];
-          else s[i * n + j] = s[j * n + i] = g[p];
-        }
-      for (int64_t i0 = 0; i0 < n; i0 += 4)
-        for (int64_t d0 = 0; d0 < dim; d0 += 64) {
-          __mmask16 m[4];
-          __m512 acc[4][4];
-          for (int q = 0; q < 4; q++) {
-            m[q] = d0 + 16 * q < dim ? tail16(dim - d0 - 16 * q) : 0;
-            for (int r = 0; r < 4; r++) acc[r][q] = _mm512_setzero_ps();
-          }
-          for (int64_t j = 0; j < n; j++) {
-            __m512 v[4];
-            for (int q = 0; q < 4; q++) v[q] = _mm512_maskz_loadu_ps(m[q], x + j * dim + d0 + 16 * q);
-            for (int r = 0; r < 4; r++) {
-              const __m512 sij = _mm512_set1_ps(s[(i0 + r) * n + j]);
-              for (int q = 0; q < 4; q++) acc[r][q] = _mm512_fmadd_ps(sij, v[q], acc[r][q]);
-            }
-          }
-          if (i0 == 0)
-            for (int q = 0; q < 4; q++) acc[0][q] = _mm512_add_ps(acc[0][q], _mm512_maskz_loadu_ps(m[q], g + d0 + 16 * q));
-          for (int r = 0; r < 4 && i0 + r < n; r++)
-            for (int q = 0; q < 4; q++) _mm512_mask_storeu_ps(grad_vectors + (b * n + i0 + r) * dim + d0 + 16 * q, m[q], acc[r][q]);
-        }
+INLINE void store16(void *p, __m512 v, __mmask16 m, int bf16) {
+#ifdef HAVE_AVX512_BF16
+  if (bf16) {
+    store_bf16(p, v, m);
+    return;
+  }
+#else
+  (void)bf16;
+#endif
+  _mm512_mask_storeu_ps(p, m, v);
+}
+
+/* Rows i0..i0+3 of S V for values d0..d0+63 (masks m), summed into acc. S's rows are `words`
+ * 4-byte words. fp32: each element of S against a row of V, with fused multiply-adds; bf16: each
+ * word of S (two columns) against two rows of V interleaved value by value, with AVX512_BF16's
+ * dot product of pairs. */
+INLINE void tile_product(__m512 acc[4][4], const uint32_t *s, const void *v, int64_t words, int64_t dim, int64_t i0,
+                         int64_t d0, const __mmask16 m[4], int bf16) {
+#ifdef HAVE_AVX512_BF16
+  if (bf16) {
+    for (int64_t k = 0; k < words; k++) {
+      __m512bh vk[4];
+      for (int q = 0; q < 4; q++) vk[q] = (__m512bh)_mm512_maskz_loadu_epi32(m[q], (const uint32_t *)v + k * dim + d0 + 16 * q);
+      for (int r = 0; r < 4; r++) {
+        const __m512bh pair = (__m512bh)_mm512_set1_epi32((int)s[(i0 + r) * words + k]);
+        for (int q = 0; q < 4; q++) acc[r][q] = _mm512_dpbf16_ps(acc[r][q], pair, vk[q]);
+      }
+    }
+    return;
+  }
+#else
+  (void)bf16;
+#endif
+  const float *sf = (const float *)s, *vf = v;
+  for (int64_t j = 0; j < words; j++) {
+    __m512 vj[4];
+    for (int q = 0; q < 4; q++) vj[q] = _mm512_maskz_loadu_ps(m[q], vf + j * dim + d0 + 16 * q);
+    for (int r = 0; r < 4; r++) {
+      const __m512 sij = _mm512_set1_ps(sf[(i0 + r) * words + j]);
+      for (int q = 0; q < 4; q++) acc[r][q] = _mm512_fmadd_ps(sij, vj[q], acc[r][q]);
     }
   }
 }
 
-#ifdef HAVE_AVX512_BF16
+/* Per thread, in 4-byte words: S (rows padded to a multiple of 4; bf16 in pairs of columns, the
+ * odd one zero) and, for bf16, the interleaved rows. */
+INLINE int64_t backward_scratch(int64_t n, int64_t dim, int bf16) {
+  return bf16 ? round_up(n, 4) * ((n + 1) / 2) + (n + 1) / 2 * dim : round_up(n, 4) * n;
+}
 
-/* Per thread: S (rows padded to a multiple of 4, an even number of columns) and the interleaved
- * rows, in 4-byte words. */
-int64_t dot_backward_avx512_scratch(int64_t n, int64_t dim) { return round_up(n, 4) * (n + 1) / 2 + (n + 1) / 2 * dim; }
+int64_t dot_backward_fp32_scratch(int64_t n, int64_t dim) { return backward_scratch(n, dim, 0); }
+int64_t dot_backward_avx512_scratch(int64_t n, int64_t dim) { return backward_scratch(n, dim, 1); }
 
-void dot_backward_avx512(const uint16_t *vectors, const uint16_t *grad, int64_t batch, int64_t n, int64_t dim,
-                         int diagonal, uint16_t *grad_vectors, uint32_t *scratch, int threads) {
-  const int64_t width = dim + pair_count(n, diagonal), words = (n + 1) / 2;
+/* The backward without AMX, for either dtype: S V four rows by 64 values at a time. */
+INLINE void backward(const void *vectors, const void *grad, int64_t batch, int64_t n, int64_t dim, int diagonal,
+                     void *grad_vectors, uint32_t *scratch, int threads, int bf16) {
+  const int64_t size = bf16 ? 2 : 4, width = dim + pair_count(n, diagonal), words = bf16 ? (n + 1) / 2 : n;
 #pragma omp parallel num_threads(threads)
   {
-    uint32_t *s = scratch + omp_get_thread_num() * dot_backward_avx512_scratch(n, dim);
-    uint32_t *interleaved = s + round_up(n, 4) * words;
-    /* Padding rows and the odd column stay zero, and so does S's diagonal without
+    uint32_t *s = scratch + omp_get_thread_num() * backward_scratch(n, dim, bf16);
+    /* Padding rows and bf16's odd column stay zero, and so does S's diagonal without
      * self-interaction: only the sample's own entries are written below. */
     memset(s, 0, (size_t)(round_up(n, 4) * words) * 4);
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < batch; b++) {
-      const uint16_t *x = vectors + b * n * dim, *g = grad + b * width;
-      symmetric_from_pairs((uint16_t *)s, 2 * words, g, n, dim, diagonal);
-      interleave_rows(interleaved, dim, x, n, dim);
+      const char *x = (const char *)vectors + b * n * dim * size, *g = (const char *)grad + b * width * size;
+      symmetric_from_pairs(s, bf16 ? 2 * words : words, g, n, dim, diagonal, bf16);
+      const void *v = x;
+#ifdef HAVE_AVX512_BF16
+      if (bf16) {
+        uint32_t *interleaved = s + round_up(n, 4) * words;
+        interleave_rows(interleaved, dim, (const uint16_t *)x, n, dim);
+        v = interleaved;
+      }
+#endif
       for (int64_t i0 = 0; i0 < n; i0 += 4)
         for (int64_t d0 = 0; d0 < dim; d0 += 64) {
           __mmask16 m[4];
@@ -323,27 +344,30 @@ void dot_backward_avx512(const uint16_t *vectors, const uint16_t *grad, int64_t 
             m[q] = d0 + 16 * q < dim ? tail16(dim - d0 - 16 * q) : 0;
             for (int r = 0; r < 4; r++) acc[r][q] = _mm512_setzero_ps();
           }
-          for (int64_t k = 0; k < words; k++) {
-            __m512bh v[4];
-            for (int q = 0; q < 4; q++) v[q] = (__m512bh)_mm512_maskz_loadu_epi32(m[q], interleaved + k * dim + d0 + 16 * q);
-            for (int r = 0; r < 4; r++) {
-              const __m512bh pair = (__m512bh)_mm512_set1_epi32((int)s[(i0 + r) * words + k]);
-              for (int q = 0; q < 4; q++) acc[r][q] = _mm512_dpbf16_ps(acc[r][q], pair, v[q]);
-            }
-          }
+          tile_product(acc, s, v, words, dim, i0, d0, m, bf16);
           if (i0 == 0)
-            for (int q = 0; q < 4; q++) acc[0][q] = _mm512_add_ps(acc[0][q], load_bf16(g + d0 + 16 * q, m[q]));
+            for (int q = 0; q < 4; q++) acc[0][q] = _mm512_add_ps(acc[0][q], load16(g + (d0 + 16 * q) * size, m[q], bf16));
           for (int r = 0; r < 4 && i0 + r < n; r++)
-            for (int q = 0; q < 4; q++) store_bf16(grad_vectors + (b * n + i0 + r) * dim + d0 + 16 * q, acc[r][q], m[q]);
+            for (int q = 0; q < 4; q++)
+              store16((char *)grad_vectors + ((b * n + i0 + r) * dim + d0 + 16 * q) * size, acc[r][q], m[q], bf16);
         }
     }
   }
 }
 
+void dot_backward_fp32(const float *vectors, const float *grad, int64_t batch, int64_t n, int64_t dim, int diagonal,
+                       float *grad_vectors, uint32_t *scratch, int threads) {
+  backward(vectors, grad, batch, n, dim, diagonal, grad_vectors, scratch, threads, 0);
+}
+
+#ifdef HAVE_AVX512_BF16
+void dot_backward_avx512(const uint16_t *vectors, const uint16_t *grad, int64_t batch, int64_t n, int64_t dim,
+                         int diagonal, uint16_t *grad_vectors, uint32_t *scratch, int threads) {
+  backward(vectors, grad, batch, n, dim, diagonal, grad_vectors, scratch, threads, 1);
+}
 #endif
 
 #endif
-
 
 #ifdef HAVE_AMX
 
@@ -466,7 +490,7 @@ void dot_backward(const uint16_t *vectors, const uint16_t *grad, int64_t batch, 
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < batch; b++) {
       const uint16_t *x = vectors + b * n * dim, *g = grad + b * width;
-      symmetric_from_pairs(s16, cols, g, n, dim, diagonal);
+      symmetric_from_pairs(s16, cols, g, n, dim, diagonal, 1);
       interleave_rows(interleaved, values, x, n, dim);
       for (int64_t i0 = 0; i0 < rows; i0 += 16)
         for (int64_t d0 = 0; d0 < values; d0 += 16) {
