@@ -114,6 +114,24 @@ int64_t dot_no_scratch(int64_t n, int64_t dim) {
   return 0;
 }
 
+/* fp32: row i's dot products with rows j0..j0+7 (a row past jmax - 1 repeats row jmax - 1; its
+ * sum is not stored). */
+INLINE __m256 dots8_fp32(const float *x, int64_t dim, int64_t i, int64_t j0, int64_t jmax) {
+  __m512 acc[8];
+  const float *rows[8];
+  for (int k = 0; k < 8; k++) {
+    acc[k] = _mm512_setzero_ps();
+    rows[k] = x + (j0 + k < jmax ? j0 + k : jmax - 1) * dim;
+  }
+  const float *xi = x + i * dim;
+  for (int64_t c = 0; c < dim; c += 16) {
+    const __mmask16 m = tail16(dim - c);
+    const __m512 a = _mm512_maskz_loadu_ps(m, xi + c);
+    for (int k = 0; k < 8; k++) acc[k] = _mm512_fmadd_ps(a, _mm512_maskz_loadu_ps(m, rows[k] + c), acc[k]);
+  }
+  return sum8(acc);
+}
+
 /* 2 h, exactly (an exponent step; an overflow gives infinity, as in fp32). */
 static inline uint16_t bf16_doubled(uint16_t h) {
   uint32_t u = (uint32_t)h << 16;
@@ -183,24 +201,6 @@ INLINE __m256 dots8_bf16(const uint16_t *x, int64_t dim, int64_t i, int64_t j0, 
 }
 
 #endif
-
-/* fp32: row i's dot products with rows j0..j0+7 (a row past jmax - 1 repeats row jmax - 1; its
- * sum is not stored). */
-INLINE __m256 dots8_fp32(const float *x, int64_t dim, int64_t i, int64_t j0, int64_t jmax) {
-  __m512 acc[8];
-  const float *rows[8];
-  for (int k = 0; k < 8; k++) {
-    acc[k] = _mm512_setzero_ps();
-    rows[k] = x + (j0 + k < jmax ? j0 + k : jmax - 1) * dim;
-  }
-  const float *xi = x + i * dim;
-  for (int64_t c = 0; c < dim; c += 16) {
-    const __mmask16 m = tail16(dim - c);
-    const __m512 a = _mm512_maskz_loadu_ps(m, xi + c);
-    for (int k = 0; k < 8; k++) acc[k] = _mm512_fmadd_ps(a, _mm512_maskz_loadu_ps(m, rows[k] + c), acc[k]);
-  }
-  return sum8(acc);
-}
 
 /* Row i's dot products with rows j0..j0 + count - 1, stored at o in the stack's dtype. */
 INLINE void store_dots(void *o, const void *x, int64_t dim, int64_t i, int64_t j0, int64_t jmax, int64_t count,
