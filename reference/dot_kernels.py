@@ -17,8 +17,10 @@ products for CPUs without AMX (each pair's dot product on its own, no
 padding to tiles); fp32 has one, with AVX-512's fused multiply-adds, the
 latter's twin. Measured in the training step (benchmarks/RESULTS.md): bf16
 with AMX 1.5-2.4 ms less; on a Zen 4 the bf16 interaction's forward and
-backward 1.7 and 2.3 ms instead of 4.9 and 6.7, the step 0.93-0.95x. GPUs
-keep torch's ops.
+backward 1.7 and 2.3 ms instead of 4.9 and 6.7, the step 0.93-0.95x; fp32's
+step there 0.92-0.97x. fp32's kernels are opt-in (``interaction_kernel=
+native``): ``auto`` keeps torch's ops in fp32, so the default fp32 run sums
+as every version before did. GPUs keep torch's ops.
 
 Compiled at start-up for this CPU (reference/native_build.py); where the
 CPU lacks what a dtype needs, ``interaction_kernel=auto`` keeps torch's ops
@@ -114,7 +116,7 @@ class NativeDotKernels:
             self._functions[role] = function
 
     def on(self, isa: str) -> NativeDotKernels:
-        """These kernels on instruction set ``isa`` (for its dtype; one of :attr:`isas` for bf16)."""
+        """These kernels on instruction set ``isa``, for the dtype it computes."""
         if isa not in _ISAS:
             raise ValueError(f"unknown instruction set {isa!r}: expected {', '.join(_ISAS)}")
         return NativeDotKernels(self._lib, _ISAS[isa][0], isa)
