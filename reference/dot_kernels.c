@@ -114,24 +114,6 @@ int64_t dot_no_scratch(int64_t n, int64_t dim) {
   return 0;
 }
 
-/* fp32: row i's dot products with rows j0..j0+7 (a row past jmax - 1 repeats row jmax - 1; its
- * sum is not stored). */
-INLINE __m256 dots8_fp32(const float *x, int64_t dim, int64_t i, int64_t j0, int64_t jmax) {
-  __m512 acc[8];
-  const float *rows[8];
-  for (int k = 0; k < 8; k++) {
-    acc[k] = _mm512_setzero_ps();
-    rows[k] = x + (j0 + k < jmax ? j0 + k : jmax - 1) * dim;
-  }
-  const float *xi = x + i * dim;
-  for (int64_t c = 0; c < dim; c += 16) {
-    const __mmask16 m = tail16(dim - c);
-    const __m512 a = _mm512_maskz_loadu_ps(m, xi + c);
-    for (int k = 0; k < 8; k++) acc[k] = _mm512_fmadd_ps(a, _mm512_maskz_loadu_ps(m, rows[k] + c), acc[k]);
-  }
-  return sum8(acc);
-}
-
 /* 2 h, exactly (an exponent step; an overflow gives infinity, as in fp32). */
 static inline uint16_t bf16_doubled(uint16_t h) {
   uint32_t u = (uint32_t)h << 16;
@@ -183,37 +165,50 @@ INLINE void interleave_rows(uint32_t *interleaved, int64_t stride, const uint16_
     }
 }
 
-/* bf16: as dots8_fp32. */
-INLINE __m256 dots8_bf16(const uint16_t *x, int64_t dim, int64_t i, int64_t j0, int64_t jmax) {
+#endif
+
+/* Row i's dot products with rows j0..j0+7 of x, in the stack's dtype (a row past jmax - 1 repeats
+ * row jmax - 1; its sum is not stored): fp32 16 values a step with fused multiply-adds, bf16 32
+ * with AVX512_BF16's dot product of pairs. */
+INLINE __m256 dots8(const void *x, int64_t dim, int64_t i, int64_t j0, int64_t jmax, int bf16) {
+  const int64_t size = bf16 ? 2 : 4;
   __m512 acc[8];
-  const uint16_t *rows[8];
+  const char *rows[8];
   for (int k = 0; k < 8; k++) {
     acc[k] = _mm512_setzero_ps();
-    rows[k] = x + (j0 + k < jmax ? j0 + k : jmax - 1) * dim;
+    rows[k] = (const char *)x + (j0 + k < jmax ? j0 + k : jmax - 1) * dim * size;
   }
-  const uint16_t *xi = x + i * dim;
-  for (int64_t c = 0; c < dim; c += 32) {
-    const __mmask32 m = dim - c >= 32 ? (__mmask32)~0u : (__mmask32)((1u << (dim - c)) - 1);
-    const __m512bh a = (__m512bh)_mm512_maskz_loadu_epi16(m, xi + c);
-    for (int k = 0; k < 8; k++) acc[k] = _mm512_dpbf16_ps(acc[k], a, (__m512bh)_mm512_maskz_loadu_epi16(m, rows[k] + c));
+  const char *xi = (const char *)x + i * dim * size;
+#ifdef HAVE_AVX512_BF16
+  if (bf16) {
+    for (int64_t c = 0; c < dim; c += 32) {
+      const __mmask32 m = dim - c >= 32 ? (__mmask32)~0u : (__mmask32)((1u << (dim - c)) - 1);
+      const __m512bh a = (__m512bh)_mm512_maskz_loadu_epi16(m, xi + c * 2);
+      for (int k = 0; k < 8; k++)
+        acc[k] = _mm512_dpbf16_ps(acc[k], a, (__m512bh)_mm512_maskz_loadu_epi16(m, rows[k] + c * 2));
+    }
+    return sum8(acc);
+  }
+#endif
+  for (int64_t c = 0; c < dim; c += 16) {
+    const __mmask16 m = tail16(dim - c);
+    const __m512 a = _mm512_maskz_loadu_ps(m, xi + c * 4);
+    for (int k = 0; k < 8; k++) acc[k] = _mm512_fmadd_ps(a, _mm512_maskz_loadu_ps(m, rows[k] + c * 4), acc[k]);
   }
   return sum8(acc);
 }
 
-#endif
-
-/* Row i's dot products with rows j0..j0 + count - 1, stored at o in the stack's dtype. */
+/* Those of them from j0 to j0 + count - 1, stored at o in the stack's dtype. */
 INLINE void store_dots(void *o, const void *x, int64_t dim, int64_t i, int64_t j0, int64_t jmax, int64_t count,
                        int bf16) {
+  const __m256 dots = dots8(x, dim, i, j0, jmax, bf16);
 #ifdef HAVE_AVX512_BF16
   if (bf16) {
-    store_bf16(o, _mm512_castps256_ps512(dots8_bf16(x, dim, i, j0, jmax)), (__mmask16)((1u << count) - 1));
+    store_bf16(o, _mm512_castps256_ps512(dots), (__mmask16)((1u << count) - 1));
     return;
   }
-#else
-  (void)bf16;
 #endif
-  _mm256_mask_storeu_ps(o, (__mmask8)((1u << count) - 1), dots8_fp32(x, dim, i, j0, jmax));
+  _mm256_mask_storeu_ps(o, (__mmask8)((1u << count) - 1), dots);
 }
 
 /* The forward without AMX, for either dtype (bf16: 2-byte values, fp32: 4-byte). */

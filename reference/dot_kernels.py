@@ -108,12 +108,15 @@ class NativeDotKernels:
             why = (self.amx_note if isa == "amx" else "") or self.why_not or f"this CPU has no {_NAMES[isa]}"
             raise NativeKernelError(f"the native dot interaction cannot run on {_NAMES[isa]} here: {why}")
         self.isa = isa or (self.isas[0] if self.isas else "")
-        self.available = bool(self.isa)
         self._functions = {}
         for role, name in _ISAS[self.isa][2].items() if self.available else ():
             function = getattr(library, name)
             function.argtypes, function.restype = _SIGNATURES[role]
             self._functions[role] = function
+
+    @property
+    def available(self) -> bool:
+        return bool(self.isa)
 
     def on(self, isa: str) -> NativeDotKernels:
         """These kernels on instruction set ``isa``, for the dtype it computes."""

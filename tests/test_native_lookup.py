@@ -2,7 +2,6 @@
 backward pass (optim.backward_row_update): the same values, gradients and
 trained weights as torch's lookup followed by the optimiser's step."""
 
-
 import pytest
 import torch
 
