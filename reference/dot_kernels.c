@@ -31,7 +31,10 @@
 #define HAVE_AVX512 1
 #if defined(__AVX512BF16__)
 #define HAVE_AVX512_BF16 1
-#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+#if defined(DOT_EMULATE_AMX) /* the tests' AMX in plain C, for CPUs without it (tests/amx_emulation.h) */
+#include "amx_emulation.h"
+#define HAVE_AMX 1
+#elif defined(__AMX_TILE__) && defined(__AMX_BF16__)
 #define HAVE_AMX 1
 #endif
 #endif
@@ -75,7 +78,9 @@ int64_t dot_backward_scratch(int64_t n, int64_t dim) {
 /* Asks Linux for AMX's tile data state (Linux 5.16 and later; torch's oneDNN asks too): 1 where
  * this build has the AMX kernels and Linux grants it. */
 int dot_init(void) {
-#ifdef HAVE_AMX
+#if defined(HAVE_AMX) && defined(DOT_EMULATE_AMX)
+  return 1; /* emulated tiles: nothing to ask for */
+#elif defined(HAVE_AMX)
   return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
 #else
   return 0;

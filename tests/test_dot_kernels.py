@@ -2,8 +2,12 @@ import ctypes
 import io
 import json
 import re
+import shlex
+import shutil
+import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,13 +18,53 @@ from reference.config import ConfigError
 from reference.cpuinfo import CPUInfo, cpu_info
 from reference.dot_kernels import NativeDotKernels, native_dot_kernels, resolve_interaction_kernel
 from reference.interaction import DotInteraction, _Dots
-from reference.native_build import NativeKernelError, compiler
+from reference.native_build import NativeKernelError, compiler, load_library
 
 SHAPES = [(64, 27, 128), (5, 2, 1), (7, 9, 13), (3, 33, 64), (3, 40, 200), (2, 1, 8)]
 
 
 ISA_DTYPES = {"amx": torch.bfloat16, "avx512_bf16": torch.bfloat16, "avx512": torch.float32}
 ISA_NAMES = {"amx": "AMX", "avx512_bf16": "AVX512_BF16", "avx512": "AVX-512"}
+# The AMX kernels on tests/amx_emulation.h's tiles: they run wherever the AVX512_BF16 ones do.
+EMULATED_AMX = "amx_emulated"
+
+
+@pytest.fixture(scope="module")
+def emulated_amx_cc(tmp_path_factory) -> Path:
+    """A C compiler that builds dot_kernels.c with AMX's instructions emulated in plain C."""
+    found = shutil.which(compiler())
+    if found is None:
+        pytest.skip("no C compiler")
+    cc = tmp_path_factory.mktemp("emulated_amx") / "cc"
+    include = shlex.quote(f"-I{Path(ROOT) / 'tests'}")
+    cc.write_text(f'#!/bin/sh\nexec {shlex.quote(found)} "$@" -DDOT_EMULATE_AMX {include}\n')
+    cc.chmod(cc.stat().st_mode | stat.S_IEXEC)
+    return cc
+
+
+@pytest.fixture(scope="module")
+def emulated_amx_library(emulated_amx_cc) -> ctypes.CDLL:
+    """dot_kernels.c built by :func:`emulated_amx_cc`; skips where it has no AMX kernels (a CPU
+    without AVX512_BF16, which they use too)."""
+    kernels_or_skip("avx512_bf16")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CC", str(emulated_amx_cc))
+        library = load_library(dot_kernels.SOURCE)
+    assert library.dot_compiled() & 2, "built with AVX512_BF16 but without the emulated AMX kernels"
+    library.amx_emulation_error.restype = ctypes.c_char_p
+    return library
+
+
+def emulated_or_skip(request) -> NativeDotKernels:
+    library = request.getfixturevalue("emulated_amx_library")
+    library.amx_emulation_reset()
+    request.addfinalizer(lambda: check_no_fault(library))
+    return NativeDotKernels(library, torch.bfloat16, "amx")
+
+
+def check_no_fault(library: ctypes.CDLL) -> None:
+    """Nothing the emulated kernels did would have faulted on the hardware."""
+    assert library.amx_emulation_error() == b""
 
 
 def kernels_or_skip(isa: str | None = None, dtype: torch.dtype = torch.bfloat16) -> NativeDotKernels:
@@ -40,15 +84,15 @@ def kernels_or_skip(isa: str | None = None, dtype: torch.dtype = torch.bfloat16)
     return kernels.on(isa) if isa else kernels
 
 
-@pytest.fixture(params=list(ISA_DTYPES))
+@pytest.fixture(params=[*ISA_DTYPES, EMULATED_AMX])
 def kernels(request) -> NativeDotKernels:
-    """Each implementation that can run here, bf16's and fp32's."""
-    return kernels_or_skip(request.param)
+    """Each implementation that can run here, bf16's and fp32's, and the AMX kernels on emulated tiles."""
+    return emulated_or_skip(request) if request.param == EMULATED_AMX else kernels_or_skip(request.param)
 
 
-@pytest.fixture(params=["amx", "avx512_bf16"])
+@pytest.fixture(params=["amx", "avx512_bf16", EMULATED_AMX])
 def bf16_kernels(request) -> NativeDotKernels:
-    return kernels_or_skip(request.param)
+    return emulated_or_skip(request) if request.param == EMULATED_AMX else kernels_or_skip(request.param)
 
 
 def exact(vectors: torch.Tensor, self_interaction: bool) -> torch.Tensor:
@@ -213,14 +257,53 @@ def test_the_kernels_leave_each_threads_tile_configuration_as_they_found_it(tmp_
     assert torch.equal(out, kernels.forward(vectors, False))
 
 
+def test_the_emulated_kernels_leave_each_threads_tile_configuration_as_they_found_it(emulated_amx_library):
+    """The test above, on the emulated tiles (so on any CPU), for the backward too: the kernels run
+    on the calling thread (one thread), between a configuration set and read back there."""
+    library = emulated_amx_library
+    kernels = NativeDotKernels(library, torch.bfloat16, "amx")
+    vectors = stack((4, 27, 128), seed=9)
+    out = vectors.new_empty(4, kernels.width(27, 128, False))
+    grad_vectors = torch.empty_like(vectors)
+    scratch = max((kernels._scratch(role, 27, 128, 1) for role in ("forward_scratch", "backward_scratch")),
+                  key=torch.Tensor.numel)
+    mine = (ctypes.c_uint8 * 64)()
+    mine[0], mine[16 + 2 * 5], mine[48 + 5] = 1, 12, 7  # palette 1; tile 5: 12 bytes of 7 rows
+    runs = {"forward": lambda: kernels._functions["forward"](vectors.data_ptr(), 4, 27, 128, 0, out.data_ptr(),
+                                                            scratch.data_ptr(), 1),
+            "backward": lambda: kernels._functions["backward"](vectors.data_ptr(), out.data_ptr(), 4, 27, 128, 0,
+                                                              grad_vectors.data_ptr(), scratch.data_ptr(), 1)}
+    for name, run in runs.items():
+        for configured in (True, False):
+            library.amx_emulation_reset()
+            if configured:
+                library.emu_tile_loadconfig(mine)
+            else:
+                library.emu_tile_release()
+            run()
+            after = (ctypes.c_uint8 * 64)()
+            library.emu_tile_storeconfig(after)
+            assert bytes(after) == (bytes(mine) if configured else bytes(64)), (name, configured)
+            check_no_fault(library)
+    library.emu_tile_release()
+    assert torch.equal(out, kernels.forward(vectors, False))
+    assert torch.equal(grad_vectors, kernels.backward(vectors, out, False))
+
+
 EDGE_OF_MEMORY = """
-import ctypes, mmap, torch
+import ctypes, mmap, os, sys, torch
 import itertools
-from reference.dot_kernels import native_dot_kernels
-isas = native_dot_kernels(torch.bfloat16).isas + native_dot_kernels(torch.float32).isas
+from reference.dot_kernels import SOURCE, NativeDotKernels, native_dot_kernels
+from reference.native_build import load_library
+on = {isa: native_dot_kernels().on(isa) for isa in native_dot_kernels(torch.bfloat16).isas +
+      native_dot_kernels(torch.float32).isas}
+if len(sys.argv) > 1:  # and the AMX kernels on emulated tiles, built by the compiler argv[1]
+    os.environ["CC"] = sys.argv[1]
+    on["amx_emulated"] = NativeDotKernels(load_library(SOURCE), torch.bfloat16, "amx")
+isas = list(on)
 page = mmap.PAGESIZE
 for isa, (n, dim) in itertools.product(isas, ((27, 13), (9, 40), (3, 128))):
-    kernels = native_dot_kernels().on(isa)
+    kernels = on[isa]
     batch = 3
     nbytes = batch * n * dim * kernels.dtype.itemsize
     size = (nbytes + page - 1) // page * page
@@ -239,11 +322,15 @@ print("ok", *isas)
 """
 
 
-def test_the_kernels_read_nothing_past_the_stack():
+def test_the_kernels_read_nothing_past_the_stack(emulated_amx_cc):
     """The stack ends where readable memory ends (an odd number of vectors, so that the backward's
-    pairs of rows end with half a pair): a read past it would crash the process."""
+    pairs of rows end with half a pair): a read past it would crash the process. The AMX kernels
+    run on emulated tiles too, where the CPU has AVX512_BF16."""
     isas = kernels_or_skip().isas + kernels_or_skip(dtype=torch.float32).isas
-    done = subprocess.run([sys.executable, "-c", EDGE_OF_MEMORY], cwd=ROOT, capture_output=True, text=True)
+    command = [sys.executable, "-c", EDGE_OF_MEMORY]
+    if "avx512_bf16" in isas:
+        isas, command = (*isas, EMULATED_AMX), [*command, str(emulated_amx_cc)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.split() == ["ok", *isas], done.stderr[-2000:]
 
 
