@@ -167,9 +167,11 @@ def test_results_do_not_depend_on_the_thread_count(kernels):
         assert torch.equal(forward, results[0][0]) and torch.equal(backward, results[0][1])
 
 
-def test_torchs_own_bf16_gemms_are_unchanged_after_the_kernels(kernels):
+@pytest.mark.parametrize("isa", ISA_DTYPES)  # the hardware's tiles: the emulated ones are no one else's
+def test_torchs_own_bf16_gemms_are_unchanged_after_the_kernels(isa):
     """The kernels configure AMX's tiles on torch's threads, whose tiles oneDNN's GEMMs use too
     (the kernels put each thread's configuration back): the GEMMs give the same bits after them."""
+    kernels = kernels_or_skip(isa)
     a, b = stack((512, 384), seed=5), stack((384, 256), seed=6)
     batched = stack((64, 27, 128), seed=8)
     before = torch.mm(a, b), torch.bmm(batched, batched.transpose(1, 2))
@@ -290,6 +292,26 @@ def test_the_emulated_kernels_leave_each_threads_tile_configuration_as_they_foun
     assert torch.equal(grad_vectors, kernels.backward(vectors, out, False))
 
 
+def test_the_emulated_kernels_leave_every_threads_tiles_unconfigured_as_they_found_them(emulated_amx_library):
+    """The same for the other threads of the team, which no test can configure beforehand: none
+    configured before, none after."""
+    library = emulated_amx_library
+    kernels = NativeDotKernels(library, torch.bfloat16, "amx")
+    vectors = stack((12, 27, 128), seed=10)
+    grad = stack((12, kernels.width(27, 128, False)), seed=11)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        library.amx_emulation_release_threads(3)
+        kernels.forward(vectors, False)
+        assert library.amx_emulation_configured_threads(3) == 0
+        kernels.backward(vectors, grad, False)
+        assert library.amx_emulation_configured_threads(3) == 0
+    finally:
+        torch.set_num_threads(before)
+    check_no_fault(library)
+
+
 EDGE_OF_MEMORY = """
 import ctypes, mmap, os, sys, torch
 import itertools
@@ -318,6 +340,9 @@ for isa, (n, dim) in itertools.product(isas, ((27, 13), (9, 40), (3, 128))):
     grad = torch.randn(batch, kernels.width(n, dim, False)).to(kernels.dtype)
     kernels.backward(vectors, grad, False)
     kernels.forward(vectors, False)
+    if isa == "amx_emulated":
+        kernels._lib.amx_emulation_error.restype = ctypes.c_char_p
+        assert kernels._lib.amx_emulation_error() == b"", kernels._lib.amx_emulation_error()
 print("ok", *isas)
 """
 
