@@ -15,7 +15,7 @@ from .dcn import DCNInteraction
 from .embedding_factory import build_embeddings
 from .embeddings import EmbeddingTables, FusedEmbeddingBag
 from .interaction import DotInteraction, build_interaction
-from .linear import Linear, resolve_kernel
+from .linear import MLP, Linear, resolve_kernel
 
 
 def resolve_mlp_init(mlp_init: str, interaction: str) -> str:
@@ -30,7 +30,7 @@ def resolve_mlp_init(mlp_init: str, interaction: str) -> str:
 
 
 def mlp(widths: list[int], final_relu: bool, generator: torch.Generator, kernel: str = "aten",
-        init: str = "normal") -> nn.Sequential:
+        init: str = "normal") -> MLP:
     """Linear/ReLU pairs, laid out like the seed's ``create_mlp`` so layer
     ``k`` of the seed's checkpoints is index ``2k`` here too. ``init``
     (resolved, see :func:`resolve_mlp_init`), drawn from ``generator``:
@@ -55,7 +55,7 @@ def mlp(widths: list[int], final_relu: bool, generator: torch.Generator, kernel:
         layers.append(linear)
         if i < len(widths) - 2 or final_relu:
             layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
+    return MLP(*layers)
 
 
 class DLRM(nn.Module):

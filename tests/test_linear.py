@@ -127,3 +127,103 @@ def test_model_built_with_a_kernel_uses_it_in_every_layer():
     kernels = {m.kernel for m in model.modules() if isinstance(m, Linear)}
     assert kernels == {"onednn"}
     assert [m.fp32_output for m in model.top_mlp if isinstance(m, Linear)] == [False, True]
+
+
+def relu_pair_runs(layer: Linear, x: torch.Tensor, upstream: torch.Tensor, fused: bool, autocast: bool):
+    """relu(layer(x)), fused or as two ops, its grad_fn's name, and the gradients of x, weight, bias."""
+    layer.zero_grad()
+    xi = x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        y = layer.forward_relu(xi) if fused else torch.relu(layer(xi))
+    y.backward(upstream.to(y.dtype))
+    bias_grad = None if layer.bias is None else layer.bias.grad.clone()
+    return y.detach(), type(y.grad_fn).__name__, (xi.grad, layer.weight.grad.clone(), bias_grad)
+
+
+def assert_same_bits(fused, plain):
+    assert fused[0].dtype == plain[0].dtype and torch.equal(fused[0], plain[0])
+    for a, b in zip(fused[2], plain[2], strict=True):
+        assert (a is None and b is None) or (a.dtype == b.dtype and torch.equal(a, b))
+
+
+@needs_onednn
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("kernel", ["aten", "onednn"])
+def test_bf16_relu_fused_into_the_gemm_is_autocasts_linear_and_relu_bit_for_bit(x_dtype, bias, kernel):
+    torch.manual_seed(3)
+    layer = Linear(479, 1024, kernel, bias=bias)
+    x, upstream = torch.randn(512, 479).to(x_dtype), torch.randn(512, 1024)
+    fused, plain = (relu_pair_runs(layer, x, upstream, fused, autocast=True) for fused in (True, False))
+    assert fused[1] == "_BF16LinearReLUBackward" and plain[1] == "ReluBackward0"
+    assert fused[0].dtype == torch.bfloat16 and (fused[0] == 0).any() and (fused[0] > 0).any()
+    assert_same_bits(fused, plain)
+
+
+@needs_onednn
+@pytest.mark.parametrize("bias", [True, False])
+def test_fp32_relu_fused_on_onednn_is_its_linear_and_relu_bit_for_bit(bias):
+    torch.manual_seed(4)
+    layer = Linear(256, 512, "onednn", bias=bias)
+    x, upstream = torch.randn(300, 256), torch.randn(300, 512)
+    fused, plain = (relu_pair_runs(layer, x, upstream, fused, autocast=False) for fused in (True, False))
+    assert fused[1] == "_OneDNNLinearBackward" and plain[1] == "ReluBackward0"
+    assert_same_bits(fused, plain)
+
+
+def test_relu_stays_a_separate_op_where_nothing_fuses_it():
+    torch.manual_seed(5)
+    x, upstream = torch.randn(64, 32), torch.randn(64, 16)
+    # fp32 on torch's kernel; the fp32 logit layer under autocast; a 3-d input.
+    for layer, x_in, autocast in ((Linear(32, 16, "aten"), x, False),
+                                  (Linear(32, 16, "aten", fp32_output=True), x, True)):
+        fused, plain = (relu_pair_runs(layer, x_in, upstream, fused, autocast) for fused in (True, False))
+        assert fused[1] == plain[1] == "ReluBackward0"
+        assert_same_bits(fused, plain)
+    layer = Linear(32, 16, "onednn")
+    assert type(layer.forward_relu(torch.randn(2, 64, 32, requires_grad=True)).grad_fn).__name__ == "ReluBackward0"
+
+
+def graph_ops(grad_fn) -> list[str]:
+    """The names of the backward ops behind ``grad_fn``, each once."""
+    seen, todo = {}, [grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is not None and node not in seen:
+            seen[node] = type(node).__name__
+            todo.extend(next_node for next_node, _ in node.next_functions)
+    return sorted(seen.values())
+
+
+@pytest.mark.parametrize("kernel,precision", [("aten", "fp32"), ("onednn", "fp32"), ("aten", "bf16")])
+def test_the_mlps_run_each_linear_and_relu_as_one_with_the_same_results(kernel, precision):
+    """DLRM's MLPs (the MLP container) against the same layers in an nn.Sequential: same
+    state_dict keys, the same outputs and gradients bit for bit."""
+    if kernel == "onednn" or precision == "bf16":
+        if not onednn_available():
+            pytest.skip("this torch build has no oneDNN")
+    model = DLRM([10, 20, 30], 16, [13, 64, 16], [128, 64, 1], seed=0, linear_kernel=kernel)
+    sequential = nn.Sequential(*model.top_mlp)
+    assert isinstance(model.top_mlp, linear.MLP)
+    assert list(model.top_mlp.state_dict()) == list(sequential.state_dict()) == ["0.weight", "0.bias", "2.weight",
+                                                                                 "2.bias", "4.weight", "4.bias"]
+    torch.manual_seed(6)
+    x = torch.randn(256, model.top_mlp[0].in_features)
+    results, ops = [], []
+    for mlp in (model.top_mlp, sequential):
+        mlp.zero_grad()
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            y = mlp(xi)
+        ops.append(graph_ops(y.grad_fn))
+        y.float().pow(2).sum().backward()
+        results.append((y.detach(), xi.grad, *(p.grad.clone() for p in mlp.parameters())))
+    fused = {"fp32": "_OneDNNLinearBackward", "bf16": "_BF16LinearReLUBackward"}[precision]
+    assert ops[1].count("ReluBackward0") == 2
+    if kernel == "onednn" or precision == "bf16":
+        assert ops[0].count("ReluBackward0") == 0 and ops[0].count(fused) == 2 + (kernel == "onednn")
+    else:
+        assert ops[0] == ops[1]
+    assert results[0][0].dtype == torch.float32  # the logit layer stays fp32
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
