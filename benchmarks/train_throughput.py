@@ -12,7 +12,8 @@ model):
 
 With ``--before REV`` the fp32 aten and bf16 paths of git revision REV
 (``git archive``, imported beside this code as ``reference_before``) run on
-the same batches too: a before/after of the whole step within one run.
+the same batches too: a before/after of the whole step within one run
+(``--before-paths``: other paths of REV, ``fp32 onednn`` among them).
 ``--interaction-kernel`` sets this code's ``interaction_kernel`` on every
 path (``native``: fp32's opt-in kernels; beside ``--before`` a revision
 on torch's, the change within one run).
@@ -69,7 +70,7 @@ from reference.trainer import Trainer
 PATHS = {"fp32 aten": dict(precision="fp32", linear_kernel="aten"),
          "fp32 onednn": dict(precision="fp32", linear_kernel="onednn"),
          "bf16": dict(precision="bf16")}
-BEFORE_PATHS = ("fp32 aten", "bf16")  # timed for --before REV too
+BEFORE_PATHS = ("fp32 aten", "bf16")  # timed for --before REV too, unless --before-paths says otherwise
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx_vnni")
 
 
@@ -143,7 +144,7 @@ def measure(optimizer: str, paths: list[str], path: str, args, before: Any = Non
     trainers = {name: make_trainer(optimizer, path_settings(name, args), data, sizes, args.batch_size)
                 for name in paths}
     if before is not None:
-        for name in BEFORE_PATHS:
+        for name in args.before_paths:
             if name in paths:
                 trainers[f"{name} @ {args.before}"] = make_trainer(optimizer, PATHS[name], data, sizes,
                                                                    args.batch_size, before)
@@ -290,7 +291,10 @@ def main(argv=None) -> int:
     p.add_argument("--optimizers", nargs="+", default=["sgd", "rowwise_adagrad"])
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--before", metavar="REV",
-                   help="also time the fp32 aten and bf16 paths of git revision REV (imported beside this code)")
+                   help="also time paths of git revision REV (imported beside this code; --before-paths)")
+    p.add_argument("--before-paths", nargs="+", choices=list(PATHS), default=list(BEFORE_PATHS), metavar="PATH",
+                   help=f"the paths of REV that --before times (default: {', '.join(BEFORE_PATHS)}; "
+                        f"any of {', '.join(PATHS)})")
     p.add_argument("--eval-batch-sizes", type=int, nargs="*", default=[2048, 16384],
                    help="also time the evaluation at these batch sizes (none: skip)")
     p.add_argument("--eval-passes", type=int, default=3, help="evaluation passes per path and batch size")
@@ -316,6 +320,7 @@ def main(argv=None) -> int:
     auto, reason = resolve_linear_kernel(Config().validate())
     info = {**cpu_description(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "batch_size": args.batch_size, "table_rows": args.table_rows, "steps": args.steps, "before": args.before,
+            "before_paths": args.before_paths if args.before else [],
             "interaction_kernel": args.interaction_kernel,
             "linear_kernel_auto": f"{auto} ({reason})",
             "sparse_update_kernel_auto": "{} ({})".format(*resolve_sparse_update_kernel("auto", "cpu")),

@@ -33,16 +33,18 @@ def test_a_tiny_run_times_this_code_and_a_revision_beside_it(tmp_path, monkeypat
     monkeypatch.chdir(ROOT)  # git archive reads this repository
     out = tmp_path / "t.json"
     assert train_throughput.main(["--steps", "2", "--warmup", "1", "--batch-size", "64", "--table-rows", "500",
-                                  "--optimizers", "sgd", "--before", "HEAD", "--eval-batch-sizes", "64", "256",
+                                  "--optimizers", "sgd", "--before", "HEAD", "--before-paths", "fp32 aten",
+                                  "fp32 onednn", "--eval-batch-sizes", "64", "256",
                                   "--eval-passes", "1", "--phases", "--json", str(out)]) == 0
     saved = json.loads(out.read_text())
     assert saved["info"]["sparse_update_kernel_auto"].split()[0] in ("native", "torch")
     assert saved["info"]["interaction_kernel"] == "auto"
+    assert saved["info"]["before_paths"] == ["fp32 aten", "fp32 onednn"]
     assert saved["info"]["interaction_kernel_auto_fp32"].startswith("torch (auto: fp32 keeps torch's ops")
     results = saved["results"]
     paths = [r["path"] for r in results]
-    assert paths[0] == "fp32 aten" and "fp32 aten @ HEAD" in paths
-    assert ("bf16 @ HEAD" in paths) == ("bf16" in paths)
+    assert paths[0] == "fp32 aten" and "fp32 aten @ HEAD" in paths and "bf16 @ HEAD" not in paths
+    assert ("fp32 onednn @ HEAD" in paths) == ("fp32 onednn" in paths)
     assert all(r["step_ms"] > 0 and 0 < r["mlp_only_ms"] for r in results)
     assert "fp32 aten @ HEAD" in capsys.readouterr().out
     evaluation = {(r["path"], r["eval_batch_size"]): r for r in saved["evaluation"]}
