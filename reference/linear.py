@@ -5,11 +5,14 @@ wheels), whose sgemm takes a slow path on some CPUs (AMD's among them:
 MACHINE-NOTES.md measured 69-78 GFLOP/s on a Zen 5 where oneDNN does 185).
 oneDNN's ``_linear_pointwise`` computes the same fp32 product (no reduced
 precision); :class:`_OneDNNLinear` uses it for the forward GEMM and both
-backward GEMMs, passing transposed *views* so no activation is copied (oneDNN
-reads the strides; MACHINE-NOTES.md: a wrapper that copied the transposes
-first ran the MLP at 0.81x of nn.Linear's time where its GEMMs alone took
-0.42x). The kernel is chosen once per run (:func:`resolve_kernel`), never per
-call, so a run's numerics do not change mid-way.
+backward GEMMs, passing transposed *views*, not copies (MACHINE-NOTES.md: a
+wrapper that copied the transposes first ran the MLP at 0.81x of nn.Linear's
+time where its GEMMs alone took 0.42x; oneDNN itself still makes the output
+gradient's transpose contiguous for the weight gradient, about 6% of the step
+on a Zen 4). The kernel is chosen once per run (:func:`resolve_kernel`), never
+per call, so a run's numerics do not change mid-way. In an :class:`MLP`, a
+layer and the ReLU after it run as one GEMM where oneDNN can fuse them
+(:meth:`Linear.forward_relu`), fp32 and bf16 alike.
 """
 
 from __future__ import annotations
@@ -124,8 +127,8 @@ class Linear(nn.Linear):
     def forward_relu(self, x: torch.Tensor) -> torch.Tensor:
         """``relu(self(x))``, the same values and gradients, in one pass where oneDNN can fuse
         the ReLU into the GEMM: bf16 under CPU autocast (whatever the fp32 kernel), and fp32 on
-        the onednn kernel. Measured in the bf16 MLPs of the MLPerf model: 2.5-4 ms less forward
-        time a step on a Zen 4 (benchmarks/RESULTS.md)."""
+        the onednn kernel. The MLPerf model's step on a Zen 4: 0.97-1.00x of the time with two
+        ops (benchmarks/RESULTS.md)."""
         if x.device.type == "cpu" and x.dim() == 2 and not self.fp32_output and onednn_available():
             if torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16:
                 return _BF16LinearReLU.apply(x, self.weight, self.bias)
