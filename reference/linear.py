@@ -17,6 +17,7 @@ layer and the ReLU after it run as one GEMM where oneDNN can fuse them
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -28,6 +29,13 @@ from .cpuinfo import cpu_info
 
 def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+@functools.cache
+def onednn_bf16_available() -> bool:
+    """oneDNN has bf16 GEMMs here (AVX-512 at least: with AVX2 alone it has none, though autocast's
+    bf16 still runs)."""
+    return onednn_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def _onednn_mm(x: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.Tensor:
@@ -129,10 +137,11 @@ class Linear(nn.Linear):
         the ReLU into the GEMM: bf16 under CPU autocast (whatever the fp32 kernel), and fp32 on
         the onednn kernel. The MLPerf model's step on a Zen 4: 0.97-1.00x of the time with two
         ops (benchmarks/RESULTS.md)."""
-        if x.device.type == "cpu" and x.dim() == 2 and not self.fp32_output and onednn_available():
-            if torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16:
-                return _BF16LinearReLU.apply(x, self.weight, self.bias)
-            if self.kernel == "onednn" and _fp32_on_onednn(x):
+        if x.device.type == "cpu" and x.dim() == 2 and not self.fp32_output:
+            if torch.is_autocast_enabled("cpu"):
+                if torch.get_autocast_dtype("cpu") == torch.bfloat16 and onednn_bf16_available():
+                    return _BF16LinearReLU.apply(x, self.weight, self.bias)
+            elif self.kernel == "onednn" and _fp32_on_onednn(x):
                 return _OneDNNLinear.apply(x.contiguous(), self.weight, self.bias, True)
         return F.relu(self(x))
 
@@ -143,7 +152,8 @@ class Linear(nn.Linear):
 class MLP(nn.Sequential):
     """Linear layers, each but maybe the last followed by a ReLU: ``nn.Sequential``'s modules and
     state_dict, with each :class:`Linear` and the ReLU after it run as one
-    (:meth:`Linear.forward_relu`). Other layers (quantized ones, say) run one by one."""
+    (:meth:`Linear.forward_relu`; so forward hooks on those two modules do not run, the MLP's own
+    do). Other layers (quantized ones, say) run one by one."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         layers = list(self)

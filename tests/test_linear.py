@@ -5,10 +5,11 @@ from torch import nn
 from reference import linear
 from reference.config import Config, ConfigError
 from reference.cpuinfo import CPUInfo
-from reference.linear import Linear, onednn_available, resolve_kernel
+from reference.linear import Linear, onednn_available, onednn_bf16_available, resolve_kernel
 from reference.model import DLRM, resolve_linear_kernel
 
 needs_onednn = pytest.mark.skipif(not onednn_available(), reason="this torch build has no oneDNN")
+needs_onednn_bf16 = pytest.mark.skipif(not onednn_bf16_available(), reason="oneDNN has no bf16 GEMMs on this CPU")
 
 
 def pair(in_features, out_features, kernel):
@@ -146,14 +147,16 @@ def assert_same_bits(fused, plain):
         assert (a is None and b is None) or (a.dtype == b.dtype and torch.equal(a, b))
 
 
-@needs_onednn
+@needs_onednn_bf16
 @pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("kernel", ["aten", "onednn"])
-def test_bf16_relu_fused_into_the_gemm_is_autocasts_linear_and_relu_bit_for_bit(x_dtype, bias, kernel):
+@pytest.mark.parametrize("transposed", [False, True])
+def test_bf16_relu_fused_into_the_gemm_is_autocasts_linear_and_relu_bit_for_bit(x_dtype, bias, kernel, transposed):
     torch.manual_seed(3)
     layer = Linear(479, 1024, kernel, bias=bias)
-    x, upstream = torch.randn(512, 479).to(x_dtype), torch.randn(512, 1024)
+    x = torch.randn(479, 512).t() if transposed else torch.randn(512, 479)  # a column-major input too
+    x, upstream = x.to(x_dtype), torch.randn(512, 1024)
     fused, plain = (relu_pair_runs(layer, x, upstream, fused, autocast=True) for fused in (True, False))
     assert fused[1] == "_BF16LinearReLUBackward" and plain[1] == "ReluBackward0"
     assert fused[0].dtype == torch.bfloat16 and (fused[0] == 0).any() and (fused[0] > 0).any()
@@ -162,10 +165,12 @@ def test_bf16_relu_fused_into_the_gemm_is_autocasts_linear_and_relu_bit_for_bit(
 
 @needs_onednn
 @pytest.mark.parametrize("bias", [True, False])
-def test_fp32_relu_fused_on_onednn_is_its_linear_and_relu_bit_for_bit(bias):
+@pytest.mark.parametrize("transposed", [False, True])
+def test_fp32_relu_fused_on_onednn_is_its_linear_and_relu_bit_for_bit(bias, transposed):
     torch.manual_seed(4)
     layer = Linear(256, 512, "onednn", bias=bias)
-    x, upstream = torch.randn(300, 256), torch.randn(300, 512)
+    x = torch.randn(256, 300).t() if transposed else torch.randn(300, 256)
+    upstream = torch.randn(300, 512)
     fused, plain = (relu_pair_runs(layer, x, upstream, fused, autocast=False) for fused in (True, False))
     assert fused[1] == "_OneDNNLinearBackward" and plain[1] == "ReluBackward0"
     assert_same_bits(fused, plain)
@@ -184,6 +189,20 @@ def test_relu_stays_a_separate_op_where_nothing_fuses_it():
     assert type(layer.forward_relu(torch.randn(2, 64, 32, requires_grad=True)).grad_fn).__name__ == "ReluBackward0"
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_autocast_keeps_the_two_ops_where_onednn_has_no_fused_gemm_for_it(monkeypatch, dtype):
+    """fp16 autocast, and bf16 where oneDNN has no bf16 GEMMs (simulated: a CPU with AVX2 alone):
+    autocast's linear and ReLU, in autocast's dtype."""
+    if dtype == torch.bfloat16:
+        monkeypatch.setattr(linear, "onednn_bf16_available", lambda: False)
+    layer = Linear(32, 16, "aten")
+    x = torch.randn(8, 32, requires_grad=True)
+    with torch.autocast("cpu", dtype=dtype):
+        y, expected = layer.forward_relu(x), torch.relu(layer(x))
+    assert type(y.grad_fn).__name__ == "ReluBackward0" and y.dtype == expected.dtype == dtype
+    assert torch.equal(y, expected)
+
+
 def graph_ops(grad_fn) -> list[str]:
     """The names of the backward ops behind ``grad_fn``, each once."""
     seen, todo = {}, [grad_fn]
@@ -199,9 +218,10 @@ def graph_ops(grad_fn) -> list[str]:
 def test_the_mlps_run_each_linear_and_relu_as_one_with_the_same_results(kernel, precision):
     """DLRM's MLPs (the MLP container) against the same layers in an nn.Sequential: same
     state_dict keys, the same outputs and gradients bit for bit."""
-    if kernel == "onednn" or precision == "bf16":
-        if not onednn_available():
-            pytest.skip("this torch build has no oneDNN")
+    if kernel == "onednn" and not onednn_available():
+        pytest.skip("this torch build has no oneDNN")
+    if precision == "bf16" and not onednn_bf16_available():
+        pytest.skip("oneDNN has no bf16 GEMMs on this CPU")
     model = DLRM([10, 20, 30], 16, [13, 64, 16], [128, 64, 1], seed=0, linear_kernel=kernel)
     sequential = nn.Sequential(*model.top_mlp)
     assert isinstance(model.top_mlp, linear.MLP)
