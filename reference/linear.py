@@ -57,7 +57,7 @@ class _OneDNNLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, weight, out = ctx.saved_tensors
-        grad = grad.contiguous() if out is None else torch.ops.aten.threshold_backward(grad, out, 0)
+        grad = (grad if out is None else torch.ops.aten.threshold_backward(grad, out, 0)).contiguous()
         grad_x = _onednn_mm(grad, weight.t()) if ctx.needs_input_grad[0] else None
         grad_w = _onednn_mm(grad.t(), x.t()) if ctx.needs_input_grad[1] else None
         grad_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
