@@ -1,6 +1,7 @@
 import ctypes
 import io
 import json
+import os
 import re
 import shlex
 import shutil
@@ -257,6 +258,22 @@ def test_the_kernels_leave_each_threads_tile_configuration_as_they_found_it(tmp_
                                         ctypes.c_void_p(out.data_ptr()), ctypes.c_void_p(scratch.data_ptr()),
                                         configured) == 1
     assert torch.equal(out, kernels.forward(vectors, False))
+
+
+def test_the_amx_kernels_compile_for_a_cpu_with_amx(tmp_path):
+    """The emulated tiles accept what the hardware's intrinsics would not compile (a tile number
+    that is not a constant, say): the source must also build for AMX itself, on any machine."""
+    if shutil.which(compiler()) is None:
+        pytest.skip("no C compiler")
+    flags = ["-O3", "-march=sapphirerapids", "-fopenmp", "-c", str(dot_kernels.SOURCE), "-o", str(tmp_path / "amx.o")]
+    probe = subprocess.run([compiler(), "-march=sapphirerapids", "-x", "c", "-c", "-", "-o", os.devnull],
+                           input="", capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"{compiler()} cannot target sapphirerapids: {probe.stderr.strip()[:200]}")
+    done = subprocess.run([compiler(), *flags, "-Werror"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    symbols = subprocess.run(["nm", str(tmp_path / "amx.o")], capture_output=True, text=True).stdout
+    assert re.search(r" T dot_forward$", symbols, re.M) and re.search(r" T dot_backward$", symbols, re.M)
 
 
 def test_the_emulated_kernels_leave_each_threads_tile_configuration_as_they_found_it(emulated_amx_library):
