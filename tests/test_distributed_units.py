@@ -214,6 +214,37 @@ def test_close_waits_for_the_background_threads(start_monitors):
     assert not watch._thread.is_alive()
 
 
+def threads_now() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def close_rank(rank: int, world: int, port: int) -> None:
+    torch.set_num_threads(1)
+    info = LaunchInfo("test", rank, world, rank, world, "127.0.0.1", port)
+    store = open_store(info, TIMEOUT, env={})
+    torch.ones(4).sum()  # threads torch starts on first use, counted before
+    before = threads_now()
+    comm = build_communicator("gloo", info, store, TIMEOUT, torch.device("cpu"), None)
+    output, total = torch.empty(4), torch.ones(3)
+    # Kept past close(), as a trainer may keep its last collectives.
+    works = [comm.all_to_all(output, torch.arange(4.0) + 10 * rank, [2, 2], [2, 2]), comm.all_reduce(total)]
+    for work in works:
+        work.wait()
+    comm.barrier()
+    assert output.tolist() == ([0.0, 1.0, 10.0, 11.0] if rank == 0 else [2.0, 3.0, 12.0, 13.0])
+    assert total.tolist() == [2.0] * 3 and threads_now() > before  # gloo's workers
+    comm.close()
+    assert threads_now() == before, "a process group's threads outlived close()"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_close_stops_every_process_groups_threads():
+    """A gloo group's worker threads left running into the interpreter's exit abort the process
+    after a run that went well (a worker releasing tensors needs the interpreter): close() ends
+    them, the exchange group's and those kept alive by a collective's handle too."""
+    run_ranks(close_rank, 2)
+
+
 def wait_for(condition, limit: float = 10.0) -> None:
     deadline = time.monotonic() + limit
     while not condition():
