@@ -1,4 +1,5 @@
 import os
+import shlex
 import shutil
 import stat
 import sys
@@ -91,16 +92,23 @@ def fresh_build(monkeypatch):
     dot_kernels._library.cache_clear()
 
 
-def compile_with(fresh_build, tmp_path, flag: str):
-    """Under ``fresh_build``, the native kernels are compiled by the C compiler with ``flag``
-    added (``-mno-...``: as for a CPU without that feature). Returns the wrapper and a file it
-    creates when it runs (so a test can tell its build from the cached one); skips without a
+def compiler_wrapper(folder, flags: str):
+    """A C compiler in ``folder`` that runs this machine's with ``flags`` added, and a file it
+    creates when it runs (so a test can tell its build from a cached one); skips without a
     compiler."""
     found = shutil.which(compiler())
     if found is None:
         pytest.skip("no C compiler")
-    cc, used = tmp_path / "cc", tmp_path / "used"
-    cc.write_text(f'#!/bin/sh\ntouch {used}\nexec {found} "$@" {flag}\n')
+    cc, used = folder / "cc", folder / "used"
+    cc.write_text(f'#!/bin/sh\ntouch {shlex.quote(str(used))}\nexec {shlex.quote(found)} "$@" {flags}\n')
     cc.chmod(cc.stat().st_mode | stat.S_IEXEC)
+    return cc, used
+
+
+def compile_with(fresh_build, tmp_path, flag: str):
+    """Under ``fresh_build``, the native kernels are compiled by the C compiler with ``flag``
+    added (``-mno-...``: as for a CPU without that feature). Returns :func:`compiler_wrapper`'s
+    wrapper and file."""
+    cc, used = compiler_wrapper(tmp_path, flag)
     fresh_build.setenv("CC", str(cc))
     return cc, used

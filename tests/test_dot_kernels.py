@@ -5,7 +5,6 @@ import os
 import re
 import shlex
 import shutil
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, compile_with, tiny_config
+from conftest import ROOT, compile_with, compiler_wrapper, tiny_config
 from reference import dot_kernels, train
 from reference.config import ConfigError
 from reference.cpuinfo import CPUInfo, cpu_info
@@ -33,14 +32,8 @@ EMULATED_AMX = "amx_emulated"
 @pytest.fixture(scope="module")
 def emulated_amx_cc(tmp_path_factory) -> Path:
     """A C compiler that builds dot_kernels.c with AMX's instructions emulated in plain C."""
-    found = shutil.which(compiler())
-    if found is None:
-        pytest.skip("no C compiler")
-    cc = tmp_path_factory.mktemp("emulated_amx") / "cc"
     include = shlex.quote(f"-I{Path(ROOT) / 'tests'}")
-    cc.write_text(f'#!/bin/sh\nexec {shlex.quote(found)} "$@" -DDOT_EMULATE_AMX {include}\n')
-    cc.chmod(cc.stat().st_mode | stat.S_IEXEC)
-    return cc
+    return compiler_wrapper(tmp_path_factory.mktemp("emulated_amx"), f"-DDOT_EMULATE_AMX {include}")[0]
 
 
 @pytest.fixture(scope="module")
@@ -85,15 +78,19 @@ def kernels_or_skip(isa: str | None = None, dtype: torch.dtype = torch.bfloat16)
     return kernels.on(isa) if isa else kernels
 
 
+def implementation(request) -> NativeDotKernels:
+    return emulated_or_skip(request) if request.param == EMULATED_AMX else kernels_or_skip(request.param)
+
+
 @pytest.fixture(params=[*ISA_DTYPES, EMULATED_AMX])
 def kernels(request) -> NativeDotKernels:
     """Each implementation that can run here, bf16's and fp32's, and the AMX kernels on emulated tiles."""
-    return emulated_or_skip(request) if request.param == EMULATED_AMX else kernels_or_skip(request.param)
+    return implementation(request)
 
 
 @pytest.fixture(params=["amx", "avx512_bf16", EMULATED_AMX])
 def bf16_kernels(request) -> NativeDotKernels:
-    return emulated_or_skip(request) if request.param == EMULATED_AMX else kernels_or_skip(request.param)
+    return implementation(request)
 
 
 def exact(vectors: torch.Tensor, self_interaction: bool) -> torch.Tensor:
