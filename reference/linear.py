@@ -38,9 +38,10 @@ def onednn_bf16_available() -> bool:
     return onednn_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
-def _onednn_mm(x: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.Tensor:
-    """x @ weight^T (+ bias), fp32 in and out, on oneDNN."""
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+def _onednn_mm(x: torch.Tensor, weight: torch.Tensor, bias=None, relu: bool = False) -> torch.Tensor:
+    """x @ weight^T (+ bias), on oneDNN, in the inputs' dtype; with ``relu``, the ReLU applied to
+    the output as it is written."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "relu" if relu else "none", [], "")
 
 
 class _OneDNNLinear(torch.autograd.Function):
@@ -49,7 +50,7 @@ class _OneDNNLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, relu: bool):
-        out = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "relu" if relu else "none", [], "")
+        out = _onednn_mm(x, weight, bias, relu)
         ctx.save_for_backward(x, weight, out if relu else None)
         ctx.has_bias = bias is not None
         return out
@@ -73,7 +74,7 @@ class _BF16LinearReLU(torch.autograd.Function):
     def forward(ctx, x, weight, bias):
         x16, w16 = x.to(torch.bfloat16).contiguous(), weight.to(torch.bfloat16)
         b16 = None if bias is None else bias.to(torch.bfloat16)
-        out = torch.ops.mkldnn._linear_pointwise(x16, w16, b16, "relu", [], "")
+        out = _onednn_mm(x16, w16, b16, relu=True)
         ctx.save_for_backward(x16, w16, out)
         ctx.dtypes = x.dtype, weight.dtype, None if bias is None else bias.dtype
         return out
